@@ -1,0 +1,44 @@
+# Two commands for a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CURSOR_DB ?= var/cursor.db
+CURSOR_LISTEN ?= 127.0.0.1:50051
+export CURSOR_DB CURSOR_LISTEN
+
+.PHONY: setup serve test test-fast lint typecheck generate check-generated clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Set up, apply migrations, and serve on the embedded default (SQLite file, loopback port).
+serve: setup
+	$(BIN)/cursor-grpc migrate
+	$(BIN)/cursor-grpc serve
+
+## The whole suite: lint, types, stale stubs, tests. CI runs exactly this.
+test: setup lint typecheck check-generated
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+generate: setup
+	$(BIN)/python tools/gen_protos.py
+
+check-generated: setup
+	$(BIN)/python tools/gen_protos.py --check
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

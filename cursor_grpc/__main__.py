@@ -1,0 +1,3 @@
+from cursor_grpc.cli import main
+
+raise SystemExit(main())

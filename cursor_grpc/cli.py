@@ -1,0 +1,177 @@
+"""`cursor-grpc`: serve, migrate, create-admin.
+
+Every setting has a default, an environment variable (`CURSOR_LISTEN`,
+`CURSOR_DB`, `CURSOR_<FIELD>`) and, for the common ones, a flag; flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cursor_grpc.config import Settings, settings_from_env
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = settings_from_env()
+    storage = settings.storage
+    if args.db is not None:
+        storage = dataclasses.replace(storage, path=args.db)
+    if getattr(args, "synchronous", None):
+        storage = dataclasses.replace(storage, synchronous=args.synchronous)
+    if getattr(args, "cache_size_kib", None):
+        storage = dataclasses.replace(storage, cache_size_kib=args.cache_size_kib)
+    settings = dataclasses.replace(settings, storage=storage)
+    if getattr(args, "listen", None):
+        settings = dataclasses.replace(settings, listen=args.listen)
+    if getattr(args, "tls_cert", None):
+        settings = dataclasses.replace(settings, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    if getattr(args, "grace", None) is not None:
+        settings = dataclasses.replace(settings, grace_seconds=args.grace)
+    return settings
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from cursor_grpc.server import serve_forever
+    from cursor_grpc.storage.store import apply_migrations
+
+    settings = _settings(args)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        print("--tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.migrate:
+        for name in apply_migrations(settings.storage):
+            logging.getLogger("cursor.migrate").info("applied %s", name)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - optional speed-up
+        asyncio.run(serve_forever(settings))
+    else:
+        uvloop.run(serve_forever(settings))
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from cursor_grpc.storage.store import apply_migrations
+
+    settings = _settings(args)
+    applied = apply_migrations(settings.storage)
+    if applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print(f"{settings.storage.path}: schema is up to date")
+    return 0
+
+
+def _admin_password() -> str:
+    from_env = os.environ.get("CURSOR_ADMIN_PASSWORD")
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        raise SystemExit("set CURSOR_ADMIN_PASSWORD or run in a terminal to be asked for the password")
+    first = getpass.getpass("Password for the new admin: ")
+    if first != getpass.getpass("Repeat it: "):
+        raise SystemExit("the passwords differ")
+    return first
+
+
+def _cmd_create_admin(args: argparse.Namespace) -> int:
+    from cursor_grpc import validation
+    from cursor_grpc.auth.passwords import Passwords, check_password_rules
+    from cursor_grpc.errors import CursorError
+    from cursor_grpc.storage import accounts
+    from cursor_grpc.storage.audit import write_audit
+    from cursor_grpc.storage.store import Store
+
+    settings = _settings(args)
+    try:
+        email = validation.email(args.email)
+        name = validation.display_name(args.display_name)
+        password = _admin_password()
+        check_password_rules(password)
+    except CursorError as error:
+        print(error.message, file=sys.stderr)
+        return 2
+    passwords = Passwords(settings.auth, workers=1)
+    password_hash = passwords.hash_sync(password)
+    passwords.close()
+    store = Store(settings.storage)
+    try:
+        def write(conn: object) -> str:
+            if accounts.count_admins(conn) and not args.additional:  # type: ignore[arg-type]
+                raise SystemExit(
+                    "an active admin exists already; use AdminService.CreateConsultant, or pass --additional"
+                )
+            record = accounts.create_consultant(conn, email, password_hash, name, "admin")  # type: ignore[arg-type]
+            write_audit(conn, "system", None, "consultant.create", "consultant", record.id,  # type: ignore[arg-type]
+                        {"role": "admin", "via": "create-admin"})
+            return record.id
+
+        try:
+            consultant_id = store.writer.submit_sync(write)
+        except CursorError as error:
+            print(error.message, file=sys.stderr)
+            return 1
+    finally:
+        store.close()
+    print(f"created admin consultants/{consultant_id} <{email}>")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cursor-grpc", description="Cursor gRPC service")
+    parser.add_argument("--log-level", default=os.environ.get("CURSOR_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_db(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--db", type=Path, help="SQLite file (env CURSOR_DB, default var/cursor.db)")
+        return sub
+
+    serve = with_db(commands.add_parser("serve", help="run the gRPC server"))
+    serve.add_argument("--listen", help="host:port (env CURSOR_LISTEN, default 127.0.0.1:50051; port 0 picks one)")
+    serve.add_argument("--synchronous", choices=["NORMAL", "FULL"], help="SQLite synchronous level")
+    serve.add_argument("--cache-size-kib", type=int, help="SQLite page cache per connection, KiB")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key")
+    serve.add_argument("--grace", type=float, help="seconds in-flight RPCs get at shutdown (default 10)")
+    serve.add_argument("--migrate", action="store_true", help="apply pending migrations before serving")
+    serve.set_defaults(func=_cmd_serve)
+
+    migrate = with_db(commands.add_parser("migrate", help="apply pending schema migrations"))
+    migrate.set_defaults(func=_cmd_migrate)
+
+    admin = with_db(commands.add_parser(
+        "create-admin", help="create the first admin (password from CURSOR_ADMIN_PASSWORD or a prompt)"
+    ))
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--display-name", default="Administrator")
+    admin.add_argument("--additional", action="store_true", help="allow it when an admin exists already")
+    admin.set_defaults(func=_cmd_create_admin)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    from cursor_grpc.storage.migrations import MigrationError
+
+    try:
+        return int(args.func(args))
+    except MigrationError as error:
+        print(f"cursor-grpc: {error}", file=sys.stderr)
+        return 3

@@ -1,0 +1,81 @@
+"""Time and identifiers, each made in exactly one way.
+
+Timestamps are ISO-8601 UTC text with milliseconds, `YYYY-MM-DDTHH:MM:SS.sssZ`:
+the same 24-character form SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ', ...)`
+produces, so text comparison in SQL is chronological comparison, and SQL-side
+arithmetic compares like with like.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def iso_from_ns(ns: int) -> str:
+    """Format nanoseconds since the epoch as the canonical timestamp text."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime(ISO_FORMAT, time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def now_iso() -> str:
+    return iso_from_ns(time.time_ns())
+
+
+def iso_to_ns(text: str) -> int:
+    """Parse the canonical timestamp text back to nanoseconds."""
+    parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return int(parsed.timestamp()) * 1_000_000_000 + parsed.microsecond * 1000
+
+
+def timestamp_from_iso(text: str | None) -> Timestamp | None:
+    """A protobuf Timestamp for stored text; None stays None."""
+    if not text:
+        return None
+    # Fast path for our own fixed-width format; no datetime objects.
+    ts = Timestamp()
+    ts.FromJsonString(text)
+    return ts
+
+
+class _UUIDv7:
+    """RFC 9562 UUIDv7: 48-bit Unix milliseconds, then a 12-bit counter, then
+    62 random bits. The counter keeps ids made within one millisecond (and
+    across a clock step backwards) strictly increasing, so inserts stay
+    append-like in the primary key index."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._counter = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            if ms > self._last_ms:
+                self._last_ms = ms
+                self._counter = int.from_bytes(os.urandom(2), "big") & 0x3FF
+            else:
+                self._counter += 1
+                if self._counter > 0xFFF:
+                    self._last_ms += 1
+                    self._counter = 0
+            ms = self._last_ms
+            counter = self._counter
+        rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+        value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
+        return str(uuid.UUID(int=value))
+
+
+new_id = _UUIDv7()

@@ -1,0 +1,120 @@
+"""Settings of one server process: defaults, overridden by environment
+variables (`CURSOR_*`), overridden by command-line flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DB = "var/cursor.db"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How the SQLite database is opened and written."""
+
+    path: Path = Path(DEFAULT_DB)
+    # NORMAL loses at most the last transactions on power loss, never
+    # consistency; FULL also fsyncs the WAL on every commit.
+    synchronous: str = "NORMAL"
+    # Negative: KiB (SQLite's convention). 64 MiB per connection.
+    cache_size_kib: int = 65536
+    busy_timeout_ms: int = 5000
+    # How long a write keeps retrying a lock held by another process.
+    lock_wait_seconds: float = 30.0
+    read_connections: int = 4
+    # Most tasks one group commit takes from the queue.
+    max_batch: int = 512
+    slow_query_ms: float = 50.0
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Session lifetimes and login throttling. Reader apps stay signed in for
+    long; consultant sessions are short because they see everyone's data."""
+
+    reader_idle_seconds: int = 30 * 24 * 3600
+    reader_absolute_seconds: int = 365 * 24 * 3600
+    consultant_idle_seconds: int = 30 * 60
+    consultant_absolute_seconds: int = 12 * 3600
+    # `last_active_at` is written at most this often per session.
+    touch_interval_seconds: int = 60
+    # Per account: after this many failures in a row, each next attempt
+    # waits 1 s, 2 s, 4 s … up to `max_login_delay_seconds`.
+    free_login_failures: int = 5
+    max_login_delay_seconds: float = 60.0
+    # Per peer address: a token bucket of login attempts.
+    peer_login_burst: int = 20
+    peer_login_per_minute: float = 30.0
+    # argon2id cost; OWASP's minimum is 19 MiB, t=2, p=1.
+    argon2_memory_kib: int = 19456
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Input size caps."""
+
+    max_payload_bytes: int = 16 * 1024
+    max_summary_chars: int = 200
+    max_chunk_interactions: int = 500
+    max_message_bytes: int = 16 * 1024 * 1024
+    default_page_size: int = 50
+    max_page_size: int = 1000
+    active_window_seconds: int = 120
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    grace_seconds: float = 10.0
+
+
+def _env_overrides(prefix: str, cls: type) -> dict[str, object]:
+    """`CURSOR_<FIELD>` values for the simple fields of a settings class."""
+    found: dict[str, object] = {}
+    for f in fields(cls):
+        raw = os.environ.get(f"{prefix}{f.name.upper()}")
+        if raw is None:
+            continue
+        default = getattr(cls(), f.name)
+        if isinstance(default, bool):
+            found[f.name] = raw.lower() in {"1", "true", "yes", "on"}
+        elif isinstance(default, int):
+            found[f.name] = int(raw)
+        elif isinstance(default, float):
+            found[f.name] = float(raw)
+        elif isinstance(default, Path):
+            found[f.name] = Path(raw)
+        else:
+            found[f.name] = raw
+    return found
+
+
+def settings_from_env() -> Settings:
+    """Settings with every `CURSOR_*` environment variable applied.
+
+    `CURSOR_LISTEN` and `CURSOR_DB` are the two most used; every other field is
+    `CURSOR_<FIELD>` (for example `CURSOR_CONSULTANT_IDLE_SECONDS`).
+    """
+    storage = _env_overrides("CURSOR_", StorageSettings)
+    if "CURSOR_DB" in os.environ:
+        storage["path"] = Path(os.environ["CURSOR_DB"])
+    tls_cert = os.environ.get("CURSOR_TLS_CERT")
+    tls_key = os.environ.get("CURSOR_TLS_KEY")
+    return Settings(
+        listen=os.environ.get("CURSOR_LISTEN", DEFAULT_LISTEN),
+        storage=StorageSettings(**storage),  # type: ignore[arg-type]
+        auth=AuthSettings(**_env_overrides("CURSOR_", AuthSettings)),  # type: ignore[arg-type]
+        limits=LimitSettings(**_env_overrides("CURSOR_", LimitSettings)),  # type: ignore[arg-type]
+        tls_cert=Path(tls_cert) if tls_cert else None,
+        tls_key=Path(tls_key) if tls_key else None,
+    )

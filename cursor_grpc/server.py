@@ -1,0 +1,121 @@
+"""Building, starting and stopping the grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from cursor.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    consultant_service_pb2,
+    consultant_service_pb2_grpc,
+    reader_service_pb2,
+    reader_service_pb2_grpc,
+)
+from grpc import aio
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cursor_grpc.app import App
+from cursor_grpc.config import Settings
+from cursor_grpc.services.admin import AdminService
+from cursor_grpc.services.auth import AuthService
+from cursor_grpc.services.consultant import ConsultantService
+from cursor_grpc.services.reader import ReaderService
+
+log = logging.getLogger("cursor.server")
+
+SERVICE_NAMES = (
+    auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    reader_service_pb2.DESCRIPTOR.services_by_name["ReaderService"].full_name,
+    consultant_service_pb2.DESCRIPTOR.services_by_name["ConsultantService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Message size and keepalive, chosen rather than defaulted: uploads carry
+    chunks of up to 500 interactions, and dead peers of long streams must be
+    noticed."""
+    size = settings.limits.max_message_bytes
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+@dataclass
+class RunningServer:
+    server: aio.Server
+    app: App
+    health: health_aio.HealthServicer
+    port: int
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING first, then let in-flight RPCs finish, then close storage."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.app.close()
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    """Start serving `settings.listen` (port 0 picks a free port)."""
+    app = App(settings)
+    server = aio.server(options=server_options(settings))
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(app), server)
+    reader_service_pb2_grpc.add_ReaderServiceServicer_to_server(ReaderService(app), server)
+    consultant_service_pb2_grpc.add_ConsultantServiceServicer_to_server(ConsultantService(app), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(app), server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    try:
+        if settings.tls_cert and settings.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            port = server.add_secure_port(settings.listen, credentials)
+        else:
+            port = server.add_insecure_port(settings.listen)
+    except RuntimeError as error:
+        await app.close()
+        raise RuntimeError(f"cannot listen on {settings.listen}: {error}") from error
+    await server.start()
+    await app.start()
+    # The store refused to open unless every migration is applied, so SERVING is honest.
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info("cursor-grpc serving on %s:%d (%s)", host, port, "TLS" if settings.tls_cert else "plaintext")
+    return RunningServer(server, app, health_servicer, port)
+
+
+async def serve_forever(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1f s)", settings.grace_seconds)
+    await running.stop(settings.grace_seconds)
+    log.info("stopped; database closed")

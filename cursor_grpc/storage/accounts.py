@@ -1,0 +1,201 @@
+"""SQL for the account tables: users (readers) and consultants. Each function
+takes a connection: write functions run on the writer's, reads on a read
+connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apsw
+
+from cursor_grpc.clock import new_id, now_iso
+from cursor_grpc.errors import AlreadyExists, FailedPrecondition, NotFound
+from cursor_grpc.storage.connection import fetch_all
+from cursor_grpc.storage.records import ConsultantRecord, Credential, ReaderRecord, ReaderStateRecord
+
+READER_COLUMNS = """
+    u.id, u.email, u.display_name, u.is_active, u.created_at,
+    s.user_id, s.status, s.progress, s.current_step, s.last_interaction_id, s.last_seen_at, s.updated_at
+"""
+READER_FROM = "FROM users u LEFT JOIN reader_states s ON s.user_id = u.id"
+CONSULTANT_COLUMNS = "id, email, display_name, role, is_active, user_id, created_at"
+
+
+def state_from_row(row: tuple[Any, ...]) -> ReaderStateRecord:
+    return ReaderStateRecord(*row)
+
+
+def reader_from_row(row: tuple[Any, ...]) -> ReaderRecord:
+    state = ReaderStateRecord(*row[5:]) if row[5] is not None else None
+    return ReaderRecord(row[0], row[1], row[2], bool(row[3]), row[4], state)
+
+
+def consultant_from_row(row: tuple[Any, ...]) -> ConsultantRecord:
+    return ConsultantRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+
+def _email_taken(conn: apsw.Connection, table: str, email: str) -> bool:
+    return bool(fetch_all(conn, f"SELECT 1 FROM {table} WHERE email = ?", (email,)))  # noqa: S608
+
+
+def create_reader(conn: apsw.Connection, email: str, password_hash: str, display_name: str) -> ReaderRecord:
+    if _email_taken(conn, "users", email):
+        raise AlreadyExists(f"a reader with email {email} already exists; log in instead", reason="EMAIL_TAKEN")
+    reader_id, now = new_id(), now_iso()
+    conn.execute(
+        "INSERT INTO users(id, email, password_hash, display_name, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (reader_id, email, password_hash, display_name, now, now),
+    )
+    conn.execute("INSERT INTO reader_states(user_id, updated_at) VALUES (?, ?)", (reader_id, now))
+    return get_reader(conn, reader_id)
+
+
+def get_reader(conn: apsw.Connection, reader_id: str) -> ReaderRecord:
+    rows = fetch_all(conn, f"SELECT {READER_COLUMNS} {READER_FROM} WHERE u.id = ?", (reader_id,))
+    if not rows:
+        raise NotFound(f"reader readers/{reader_id} does not exist", reason="READER_NOT_FOUND")
+    return reader_from_row(rows[0])
+
+
+def get_reader_state(conn: apsw.Connection, reader_id: str) -> ReaderStateRecord:
+    rows = fetch_all(conn,
+        "SELECT user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at "
+        "FROM reader_states WHERE user_id = ?",
+        (reader_id,),
+    )
+    if not rows:
+        raise NotFound(f"reader readers/{reader_id} has no state", reason="READER_NOT_FOUND")
+    return state_from_row(rows[0])
+
+
+def list_readers(
+    conn: apsw.Connection, status: str | None, after_id: str | None, limit: int
+) -> list[ReaderRecord]:
+    """Newest account first (ids are time-ordered), keyset on id."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        clauses.append("s.status = ?")
+        params.append(status)
+    if after_id is not None:
+        clauses.append("u.id < ?")
+        params.append(after_id)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"SELECT {READER_COLUMNS} {READER_FROM} {where} ORDER BY u.id DESC LIMIT ?"
+    return [reader_from_row(r) for r in fetch_all(conn, sql, (*params, limit))]
+
+
+def list_active_readers(
+    conn: apsw.Connection, since: str, after: tuple[str, str] | None, limit: int
+) -> list[ReaderRecord]:
+    """Readers seen at or after `since`, most recent first; keyset on
+    (last_seen_at, user_id), served by idx_reader_states_last_seen."""
+    if after is None:
+        sql = f"""SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.user_id
+                 WHERE s.last_seen_at >= ? ORDER BY s.last_seen_at DESC, s.user_id DESC LIMIT ?"""  # noqa: S608
+        params: tuple[Any, ...] = (since, limit)
+    else:
+        sql = f"""SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.user_id
+                 WHERE s.last_seen_at >= ? AND (s.last_seen_at, s.user_id) < (?, ?)
+                 ORDER BY s.last_seen_at DESC, s.user_id DESC LIMIT ?"""  # noqa: S608
+        params = (since, after[0], after[1], limit)
+    return [reader_from_row(r) for r in fetch_all(conn, sql, params)]
+
+
+def credentials_for_email(conn: apsw.Connection, email: str) -> list[Credential]:
+    found = [
+        Credential("reader", row[0], row[1], bool(row[2]), "reader")
+        for row in fetch_all(conn, "SELECT id, password_hash, is_active FROM users WHERE email = ?", (email,))
+    ]
+    found += [
+        Credential("consultant", row[0], row[1], bool(row[2]), row[3])
+        for row in fetch_all(
+            conn, "SELECT id, password_hash, is_active, role FROM consultants WHERE email = ?", (email,)
+        )
+    ]
+    return found
+
+
+def credential_by_id(conn: apsw.Connection, kind: str, account_id: str) -> Credential:
+    if kind == "reader":
+        sql = "SELECT id, password_hash, is_active, 'reader' FROM users WHERE id = ?"
+    else:
+        sql = "SELECT id, password_hash, is_active, role FROM consultants WHERE id = ?"
+    found = fetch_all(conn, sql, (account_id,))
+    if not found:
+        raise NotFound(f"account {kind}s/{account_id} does not exist", reason="ACCOUNT_NOT_FOUND")
+    row = found[0]
+    return Credential(kind, row[0], row[1], bool(row[2]), row[3])
+
+
+def set_password_hash(conn: apsw.Connection, kind: str, account_id: str, password_hash: str) -> None:
+    table = "users" if kind == "reader" else "consultants"
+    conn.execute(
+        f"UPDATE {table} SET password_hash = ?, updated_at = ? WHERE id = ?",  # noqa: S608
+        (password_hash, now_iso(), account_id),
+    )
+
+
+def get_consultant(conn: apsw.Connection, consultant_id: str) -> ConsultantRecord:
+    rows = fetch_all(conn, f"SELECT {CONSULTANT_COLUMNS} FROM consultants WHERE id = ?", (consultant_id,))  # noqa: S608
+    if not rows:
+        raise NotFound(f"consultant consultants/{consultant_id} does not exist", reason="CONSULTANT_NOT_FOUND")
+    return consultant_from_row(rows[0])
+
+
+def create_consultant(
+    conn: apsw.Connection,
+    email: str,
+    password_hash: str,
+    display_name: str,
+    role: str,
+    user_id: str | None = None,
+) -> ConsultantRecord:
+    if _email_taken(conn, "consultants", email):
+        raise AlreadyExists(f"a consultant with email {email} already exists", reason="EMAIL_TAKEN")
+    consultant_id, now = new_id(), now_iso()
+    conn.execute(
+        "INSERT INTO consultants(id, email, password_hash, display_name, role, user_id, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (consultant_id, email, password_hash, display_name, role, user_id, now, now),
+    )
+    return get_consultant(conn, consultant_id)
+
+
+def promote_reader(conn: apsw.Connection, reader_id: str, role: str) -> ConsultantRecord:
+    """The design's promote query, done right: a consultant row for the same
+    person (same email, same password hash, linked by user_id), in one
+    transaction, refusing a second promotion or a taken email."""
+    rows = fetch_all(conn,
+        "SELECT email, password_hash, display_name, is_active FROM users WHERE id = ?", (reader_id,)
+    )
+    if not rows:
+        raise NotFound(f"reader readers/{reader_id} does not exist", reason="READER_NOT_FOUND")
+    email, password_hash, display_name, active = rows[0]
+    if not active:
+        raise FailedPrecondition(
+            f"reader readers/{reader_id} is deactivated; activate it before promoting", reason="ACCOUNT_INACTIVE"
+        )
+    if fetch_all(conn, "SELECT 1 FROM consultants WHERE user_id = ?", (reader_id,)):
+        raise AlreadyExists(f"reader readers/{reader_id} has already been promoted", reason="ALREADY_PROMOTED")
+    return create_consultant(conn, email, password_hash, display_name, role, user_id=reader_id)
+
+
+def set_active(conn: apsw.Connection, kind: str, account_id: str, active: bool) -> bool:
+    """Returns whether the flag changed."""
+    table = "users" if kind == "reader" else "consultants"
+    exists = fetch_all(conn, f"SELECT is_active FROM {table} WHERE id = ?", (account_id,))  # noqa: S608
+    if not exists:
+        raise NotFound(f"account {kind}s/{account_id} does not exist", reason="ACCOUNT_NOT_FOUND")
+    if bool(exists[0][0]) == active:
+        return False
+    conn.execute(
+        f"UPDATE {table} SET is_active = ?, updated_at = ? WHERE id = ?",  # noqa: S608
+        (int(active), now_iso(), account_id),
+    )
+    return True
+
+
+def count_admins(conn: apsw.Connection) -> int:
+    return int(fetch_all(conn, "SELECT count(*) FROM consultants WHERE role = 'admin' AND is_active = 1")[0][0])
+

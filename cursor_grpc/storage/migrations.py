@@ -1,0 +1,129 @@
+"""Numbered SQL migrations with a checksummed ledger.
+
+Files `NNNN_name.sql` are applied in order, each inside `BEGIN IMMEDIATE …
+COMMIT`, recording name, checksum and `applied_at` in `schema_migrations`.
+A database holding a migration this code does not know, or one whose file
+was edited after it was applied, is refused: running against it could
+corrupt data written by a newer or different version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from cursor_grpc.clock import now_iso
+from cursor_grpc.storage.connection import fetch_all
+
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    name       TEXT PRIMARY KEY,
+    checksum   TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)
+"""
+
+
+class MigrationError(RuntimeError):
+    """The database and the code disagree about the schema."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations_dir() -> Path:
+    """The folder of SQL files: the repository's `migrations/` when run from
+    a checkout, the packaged copy otherwise."""
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(importlib.resources.files("cursor_grpc.sql")))
+
+
+def load_migrations(folder: Path | None = None) -> list[Migration]:
+    folder = folder or migrations_dir()
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        if not _NAME.match(path.name):
+            raise MigrationError(f"migration file {path.name} is not named NNNN_lowercase_name.sql")
+        found.append(Migration(path.name, path.read_text(encoding="utf-8")))
+    numbers = [m.name[:4] for m in found]
+    if len(set(numbers)) != len(numbers):
+        raise MigrationError("two migration files share a number")
+    return found
+
+
+def applied(conn: apsw.Connection) -> dict[str, tuple[str, str]]:
+    """name -> (checksum, applied_at) of every migration recorded."""
+    conn.execute(LEDGER_DDL)
+    rows = conn.execute("SELECT name, checksum, applied_at FROM schema_migrations")
+    return {name: (checksum, at) for name, checksum, at in rows}
+
+
+def plan(conn: apsw.Connection, known: list[Migration]) -> list[Migration]:
+    """The pending migrations, after checking the ledger against the files."""
+    done = applied(conn)
+    by_name = {m.name: m for m in known}
+    unknown = sorted(set(done) - set(by_name))
+    if unknown:
+        raise MigrationError(
+            f"the database has migrations this version does not know: {', '.join(unknown)}; "
+            "run a version of cursor-grpc that includes them"
+        )
+    for name, (checksum, _) in done.items():
+        if by_name[name].checksum != checksum:
+            raise MigrationError(
+                f"migration {name} was applied but its file has been modified since; "
+                "restore the original file and add a new migration instead"
+            )
+    return [m for m in known if m.name not in done]
+
+
+def migrate(conn: apsw.Connection, known: list[Migration] | None = None) -> list[str]:
+    """Apply every pending migration on `conn` (the writer's connection, or a
+    connection of its own before the server starts). Returns the names applied."""
+    known = load_migrations() if known is None else known
+    applied_now = []
+    for migration in plan(conn, known):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-check under the write lock: another process may have applied it.
+            if fetch_all(conn, "SELECT 1 FROM schema_migrations WHERE name = ?", (migration.name,)):
+                conn.execute("ROLLBACK")
+                continue
+            conn.execute(migration.sql)
+            conn.execute(
+                "INSERT INTO schema_migrations(name, checksum, applied_at) VALUES (?, ?, ?)",
+                (migration.name, migration.checksum, now_iso()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            raise
+        applied_now.append(migration.name)
+    return applied_now
+
+
+def verify_current(conn: apsw.Connection, known: list[Migration] | None = None) -> None:
+    """Refuse to serve a database that is behind or ahead of the code."""
+    known = load_migrations() if known is None else known
+    pending = plan(conn, known)
+    if pending:
+        raise MigrationError(
+            f"{len(pending)} migration(s) pending ({pending[0].name} first); run `cursor-grpc migrate` first"
+        )

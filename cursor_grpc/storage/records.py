@@ -1,0 +1,97 @@
+"""Plain rows the store hands to services; services turn them into protos."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderStateRecord:
+    user_id: str
+    status: str
+    progress: float
+    current_step: int
+    last_interaction_id: str | None
+    last_seen_at: str | None
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderRecord:
+    id: str
+    email: str
+    display_name: str
+    active: bool
+    created_at: str
+    state: ReaderStateRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsultantRecord:
+    id: str
+    email: str
+    display_name: str
+    role: str
+    active: bool
+    user_id: str | None
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class InteractionRecord:
+    seq: int
+    id: str
+    user_id: str
+    type: str
+    payload: str
+    summary: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewInteractionData:
+    """A validated interaction ready to store. `index` is its position in
+    the caller's upload; `percent`/`step` come from a progress payload."""
+
+    index: int
+    id: str
+    type: str
+    payload: str
+    summary: str
+    percent: float | None
+    step: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    """What one write of interactions did."""
+
+    stored: list[InteractionRecord]
+    duplicates: list[InteractionRecord]
+    # (index, id) of interactions whose id belongs to another reader.
+    conflicts: list[tuple[int, str]]
+    state: ReaderStateRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """An account as Login sees it."""
+
+    kind: str  # 'reader' | 'consultant'
+    id: str
+    password_hash: str
+    active: bool
+    role: str  # 'reader' or the consultant's role
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: str
+    actor_type: str
+    actor_id: str
+    created_at: str
+    last_active_at: str
+    expires_at: str
+    revoked_at: str | None
+    account_active: bool
+    role: str

@@ -1,0 +1,97 @@
+"""Generate Python stubs for protos/cursor/v1 into generated/.
+
+The proto path equals the package path (`-I protos`, files under
+`protos/cursor/v1/`), so protoc's absolute imports (`from cursor.v1 import
+resources_pb2`) resolve once `generated/` is an installed package root.
+
+Usage: python tools/gen_protos.py [--out DIR] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "protos"
+PACKAGE = Path("cursor") / "v1"
+GENERATED = ROOT / "generated"
+
+
+def _plugin(name: str) -> str:
+    """Path of a protoc plugin installed beside this interpreter."""
+    candidate = Path(sysconfig.get_path("scripts")) / name
+    if not candidate.exists():
+        raise SystemExit(f"{name} not found; install the dev extras (mypy-protobuf)")
+    return str(candidate)
+
+
+def generate(out: Path) -> None:
+    """Write the stubs for every proto under protos/cursor/v1 into `out`."""
+    grpc_tools_protos = Path(protoc.__file__).parent / "_proto"
+    sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE).glob("*.proto"))
+    if not sources:
+        raise SystemExit("no .proto files found")
+    out.mkdir(parents=True, exist_ok=True)
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{grpc_tools_protos}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--python_out={out}",
+        f"--mypy_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_grpc_out={out}",
+        *sources,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    for package_dir in (out / "cursor", out / PACKAGE):
+        (package_dir / "__init__.py").write_text('"""Generated from protos/; do not edit."""\n')
+        (package_dir / "py.typed").write_text("")
+
+
+def differences(expected: Path, actual: Path) -> list[str]:
+    """Relative paths that differ between two generated trees."""
+    names = {p.relative_to(expected) for p in expected.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    names |= {p.relative_to(actual) for p in actual.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    return sorted(
+        str(name)
+        for name in names
+        if not (expected / name).exists()
+        or not (actual / name).exists()
+        or not filecmp.cmp(expected / name, actual / name, shallow=False)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=GENERATED)
+    parser.add_argument("--check", action="store_true", help="fail if the committed stubs are stale")
+    args = parser.parse_args(argv)
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            generate(Path(tmp))
+            stale = differences(Path(tmp), args.out)
+        if stale:
+            print("generated/ is stale; run `make generate`:", *stale, sep="\n  ", file=sys.stderr)
+            return 1
+        print("generated/ is up to date")
+        return 0
+    target = args.out / "cursor"
+    if target.exists():
+        shutil.rmtree(target)
+    generate(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
