@@ -9,6 +9,11 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+from grpc import aio
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from cursor.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -19,11 +24,6 @@ from cursor.v1 import (
     reader_service_pb2,
     reader_service_pb2_grpc,
 )
-from grpc import aio
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from cursor_grpc.app import App
 from cursor_grpc.config import Settings
 from cursor_grpc.services.admin import AdminService

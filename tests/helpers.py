@@ -52,6 +52,6 @@ def retry_delay(error: grpc.RpcError) -> float | None:
 def table_count(db_path: Path, table: str) -> int:
     conn = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])  # noqa: S608
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
     finally:
         conn.close()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from grpc import aio
+
 from cursor.v1 import admin_service_pb2 as pb
 from cursor.v1 import admin_service_pb2_grpc as pb_grpc
 from cursor.v1 import resources_pb2
-from grpc import aio
-
 from cursor_grpc import validation
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from grpc import aio
+
 from cursor.v1 import consultant_service_pb2 as pb
 from cursor.v1 import consultant_service_pb2_grpc as pb_grpc
 from cursor.v1 import resources_pb2
-from grpc import aio
-
 from cursor_grpc import paging, validation
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from cursor.v1 import resources_pb2 as pb
-
 from cursor_grpc.clock import timestamp_from_iso
 from cursor_grpc.storage.records import ConsultantRecord, InteractionRecord, ReaderRecord, ReaderStateRecord
 

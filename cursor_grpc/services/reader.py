@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cursor.v1 import reader_service_pb2 as pb
-from cursor.v1 import reader_service_pb2_grpc as pb_grpc
 from grpc import aio
 
+from cursor.v1 import reader_service_pb2 as pb
+from cursor.v1 import reader_service_pb2_grpc as pb_grpc
 from cursor_grpc import paging, validation
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc

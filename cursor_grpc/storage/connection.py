@@ -94,17 +94,20 @@ def open_connection(settings: StorageSettings, *, readonly: bool = False) -> aps
     return conn
 
 
-def retry_busy(action: Callable[[], object], settings: StorageSettings) -> None:
+def retry_busy(action: Callable[[], object], settings: StorageSettings) -> int:
     """Run `action`, retrying with doubling backoff while another process
     holds the lock (a backup, the sqlite3 shell), up to `lock_wait_seconds`.
-    SQLite's own busy handler already waits `busy_timeout_ms` inside each try."""
+    SQLite's own busy handler already waits `busy_timeout_ms` inside each try.
+    Returns how many retries it took."""
     deadline = time.monotonic() + settings.lock_wait_seconds
     delay = 0.01
+    retries = 0
     while True:
         try:
             action()
-            return
+            return retries
         except apsw.BusyError:
+            retries += 1
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("database is locked by another connection; retrying in %.2f s", delay)

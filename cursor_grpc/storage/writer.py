@@ -16,6 +16,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ log = logging.getLogger("cursor.storage.writer")
 T = TypeVar("T")
 WriteFn = Callable[[apsw.Connection], T]
 CommitHook = Callable[[list[Any]], None]
+# Called on the writer thread after each batch: (tasks in the batch, seconds
+# from BEGIN to COMMIT done). Metrics hang here.
+BatchObserver = Callable[[int, float], None]
 
 
 @dataclass(slots=True)
@@ -54,6 +58,8 @@ class Writer:
         self._settings = settings
         self._queue: queue.SimpleQueue[_Task | object] = queue.SimpleQueue()
         self._commit_hooks: list[CommitHook] = []
+        self.batch_observers: list[BatchObserver] = []
+        self.busy_retries = 0
         self._closed = False
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -91,6 +97,10 @@ class Writer:
         if task.error is not None:
             raise task.error
         return task.result  # type: ignore[no-any-return]
+
+    def queue_depth(self) -> int:
+        """Tasks waiting for the next group commit (approximate)."""
+        return self._queue.qsize()
 
     def close(self) -> None:
         """Finish every queued task, then close the connection. Idempotent."""
@@ -135,8 +145,9 @@ class Writer:
         live = [t for t in batch if t.future is None or not t.future.done()]
         if not live:
             return
+        started = time.perf_counter()
         try:
-            retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), self._settings)
+            self.busy_retries += retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), self._settings)
         except BaseException as exc:  # the write thread must survive anything
             log.error("could not start a write transaction: %s", exc)
             self._fail_all(live, Unavailable("the database is locked; retry shortly", reason="DATABASE_LOCKED"))
@@ -161,7 +172,7 @@ class Writer:
             conn.execute("ROLLBACK")
         else:
             try:
-                retry_busy(lambda: conn.execute("COMMIT"), self._settings)
+                self.busy_retries += retry_busy(lambda: conn.execute("COMMIT"), self._settings)
             except BaseException as exc:
                 log.error("commit failed, rolling back %d tasks: %s", len(live), exc)
                 if not conn.getautocommit():
@@ -170,6 +181,12 @@ class Writer:
                 return
         self.batches += 1
         self.tasks += len(live)
+        elapsed = time.perf_counter() - started
+        for observe in self.batch_observers:
+            try:
+                observe(len(live), elapsed)
+            except Exception:
+                log.exception("batch observer failed")
         committed = [t.result for t in live if t.error is None]
         for hook in self._commit_hooks:
             try:

@@ -290,8 +290,11 @@ class ListMyInteractionsResponse(_message.Message):
 
     INTERACTIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDES_ARCHIVED_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
+    includes_archived: _builtins.bool
+    """True when part of this page was read from archive files (old history)."""
     @_builtins.property
     def interactions(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Interaction]:
         """Newest first."""
@@ -301,10 +304,11 @@ class ListMyInteractionsResponse(_message.Message):
         *,
         interactions: _abc.Iterable[_resources_pb2.Interaction] | None = ...,
         next_page_token: _builtins.str = ...,
+        includes_archived: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interactions", b"interactions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["includes_archived", b"includes_archived", "interactions", b"interactions", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
