@@ -46,6 +46,9 @@ class _Task:
     done: threading.Event | None = None
     result: Any = None
     error: BaseException | None = None
+    # False: run alone, outside any transaction (checkpoints, VACUUM, backups
+    # that must use this connection).
+    in_transaction: bool = True
 
 
 _STOP = object()
@@ -76,21 +79,22 @@ class Writer:
         the results of the tasks that succeeded, in commit order."""
         self._commit_hooks.append(hook)
 
-    async def submit(self, fn: WriteFn[T]) -> T:
+    async def submit(self, fn: WriteFn[T], *, in_transaction: bool = True) -> T:
         """Run `fn(connection)` inside the next group commit and return its
-        result once the transaction is durable."""
+        result once the transaction is durable. With `in_transaction=False`
+        it runs alone between batches, in autocommit mode."""
         if self._closed:
             raise Unavailable("the server is shutting down; retry on another connection", reason="SHUTTING_DOWN")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Task(fn, loop, future))
+        self._queue.put(_Task(fn, loop, future, in_transaction=in_transaction))
         return await future
 
-    def submit_sync(self, fn: WriteFn[T]) -> T:
+    def submit_sync(self, fn: WriteFn[T], *, in_transaction: bool = True) -> T:
         """Blocking form of `submit`, for command-line tools without a loop."""
         if self._closed:
             raise RuntimeError("writer is closed")
-        task = _Task(fn, None, None, threading.Event())
+        task = _Task(fn, None, None, threading.Event(), in_transaction=in_transaction)
         self._queue.put(task)
         assert task.done is not None
         task.done.wait()
@@ -136,7 +140,19 @@ class Writer:
                         stopping = True
                         break
                     batch.append(item)  # type: ignore[arg-type]
-                self._run_batch(conn, batch)
+                # Keep queue order: transactional runs go as group commits,
+                # each non-transactional task alone between them.
+                run: list[_Task] = []
+                for task in batch:
+                    if task.in_transaction:
+                        run.append(task)
+                        continue
+                    if run:
+                        self._run_batch(conn, run)
+                        run = []
+                    self._run_alone(conn, task)
+                if run:
+                    self._run_batch(conn, run)
         finally:
             conn.close()
 
@@ -194,6 +210,17 @@ class Writer:
             except Exception:
                 log.exception("commit hook failed")
         self._deliver(live)
+
+    def _run_alone(self, conn: apsw.Connection, task: _Task) -> None:
+        if task.future is not None and task.future.done():
+            return
+        try:
+            task.result = task.fn(conn)
+        except BaseException as exc:
+            task.error = exc
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+        self._deliver([task])
 
     def _fail_all(self, tasks: list[_Task], error: BaseException) -> None:
         for task in tasks:
