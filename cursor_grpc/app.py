@@ -8,6 +8,9 @@ from cursor_grpc.auth.passwords import Passwords
 from cursor_grpc.auth.sessions import SessionManager
 from cursor_grpc.auth.throttle import LoginThrottle
 from cursor_grpc.config import Settings
+from cursor_grpc.errors import Unauthenticated
+from cursor_grpc.live.broadcaster import Broadcaster
+from cursor_grpc.live.presence import PresenceSweeper
 from cursor_grpc.storage.store import Store
 
 
@@ -18,12 +21,24 @@ class App:
         self.passwords = Passwords(settings.auth)
         self.throttle = LoginThrottle(settings.auth)
         self.sessions = SessionManager(self.store, settings.auth)
+        self.broadcaster = Broadcaster(self.store, asyncio.get_running_loop())
+        self.presence = PresenceSweeper(self.store, settings.live)
+        self.sessions.on_revoked(self._end_streams)
+
+    def _end_streams(self, session_id: str | None, account: tuple[str, str] | None) -> None:
+        """A session or account that stops working loses its open streams at once."""
+        error = Unauthenticated("the session has ended (logged out, rotated or revoked)", reason="SESSION_REVOKED")
+        self.broadcaster.close_where(
+            lambda s: s.session_id == session_id or (account is not None and s.account == account), error
+        )
 
     async def start(self) -> None:
         self.sessions.start()
+        self.presence.start()
 
     async def close(self) -> None:
         """Flush session activity, let queued writes commit, close the database."""
+        await self.presence.stop()
         await self.sessions.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.passwords.close)

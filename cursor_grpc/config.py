@@ -68,11 +68,34 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class LiveSettings:
+    """Live event streams and presence."""
+
+    # Keep-alive message on a stream that carried nothing for this long.
+    heartbeat_seconds: float = 15.0
+    # Live events one stream may hold before it falls back to catching up
+    # from the database (memory stays bounded, nothing is lost).
+    stream_buffer_events: int = 4096
+    # Most events in one stream message.
+    max_events_per_message: int = 500
+    # A stream whose consumer takes no message for this long is ended.
+    stall_seconds: float = 300.0
+    # Presence: reading = non-heartbeat activity within this window.
+    presence_reading_seconds: float = 60.0
+    # Presence: idle after this long without anything, plus the grace below
+    # so a phone backgrounded for a moment does not flap.
+    presence_idle_seconds: float = 120.0
+    presence_grace_seconds: float = 10.0
+    presence_sweep_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: str = DEFAULT_LISTEN
     storage: StorageSettings = field(default_factory=StorageSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    live: LiveSettings = field(default_factory=LiveSettings)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     grace_seconds: float = 10.0
@@ -115,6 +138,7 @@ def settings_from_env() -> Settings:
         storage=StorageSettings(**storage),  # type: ignore[arg-type]
         auth=AuthSettings(**_env_overrides("CURSOR_", AuthSettings)),  # type: ignore[arg-type]
         limits=LimitSettings(**_env_overrides("CURSOR_", LimitSettings)),  # type: ignore[arg-type]
+        live=LiveSettings(**_env_overrides("CURSOR_", LiveSettings)),  # type: ignore[arg-type]
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,
     )

@@ -72,6 +72,11 @@ class ResourceExhausted(CursorError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class OutOfRange(CursorError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "OUT_OF_RANGE"
+
+
 class Unavailable(CursorError):
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"

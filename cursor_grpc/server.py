@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any, cast
 
 import grpc
 from grpc import aio
@@ -26,6 +27,7 @@ from cursor.v1 import (
 )
 from cursor_grpc.app import App
 from cursor_grpc.config import Settings
+from cursor_grpc.errors import Unavailable
 from cursor_grpc.services.admin import AdminService
 from cursor_grpc.services.auth import AuthService
 from cursor_grpc.services.consultant import ConsultantService
@@ -58,6 +60,35 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def _serialize(message: Any) -> bytes:
+    """Stream messages arrive as bytes already assembled from events that
+    were serialized once for every watcher; anything else is a message."""
+    if isinstance(message, bytes):
+        return message
+    serialized: bytes = message.SerializeToString()
+    return serialized
+
+
+class _PreEncodedStreams:
+    """Stands in for the server while generated code registers a service,
+    so that server-streaming methods accept pre-encoded bytes."""
+
+    def __init__(self, server: aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored: `add_registered_method_handlers` registers both."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        patched = {
+            name: handler._replace(response_serializer=_serialize)
+            if handler.response_streaming and not handler.request_streaming else handler
+            for name, handler in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, patched),))
+        self._server.add_registered_method_handlers(service, patched)  # type: ignore[attr-defined]
+
+
 @dataclass
 class RunningServer:
     server: aio.Server
@@ -66,8 +97,13 @@ class RunningServer:
     port: int
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING first, then let in-flight RPCs finish, then close storage."""
+        """NOT_SERVING first; open streams end with UNAVAILABLE naming their
+        resume cursor; in-flight RPCs finish; then storage closes."""
         await self.health.enter_graceful_shutdown()
+        self.app.broadcaster.close_where(
+            lambda s: True,
+            Unavailable("the server is shutting down; reconnect to another or retry shortly", reason="SHUTTING_DOWN"),
+        )
         await self.server.stop(grace)
         await self.app.close()
 
@@ -77,8 +113,9 @@ async def start_server(settings: Settings) -> RunningServer:
     app = App(settings)
     server = aio.server(options=server_options(settings))
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(app), server)
-    reader_service_pb2_grpc.add_ReaderServiceServicer_to_server(ReaderService(app), server)
-    consultant_service_pb2_grpc.add_ConsultantServiceServicer_to_server(ConsultantService(app), server)
+    streaming = cast(aio.Server, _PreEncodedStreams(server))
+    reader_service_pb2_grpc.add_ReaderServiceServicer_to_server(ReaderService(app), streaming)
+    consultant_service_pb2_grpc.add_ConsultantServiceServicer_to_server(ConsultantService(app), streaming)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(app), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

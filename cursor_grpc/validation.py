@@ -123,3 +123,15 @@ def _progress(payload: dict[str, object], prefix: str) -> tuple[float | None, in
             f"{field}: step must be a whole number from 0, not {step!r}", field=field, reason="INVALID_PROGRESS"
         )
     return percent, step
+
+
+MAX_MESSAGE_CHARS = 4000
+
+
+def message_body(value: str, field: str = "body") -> str:
+    if not value.strip():
+        raise InvalidArgument(f"{field} must not be empty", field=field)
+    if len(value) > MAX_MESSAGE_CHARS:
+        raise InvalidArgument(f"{field} must be at most {MAX_MESSAGE_CHARS} characters", field=field,
+                              reason="MESSAGE_TOO_LONG")
+    return value

@@ -84,6 +84,9 @@ class ServerThread:
         return self.running.app
 
     def stop(self, grace: float = 2.0) -> None:
+        """Stop gracefully; safe to call twice."""
+        if self.loop.is_closed():
+            return
         if self.running is not None:
             self.call(self.running.stop(grace))
             self.running = None

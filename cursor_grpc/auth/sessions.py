@@ -17,7 +17,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cursor_grpc.clock import iso_from_ns, iso_to_ns
@@ -71,6 +71,16 @@ class SessionManager:
         self._cache: dict[bytes, Principal] = {}
         self._touches: dict[str, str] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._revoked_listeners: list[Callable[[str | None, tuple[str, str] | None], None]] = []
+
+    def on_revoked(self, listener: Callable[[str | None, tuple[str, str] | None], None]) -> None:
+        """Call `listener(session_id, None)` when a session ends and
+        `listener(None, (kind, account_id))` when all of an account's do."""
+        self._revoked_listeners.append(listener)
+
+    def _revoked(self, session_id: str | None, account: tuple[str, str] | None) -> None:
+        for listener in self._revoked_listeners:
+            listener(session_id, account)
 
     def lifetimes(self, kind: str) -> tuple[int, int]:
         """(idle seconds, absolute seconds) for an account kind."""
@@ -116,17 +126,20 @@ class SessionManager:
             self.forget_account(caller.kind, caller.account_id)
         else:
             self._cache.pop(caller.token_hash, None)
+            self._revoked(caller.session_id, None)
         self._cache[token_hash] = principal
         return IssuedSession(token, principal)
 
     async def end(self, caller: Principal, reason: str) -> None:
         self._cache.pop(caller.token_hash, None)
         await self._store.end_session(caller.session_id, reason)
+        self._revoked(caller.session_id, None)
 
     def forget_account(self, kind: str, account_id: str) -> None:
         """Drop every cached session of an account (deactivation, password change)."""
         for key in [k for k, p in self._cache.items() if p.kind == kind and p.account_id == account_id]:
             del self._cache[key]
+        self._revoked(None, (kind, account_id))
 
     @staticmethod
     def token_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:

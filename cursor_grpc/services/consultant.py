@@ -17,10 +17,15 @@ from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.errors import InvalidArgument
 from cursor_grpc.services import convert
-from cursor_grpc.services.reader import list_interactions_page
+from cursor_grpc.services.reader import list_interactions_page, list_messages_page, open_stream
+from cursor_grpc.storage.events import EventFilter
+from cursor_grpc.storage.store import Actor
 
 Context = aio.ServicerContext[Any, Any]
 MAX_WINDOW_SECONDS = 7 * 24 * 3600
+MAX_WATCHED_READERS = 1000
+SNAPSHOT_READERS_PER_MESSAGE = 200
+SETTABLE_STATUS = {resources_pb2.READER_STATUS_ACTIVE: "active", resources_pb2.READER_STATUS_PAUSED: "paused"}
 
 
 def _bad_token() -> InvalidArgument:
@@ -95,3 +100,100 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
             self.app, reader_id, request.type, request.page_size, request.page_token
         )
         return pb.ListInteractionsResponse(interactions=items, next_page_token=token)
+
+    @rpc(Access.CONSULTANT)
+    async def WatchActivity(self, request: pb.WatchActivityRequest, context: Context, caller: Principal) -> None:
+        if len(request.readers) > MAX_WATCHED_READERS:
+            raise InvalidArgument(f"watch at most {MAX_WATCHED_READERS} readers per stream", field="readers")
+        reader_ids = frozenset(validation.resource_id(name, "readers", "readers") for name in request.readers)
+        kinds = set()
+        for kind in request.kinds:
+            if kind not in convert.KIND_NAME:
+                raise InvalidArgument(f"kinds has an unknown or unspecified value {kind}", field="kinds")
+            kinds.add(convert.KIND_NAME[kind])
+        types = frozenset(validation.interaction_type(t, "interaction_types") for t in request.interaction_types)
+        wanted = EventFilter(reader_ids, frozenset(kinds), types)
+        actor = Actor("consultant", caller.account_id)
+        details = {"kinds": sorted(kinds), "interaction_types": sorted(types), "resume": bool(request.after)}
+        if reader_ids:
+            for reader_id in sorted(reader_ids):
+                await self.app.store.audit(actor, "watch.open", "reader", reader_id, details)
+        else:
+            await self.app.store.audit(actor, "watch.open", "all_readers", None, details)
+        snapshot = (lambda: self._snapshot(wanted)) if request.include_snapshot else None
+        await open_stream(self.app, context, caller, wanted, request.after, _activity_tail, snapshot)
+
+    async def _snapshot(self, wanted: EventFilter) -> list[bytes]:
+        """Every active reader that matches, then the end-of-snapshot marker."""
+        since = iso_from_ns(time.time_ns() - self.app.settings.limits.active_window_seconds * 1_000_000_000)
+        head = self.app.broadcaster.head
+        readers, after = [], None
+        while True:
+            page = await self.app.store.list_active_readers(since, after, 1000)
+            readers += [r for r in page if not wanted.reader_ids or r.id in wanted.reader_ids]
+            if len(page) < 1000:
+                break
+            last = page[-1]
+            assert last.state is not None
+            assert last.state.last_seen_at is not None
+            after = (last.state.last_seen_at, last.id)
+        messages = [
+            pb.WatchActivityResponse(
+                snapshot_readers=[convert.reader(r) for r in readers[i:i + SNAPSHOT_READERS_PER_MESSAGE]]
+            ).SerializeToString()
+            for i in range(0, len(readers), SNAPSHOT_READERS_PER_MESSAGE)
+        ]
+        cursor = self.app.broadcaster.cursor(head)
+        messages.append(pb.WatchActivityResponse(snapshot_complete=True, cursor=cursor).SerializeToString())
+        return messages
+
+    @rpc(Access.CONSULTANT)
+    async def SendMessage(self, request: pb.SendMessageRequest, context: Context,
+                          caller: Principal) -> pb.SendMessageResponse:
+        reader_id = validation.resource_id(request.reader, "readers", "reader")
+        body = validation.message_body(request.body)
+        record = await self.app.store.send_message(Actor("consultant", caller.account_id), reader_id, "to_reader", body)
+        return pb.SendMessageResponse(message=convert.message(record))
+
+    @rpc(Access.CONSULTANT)
+    async def ListMessages(self, request: pb.ListMessagesRequest, context: Context,
+                           caller: Principal) -> pb.ListMessagesResponse:
+        reader_id = validation.resource_id(request.parent, "readers", "parent")
+        records, token = await list_messages_page(self.app, reader_id, request.page_size, request.page_token)
+        reads = await self.app.store.read_positions(reader_id)
+        return pb.ListMessagesResponse(
+            messages=[convert.message(r) for r in records], next_page_token=token,
+            reads=[convert.message_read(p) for p in reads],
+        )
+
+    @rpc(Access.CONSULTANT)
+    async def MarkMessagesRead(self, request: pb.MarkMessagesReadRequest, context: Context,
+                               caller: Principal) -> pb.MarkMessagesReadResponse:
+        reader_id = validation.resource_id(request.reader, "readers", "reader")
+        if request.up_to_sequence < 0:
+            raise InvalidArgument("up_to_sequence must not be negative", field="up_to_sequence")
+        position = await self.app.store.mark_read(Actor("consultant", caller.account_id), reader_id,
+                                                  request.up_to_sequence)
+        return pb.MarkMessagesReadResponse(read=convert.message_read(position))
+
+    @rpc(Access.CONSULTANT)
+    async def ListUnreadCounts(self, request: pb.ListUnreadCountsRequest, context: Context,
+                               caller: Principal) -> pb.ListUnreadCountsResponse:
+        counts = await self.app.store.unread_counts(caller.account_id)
+        return pb.ListUnreadCountsResponse(
+            counts=[pb.UnreadCount(reader=f"readers/{reader_id}", unread=n) for reader_id, n in counts]
+        )
+
+    @rpc(Access.CONSULTANT)
+    async def SetReaderStatus(self, request: pb.SetReaderStatusRequest, context: Context,
+                              caller: Principal) -> pb.SetReaderStatusResponse:
+        reader_id = validation.resource_id(request.reader, "readers", "reader")
+        status = SETTABLE_STATUS.get(request.status)
+        if status is None:
+            raise InvalidArgument("status must be READER_STATUS_PAUSED or READER_STATUS_ACTIVE", field="status")
+        state = await self.app.store.set_reader_status(Actor("consultant", caller.account_id), reader_id, status)
+        return pb.SetReaderStatusResponse(state=convert.reader_state(state))
+
+
+def _activity_tail(cursor: str, heartbeat: bool) -> bytes:
+    return pb.WatchActivityResponse(cursor=cursor, heartbeat=heartbeat).SerializeToString()

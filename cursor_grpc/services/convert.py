@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from cursor.v1 import resources_pb2 as pb
 from cursor_grpc.clock import timestamp_from_iso
+from cursor_grpc.storage.events import Event
+from cursor_grpc.storage.messages import MessageRecord, ReadPosition
 from cursor_grpc.storage.records import ConsultantRecord, InteractionRecord, ReaderRecord, ReaderStateRecord
 
 READER_STATUS = {
@@ -31,6 +33,7 @@ def reader_state(record: ReaderStateRecord) -> pb.ReaderState:
         last_interaction=f"{reader}/interactions/{record.last_interaction_id}" if record.last_interaction_id else "",
         last_seen_time=timestamp_from_iso(record.last_seen_at),
         update_time=timestamp_from_iso(record.updated_at),
+        presence=PRESENCE[record.presence],
     )
 
 
@@ -66,3 +69,77 @@ def consultant(record: ConsultantRecord) -> pb.Consultant:
         promoted_from=f"readers/{record.user_id}" if record.user_id else "",
         create_time=timestamp_from_iso(record.created_at),
     )
+
+
+PRESENCE = {"reading": pb.PRESENCE_READING, "online": pb.PRESENCE_ONLINE, "idle": pb.PRESENCE_IDLE}
+MESSAGE_DIRECTION = {
+    "to_reader": pb.MESSAGE_DIRECTION_TO_READER,
+    "from_reader": pb.MESSAGE_DIRECTION_FROM_READER,
+    "system": pb.MESSAGE_DIRECTION_SYSTEM,
+}
+EVENT_KIND = {
+    "interaction": pb.EVENT_KIND_INTERACTION_RECORDED,
+    "state": pb.EVENT_KIND_READER_STATE_CHANGED,
+    "message": pb.EVENT_KIND_MESSAGE_SENT,
+    "message_read": pb.EVENT_KIND_MESSAGE_READ,
+    "presence": pb.EVENT_KIND_PRESENCE_CHANGED,
+}
+KIND_NAME = {v: k for k, v in EVENT_KIND.items()}
+
+
+def message(record: MessageRecord) -> pb.Message:
+    if record.direction == "to_reader":
+        author = f"consultants/{record.consultant_id}"
+    elif record.direction == "from_reader":
+        author = f"readers/{record.reader_id}"
+    else:
+        author = ""
+    return pb.Message(
+        name=f"readers/{record.reader_id}/messages/{record.id}",
+        direction=MESSAGE_DIRECTION[record.direction],
+        author=author,
+        body=record.body,
+        create_time=timestamp_from_iso(record.created_at),
+        read_time=timestamp_from_iso(record.read_at),
+        sequence=record.seq,
+    )
+
+
+def message_read(position: ReadPosition) -> pb.MessageRead:
+    return pb.MessageRead(
+        reader=f"readers/{position.reader_id}",
+        participant=f"{position.participant_type}s/{position.participant_id}",
+        last_read_sequence=position.last_read_seq,
+    )
+
+
+def activity_event(event: Event, cursor: str) -> pb.ActivityEvent:
+    """The wire form of an event; built once per event for every watcher."""
+    out = pb.ActivityEvent(
+        cursor=cursor,
+        event_id=event.seq,
+        kind=EVENT_KIND[event.kind],
+        reader=f"readers/{event.reader_id}",
+        create_time=timestamp_from_iso(event.created_at),
+        summary=event.summary,
+    )
+    data = event.data
+    if event.interaction is not None:
+        out.interaction.CopyFrom(interaction(event.interaction))
+    elif event.kind == "state":
+        out.state.CopyFrom(reader_state(ReaderStateRecord(
+            event.reader_id, data["status"], data["progress"], data["current_step"], data["last_interaction_id"],
+            data["last_seen_at"], data["updated_at"], data.get("presence", "idle"),
+        )))
+    elif event.kind == "message":
+        out.message.CopyFrom(message(MessageRecord.from_data(event.reader_id, data)))
+    elif event.kind == "message_read":
+        out.message_read.CopyFrom(pb.MessageRead(
+            reader=f"readers/{event.reader_id}", participant=data["participant"],
+            last_read_sequence=data["last_read_seq"],
+        ))
+    elif event.kind == "presence":
+        out.presence.CopyFrom(
+            pb.PresenceChange(presence=PRESENCE[data["presence"]], previous=PRESENCE[data["previous"]])
+        )
+    return out

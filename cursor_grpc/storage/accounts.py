@@ -15,8 +15,10 @@ from cursor_grpc.storage.records import ConsultantRecord, Credential, ReaderReco
 
 READER_COLUMNS = """
     u.id, u.email, u.display_name, u.is_active, u.created_at,
-    s.user_id, s.status, s.progress, s.current_step, s.last_interaction_id, s.last_seen_at, s.updated_at
+    s.user_id, s.status, s.progress, s.current_step, s.last_interaction_id, s.last_seen_at, s.updated_at,
+    s.presence
 """
+STATE_COLUMNS = "user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at, presence"
 READER_FROM = "FROM users u LEFT JOIN reader_states s ON s.user_id = u.id"
 CONSULTANT_COLUMNS = "id, email, display_name, role, is_active, user_id, created_at"
 
@@ -35,7 +37,7 @@ def consultant_from_row(row: tuple[Any, ...]) -> ConsultantRecord:
 
 
 def _email_taken(conn: apsw.Connection, table: str, email: str) -> bool:
-    return bool(fetch_all(conn, f"SELECT 1 FROM {table} WHERE email = ?", (email,)))  # noqa: S608
+    return bool(fetch_all(conn, f"SELECT 1 FROM {table} WHERE email = ?", (email,)))
 
 
 def create_reader(conn: apsw.Connection, email: str, password_hash: str, display_name: str) -> ReaderRecord:
@@ -59,8 +61,7 @@ def get_reader(conn: apsw.Connection, reader_id: str) -> ReaderRecord:
 
 def get_reader_state(conn: apsw.Connection, reader_id: str) -> ReaderStateRecord:
     rows = fetch_all(conn,
-        "SELECT user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at "
-        "FROM reader_states WHERE user_id = ?",
+        f"SELECT {STATE_COLUMNS} FROM reader_states WHERE user_id = ?",
         (reader_id,),
     )
     if not rows:
@@ -92,12 +93,12 @@ def list_active_readers(
     (last_seen_at, user_id), served by idx_reader_states_last_seen."""
     if after is None:
         sql = f"""SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.user_id
-                 WHERE s.last_seen_at >= ? ORDER BY s.last_seen_at DESC, s.user_id DESC LIMIT ?"""  # noqa: S608
+                 WHERE s.last_seen_at >= ? ORDER BY s.last_seen_at DESC, s.user_id DESC LIMIT ?"""
         params: tuple[Any, ...] = (since, limit)
     else:
         sql = f"""SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.user_id
                  WHERE s.last_seen_at >= ? AND (s.last_seen_at, s.user_id) < (?, ?)
-                 ORDER BY s.last_seen_at DESC, s.user_id DESC LIMIT ?"""  # noqa: S608
+                 ORDER BY s.last_seen_at DESC, s.user_id DESC LIMIT ?"""
         params = (since, after[0], after[1], limit)
     return [reader_from_row(r) for r in fetch_all(conn, sql, params)]
 
@@ -131,13 +132,13 @@ def credential_by_id(conn: apsw.Connection, kind: str, account_id: str) -> Crede
 def set_password_hash(conn: apsw.Connection, kind: str, account_id: str, password_hash: str) -> None:
     table = "users" if kind == "reader" else "consultants"
     conn.execute(
-        f"UPDATE {table} SET password_hash = ?, updated_at = ? WHERE id = ?",  # noqa: S608
+        f"UPDATE {table} SET password_hash = ?, updated_at = ? WHERE id = ?",
         (password_hash, now_iso(), account_id),
     )
 
 
 def get_consultant(conn: apsw.Connection, consultant_id: str) -> ConsultantRecord:
-    rows = fetch_all(conn, f"SELECT {CONSULTANT_COLUMNS} FROM consultants WHERE id = ?", (consultant_id,))  # noqa: S608
+    rows = fetch_all(conn, f"SELECT {CONSULTANT_COLUMNS} FROM consultants WHERE id = ?", (consultant_id,))
     if not rows:
         raise NotFound(f"consultant consultants/{consultant_id} does not exist", reason="CONSULTANT_NOT_FOUND")
     return consultant_from_row(rows[0])
@@ -184,13 +185,13 @@ def promote_reader(conn: apsw.Connection, reader_id: str, role: str) -> Consulta
 def set_active(conn: apsw.Connection, kind: str, account_id: str, active: bool) -> bool:
     """Returns whether the flag changed."""
     table = "users" if kind == "reader" else "consultants"
-    exists = fetch_all(conn, f"SELECT is_active FROM {table} WHERE id = ?", (account_id,))  # noqa: S608
+    exists = fetch_all(conn, f"SELECT is_active FROM {table} WHERE id = ?", (account_id,))
     if not exists:
         raise NotFound(f"account {kind}s/{account_id} does not exist", reason="ACCOUNT_NOT_FOUND")
     if bool(exists[0][0]) == active:
         return False
     conn.execute(
-        f"UPDATE {table} SET is_active = ?, updated_at = ? WHERE id = ?",  # noqa: S608
+        f"UPDATE {table} SET is_active = ?, updated_at = ? WHERE id = ?",
         (int(active), now_iso(), account_id),
     )
     return True

@@ -6,12 +6,22 @@ commit (or roll back) together.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import apsw
 
-from cursor_grpc.clock import now_iso
+from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.storage.connection import fetch_all
+from cursor_grpc.storage.events import (
+    KIND_INTERACTION,
+    KIND_PRESENCE,
+    KIND_STATE,
+    Event,
+    SequenceAllocator,
+    insert_event,
+    state_data,
+)
 from cursor_grpc.storage.records import (
     InteractionRecord,
     NewInteractionData,
@@ -22,16 +32,19 @@ from cursor_grpc.storage.records import (
 INTERACTION_COLUMNS = "seq, id, user_id, type, payload, summary, created_at"
 
 _INSERT = (
-    "INSERT INTO interactions(id, user_id, type, payload, summary, created_at) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT(id) DO NOTHING RETURNING seq"
+    "INSERT INTO interactions(seq, id, user_id, type, payload, summary, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(id) DO NOTHING"
 )
-_EXISTING = f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE id = ?"  # noqa: S608
+_EXISTING = f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE id = ?"
+_PREVIOUS = "SELECT presence, last_active_at FROM reader_states WHERE user_id = ?"
 
 # A paused reader stays paused (a consultant paused it); otherwise a progress
 # payload decides between active and completed, and other types keep the status.
 _UPDATE_STATE = """
-INSERT INTO reader_states(user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at)
-VALUES (?1, CASE WHEN ?2 >= 1.0 THEN 'completed' ELSE 'active' END, coalesce(?2, 0), coalesce(?3, 0), ?4, ?5, ?5)
+INSERT INTO reader_states(user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at,
+                          presence, last_active_at)
+VALUES (?1, CASE WHEN ?2 >= 1.0 THEN 'completed' ELSE 'active' END, coalesce(?2, 0), coalesce(?3, 0), ?4, ?5, ?5,
+        ?6, ?7)
 ON CONFLICT(user_id) DO UPDATE SET
     status = CASE
         WHEN reader_states.status = 'paused' THEN 'paused'
@@ -42,8 +55,10 @@ ON CONFLICT(user_id) DO UPDATE SET
     current_step = coalesce(?3, reader_states.current_step),
     last_interaction_id = ?4,
     last_seen_at = ?5,
-    updated_at = ?5
-RETURNING user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at
+    updated_at = CASE WHEN ?2 IS NULL AND ?3 IS NULL THEN reader_states.updated_at ELSE ?5 END,
+    presence = ?6,
+    last_active_at = ?7
+RETURNING user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at, presence
 """
 
 
@@ -51,22 +66,41 @@ def interaction_from_row(row: tuple[Any, ...]) -> InteractionRecord:
     return InteractionRecord(*row)
 
 
-def record_interactions(conn: apsw.Connection, reader_id: str, items: list[NewInteractionData]) -> RecordOutcome:
-    """Store `items` in order for one reader and move its state once.
+def _state_summary(state: ReaderStateRecord) -> str:
+    return f"{state.status}, {state.progress:.0%}, step {state.current_step}"
+
+
+def record_interactions(
+    conn: apsw.Connection,
+    seqs: SequenceAllocator,
+    reader_id: str,
+    items: list[NewInteractionData],
+    reading_window_ns: int,
+) -> RecordOutcome:
+    """Store `items` in order for one reader, move its state and presence
+    once, and return the events committed with them.
 
     An id already stored for this reader is a duplicate (the stored row is
     returned, nothing is written); an id stored for another reader is a
     conflict. Runs on the writer, inside the caller's savepoint."""
-    now = now_iso()
+    now_ns = time.time_ns()
+    now = iso_from_ns(now_ns)
     stored: list[InteractionRecord] = []
     duplicates: list[InteractionRecord] = []
     conflicts: list[tuple[int, str]] = []
+    events: list[Event] = []
     percent: float | None = None
     step: int | None = None
+    active = False
     for item in items:
-        rows = fetch_all(conn, _INSERT, (item.id, reader_id, item.type, item.payload, item.summary, now))
-        if rows:
-            stored.append(InteractionRecord(rows[0][0], item.id, reader_id, item.type, item.payload, item.summary, now))
+        seq = seqs.next()
+        conn.execute(_INSERT, (seq, item.id, reader_id, item.type, item.payload, item.summary, now))
+        if conn.changes():
+            record = InteractionRecord(seq, item.id, reader_id, item.type, item.payload, item.summary, now)
+            stored.append(record)
+            events.append(Event(seq, KIND_INTERACTION, reader_id, now, item.summary, record))
+            if item.type != "heartbeat":
+                active = True
             if item.percent is not None:
                 percent = item.percent
             if item.step is not None:
@@ -79,9 +113,61 @@ def record_interactions(conn: apsw.Connection, reader_id: str, items: list[NewIn
             conflicts.append((item.index, item.id))
     state = None
     if stored:
-        row = fetch_all(conn, _UPDATE_STATE, (reader_id, percent, step, stored[-1].id, now))[0]
+        previous = fetch_all(conn, _PREVIOUS, (reader_id,))
+        was, last_active = (previous[0][0], previous[0][1]) if previous else ("idle", None)
+        if active:
+            last_active = now
+        recent = last_active is not None and last_active >= iso_from_ns(now_ns - reading_window_ns)
+        presence = "reading" if recent else "online"
+        row = fetch_all(conn, _UPDATE_STATE, (reader_id, percent, step, stored[-1].id, now, presence, last_active))[0]
         state = ReaderStateRecord(*row)
-    return RecordOutcome(stored, duplicates, conflicts, state)
+        if percent is not None or step is not None:
+            events.append(insert_event(
+                conn, seqs.next(), KIND_STATE, reader_id, stored[-1].id, _state_summary(state), state_data(state), now
+            ))
+        if presence != was:
+            events.append(insert_event(
+                conn, seqs.next(), KIND_PRESENCE, reader_id, None, presence,
+                {"presence": presence, "previous": was}, now,
+            ))
+    return RecordOutcome(stored, duplicates, conflicts, state, events)
+
+
+def sweep_presence(
+    conn: apsw.Connection, seqs: SequenceAllocator, idle_ns: int, reading_window_ns: int
+) -> list[Event]:
+    """Announce time-based presence changes: readers silent for the idle time
+    become idle; readers whose only recent traffic is heartbeats go from
+    reading to online. Served by two partial indexes, so it costs only the
+    readers that change."""
+    now_ns = time.time_ns()
+    now = iso_from_ns(now_ns)
+    events: list[Event] = []
+    idle_cutoff = iso_from_ns(now_ns - idle_ns)
+    reading_cutoff = iso_from_ns(now_ns - reading_window_ns)
+    changes = [
+        (reader_id, was, "idle")
+        for reader_id, was in fetch_all(
+            conn, "SELECT user_id, presence FROM reader_states WHERE presence != 'idle' AND last_seen_at < ?",
+            (idle_cutoff,),
+        )
+    ]
+    changes += [
+        (reader_id, "reading", "online")
+        for (reader_id,) in fetch_all(
+            conn,
+            "SELECT user_id FROM reader_states WHERE presence = 'reading' "
+            "AND (last_active_at IS NULL OR last_active_at < ?) AND last_seen_at >= ?",
+            (reading_cutoff, idle_cutoff),
+        )
+    ]
+    for reader_id, was, now_presence in changes:
+        conn.execute("UPDATE reader_states SET presence = ? WHERE user_id = ?", (now_presence, reader_id))
+        events.append(insert_event(
+            conn, seqs.next(), KIND_PRESENCE, reader_id, None, now_presence,
+            {"presence": now_presence, "previous": was}, now,
+        ))
+    return events
 
 
 def list_interactions(
@@ -100,5 +186,5 @@ def list_interactions(
         clauses.append("seq < ?")
         params.append(before_seq)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT {INTERACTION_COLUMNS} FROM interactions {where} ORDER BY seq DESC LIMIT ?"  # noqa: S608
+    sql = f"SELECT {INTERACTION_COLUMNS} FROM interactions {where} ORDER BY seq DESC LIMIT ?"
     return [interaction_from_row(r) for r in fetch_all(conn, sql, (*params, limit))]

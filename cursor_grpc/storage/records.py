@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +15,7 @@ class ReaderStateRecord:
     last_interaction_id: str | None
     last_seen_at: str | None
     updated_at: str
+    presence: str = "idle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +66,14 @@ class NewInteractionData:
 
 @dataclass(frozen=True, slots=True)
 class RecordOutcome:
-    """What one write of interactions did."""
+    """What one write of interactions did, and the events it committed."""
 
     stored: list[InteractionRecord]
     duplicates: list[InteractionRecord]
     # (index, id) of interactions whose id belongs to another reader.
     conflicts: list[tuple[int, str]]
     state: ReaderStateRecord | None
+    events: list[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,14 +6,18 @@ implement the same methods."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import apsw
 
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage import accounts, interactions, sessions
+from cursor_grpc.storage import accounts, events, interactions, messages, sessions
 from cursor_grpc.storage.audit import write_audit
 from cursor_grpc.storage.connection import open_connection
+from cursor_grpc.storage.events import Event, Evented, EventFilter, SequenceAllocator
+from cursor_grpc.storage.messages import MessageRecord, ReadPosition
 from cursor_grpc.storage.migrations import migrate, verify_current
 from cursor_grpc.storage.reads import ReadPool
 from cursor_grpc.storage.records import (
@@ -60,9 +64,28 @@ class Store:
         self.reads = ReadPool(settings)
         try:
             self.reads.run_sync(verify_current)
+            # Made on the writer thread, used only there.
+            self.seqs: SequenceAllocator = self.writer.submit_sync(SequenceAllocator)
+            self.epoch: str = self.reads.run_sync(events.epoch)
         except BaseException:
             self.close()
             raise
+
+    def on_events(self, listener: Callable[[list[Event]], None]) -> None:
+        """Call `listener(events)` on the writer thread after every commit
+        that carried events, in commit order. Never before the commit."""
+
+        def hook(results: list[Any]) -> None:
+            committed = [event for result in results for event in getattr(result, "events", ())]
+            if committed:
+                listener(committed)
+
+        self.writer.add_commit_hook(hook)
+
+    @property
+    def last_seq(self) -> int:
+        """The last sequence number handed out (read from any thread)."""
+        return self.seqs.last
 
     def close(self) -> None:
         """Commit what is queued, then close every connection. Idempotent."""
@@ -189,8 +212,74 @@ class Store:
 
     # --- interactions ----------------------------------------------------------
 
-    async def record_interactions(self, reader_id: str, items: list[NewInteractionData]) -> RecordOutcome:
-        return await self.writer.submit(lambda conn: interactions.record_interactions(conn, reader_id, items))
+    async def record_interactions(
+        self, reader_id: str, items: list[NewInteractionData], reading_window_ns: int
+    ) -> RecordOutcome:
+        return await self.writer.submit(
+            lambda conn: interactions.record_interactions(conn, self.seqs, reader_id, items, reading_window_ns)
+        )
+
+    async def sweep_presence(self, idle_ns: int, reading_window_ns: int) -> list[Event]:
+        result = await self.writer.submit(
+            lambda conn: Evented(None, interactions.sweep_presence(conn, self.seqs, idle_ns, reading_window_ns))
+        )
+        return result.events
+
+    # --- events ------------------------------------------------------------------
+
+    async def replay(self, after: int, upto: int, wanted: EventFilter) -> list[Event]:
+        return await self.reads.run(lambda conn: events.replay(conn, after, upto, wanted))
+
+    async def history_floor(self) -> int:
+        return await self.reads.run(events.history_floor)
+
+    async def audit(self, actor: Actor, action: str, target_type: str | None, target_id: str | None,
+                    details: dict[str, Any] | None = None) -> None:
+        """An audit row for an action that writes nothing else (opening a watch)."""
+        await self.writer.submit(
+            lambda conn: write_audit(conn, actor.type, actor.id, action, target_type, target_id, details)
+        )
+
+    # --- conversations ---------------------------------------------------------
+
+    async def send_message(self, actor: Actor, reader_id: str, direction: str, body: str) -> MessageRecord:
+        def write(conn: apsw.Connection) -> Evented:
+            sent = messages.send_message(
+                conn, self.seqs, reader_id, direction, actor.id if actor.type == "consultant" else None, body
+            )
+            if actor.type == "consultant":
+                write_audit(conn, actor.type, actor.id, "message.send", "reader", reader_id,
+                            {"message_id": sent.value.id})
+            return sent
+
+        result = await self.writer.submit(write)
+        return result.value  # type: ignore[no-any-return]
+
+    async def list_messages(self, reader_id: str, before_seq: int | None, limit: int) -> list[MessageRecord]:
+        return await self.reads.run(lambda conn: messages.list_messages(conn, reader_id, before_seq, limit))
+
+    async def read_positions(self, reader_id: str) -> list[ReadPosition]:
+        return await self.reads.run(lambda conn: messages.read_positions(conn, reader_id))
+
+    async def mark_read(self, actor: Actor, reader_id: str, up_to: int) -> ReadPosition:
+        assert actor.id is not None
+        actor_id = actor.id
+        result = await self.writer.submit(
+            lambda conn: messages.mark_read(conn, self.seqs, reader_id, actor.type, actor_id, up_to)
+        )
+        return result.value  # type: ignore[no-any-return]
+
+    async def unread_counts(self, consultant_id: str) -> list[tuple[str, int]]:
+        return await self.reads.run(lambda conn: messages.unread_counts(conn, consultant_id))
+
+    async def set_reader_status(self, actor: Actor, reader_id: str, status: str) -> ReaderStateRecord:
+        def write(conn: apsw.Connection) -> Evented:
+            changed = messages.set_reader_status(conn, self.seqs, reader_id, status)
+            write_audit(conn, actor.type, actor.id, "reader.set_status", "reader", reader_id, {"status": status})
+            return changed
+
+        result = await self.writer.submit(write)
+        return result.value  # type: ignore[no-any-return]
 
     async def list_interactions(
         self, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int

@@ -25,29 +25,55 @@ _sym_db = _symbol_database.Default()
 from cursor.v1 import resources_pb2 as cursor_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cursor/v1/consultant_service.proto\x12\tcursor.v1\x1a\x19\x63ursor/v1/resources.proto\"Y\n\x18ListActiveReadersRequest\x12\x16\n\x0ewindow_seconds\x18\x01 \x01(\x05\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x19ListActiveReadersResponse\x12\"\n\x07readers\x18\x01 \x03(\x0b\x32\x11.cursor.v1.Reader\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x12ListReadersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.cursor.v1.ReaderStatus\"R\n\x13ListReadersResponse\x12\"\n\x07readers\x18\x01 \x03(\x0b\x32\x11.cursor.v1.Reader\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10GetReaderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x11GetReaderResponse\x12!\n\x06reader\x18\x01 \x01(\x0b\x32\x11.cursor.v1.Reader\"^\n\x17ListInteractionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\"|\n\x18ListInteractionsResponse\x12,\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x16.cursor.v1.Interaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x19\n\x11includes_archived\x18\x03 \x01(\x08\x32\xe6\x02\n\x11\x43onsultantService\x12^\n\x11ListActiveReaders\x12#.cursor.v1.ListActiveReadersRequest\x1a$.cursor.v1.ListActiveReadersResponse\x12L\n\x0bListReaders\x12\x1d.cursor.v1.ListReadersRequest\x1a\x1e.cursor.v1.ListReadersResponse\x12\x46\n\tGetReader\x12\x1b.cursor.v1.GetReaderRequest\x1a\x1c.cursor.v1.GetReaderResponse\x12[\n\x10ListInteractions\x12\".cursor.v1.ListInteractionsRequest\x1a#.cursor.v1.ListInteractionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cursor/v1/consultant_service.proto\x12\tcursor.v1\x1a\x19\x63ursor/v1/resources.proto\"\x90\x01\n\x14WatchActivityRequest\x12\x0f\n\x07readers\x18\x01 \x03(\t\x12#\n\x05kinds\x18\x02 \x03(\x0e\x32\x14.cursor.v1.EventKind\x12\x19\n\x11interaction_types\x18\x03 \x03(\t\x12\x18\n\x10include_snapshot\x18\x04 \x01(\x08\x12\r\n\x05\x61\x66ter\x18\x05 \x01(\t\"\xac\x01\n\x15WatchActivityResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.cursor.v1.ActivityEvent\x12+\n\x10snapshot_readers\x18\x02 \x03(\x0b\x32\x11.cursor.v1.Reader\x12\x19\n\x11snapshot_complete\x18\x03 \x01(\x08\x12\x11\n\theartbeat\x18\x04 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\t\"2\n\x12SendMessageRequest\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\":\n\x13SendMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.cursor.v1.Message\"L\n\x13ListMessagesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"|\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.cursor.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12%\n\x05reads\x18\x03 \x03(\x0b\x32\x16.cursor.v1.MessageRead\"A\n\x17MarkMessagesReadRequest\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\x16\n\x0eup_to_sequence\x18\x02 \x01(\x03\"@\n\x18MarkMessagesReadResponse\x12$\n\x04read\x18\x01 \x01(\x0b\x32\x16.cursor.v1.MessageRead\"\x19\n\x17ListUnreadCountsRequest\"-\n\x0bUnreadCount\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\x0e\n\x06unread\x18\x02 \x01(\x03\"B\n\x18ListUnreadCountsResponse\x12&\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x16.cursor.v1.UnreadCount\"Q\n\x16SetReaderStatusRequest\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.cursor.v1.ReaderStatus\"@\n\x17SetReaderStatusResponse\x12%\n\x05state\x18\x01 \x01(\x0b\x32\x16.cursor.v1.ReaderState\"Y\n\x18ListActiveReadersRequest\x12\x16\n\x0ewindow_seconds\x18\x01 \x01(\x05\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x19ListActiveReadersResponse\x12\"\n\x07readers\x18\x01 \x03(\x0b\x32\x11.cursor.v1.Reader\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x12ListReadersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.cursor.v1.ReaderStatus\"R\n\x13ListReadersResponse\x12\"\n\x07readers\x18\x01 \x03(\x0b\x32\x11.cursor.v1.Reader\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10GetReaderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x11GetReaderResponse\x12!\n\x06reader\x18\x01 \x01(\x0b\x32\x11.cursor.v1.Reader\"^\n\x17ListInteractionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\"|\n\x18ListInteractionsResponse\x12,\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x16.cursor.v1.Interaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x19\n\x11includes_archived\x18\x03 \x01(\x08\x32\xef\x06\n\x11\x43onsultantService\x12^\n\x11ListActiveReaders\x12#.cursor.v1.ListActiveReadersRequest\x1a$.cursor.v1.ListActiveReadersResponse\x12L\n\x0bListReaders\x12\x1d.cursor.v1.ListReadersRequest\x1a\x1e.cursor.v1.ListReadersResponse\x12\x46\n\tGetReader\x12\x1b.cursor.v1.GetReaderRequest\x1a\x1c.cursor.v1.GetReaderResponse\x12[\n\x10ListInteractions\x12\".cursor.v1.ListInteractionsRequest\x1a#.cursor.v1.ListInteractionsResponse\x12T\n\rWatchActivity\x12\x1f.cursor.v1.WatchActivityRequest\x1a .cursor.v1.WatchActivityResponse0\x01\x12L\n\x0bSendMessage\x12\x1d.cursor.v1.SendMessageRequest\x1a\x1e.cursor.v1.SendMessageResponse\x12O\n\x0cListMessages\x12\x1e.cursor.v1.ListMessagesRequest\x1a\x1f.cursor.v1.ListMessagesResponse\x12[\n\x10MarkMessagesRead\x12\".cursor.v1.MarkMessagesReadRequest\x1a#.cursor.v1.MarkMessagesReadResponse\x12[\n\x10ListUnreadCounts\x12\".cursor.v1.ListUnreadCountsRequest\x1a#.cursor.v1.ListUnreadCountsResponse\x12X\n\x0fSetReaderStatus\x12!.cursor.v1.SetReaderStatusRequest\x1a\".cursor.v1.SetReaderStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cursor.v1.consultant_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTACTIVEREADERSREQUEST']._serialized_start=76
-  _globals['_LISTACTIVEREADERSREQUEST']._serialized_end=165
-  _globals['_LISTACTIVEREADERSRESPONSE']._serialized_start=167
-  _globals['_LISTACTIVEREADERSRESPONSE']._serialized_end=255
-  _globals['_LISTREADERSREQUEST']._serialized_start=257
-  _globals['_LISTREADERSREQUEST']._serialized_end=357
-  _globals['_LISTREADERSRESPONSE']._serialized_start=359
-  _globals['_LISTREADERSRESPONSE']._serialized_end=441
-  _globals['_GETREADERREQUEST']._serialized_start=443
-  _globals['_GETREADERREQUEST']._serialized_end=475
-  _globals['_GETREADERRESPONSE']._serialized_start=477
-  _globals['_GETREADERRESPONSE']._serialized_end=531
-  _globals['_LISTINTERACTIONSREQUEST']._serialized_start=533
-  _globals['_LISTINTERACTIONSREQUEST']._serialized_end=627
-  _globals['_LISTINTERACTIONSRESPONSE']._serialized_start=629
-  _globals['_LISTINTERACTIONSRESPONSE']._serialized_end=753
-  _globals['_CONSULTANTSERVICE']._serialized_start=756
-  _globals['_CONSULTANTSERVICE']._serialized_end=1114
+  _globals['_WATCHACTIVITYREQUEST']._serialized_start=77
+  _globals['_WATCHACTIVITYREQUEST']._serialized_end=221
+  _globals['_WATCHACTIVITYRESPONSE']._serialized_start=224
+  _globals['_WATCHACTIVITYRESPONSE']._serialized_end=396
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=398
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=448
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=450
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=508
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=510
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=586
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=588
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=712
+  _globals['_MARKMESSAGESREADREQUEST']._serialized_start=714
+  _globals['_MARKMESSAGESREADREQUEST']._serialized_end=779
+  _globals['_MARKMESSAGESREADRESPONSE']._serialized_start=781
+  _globals['_MARKMESSAGESREADRESPONSE']._serialized_end=845
+  _globals['_LISTUNREADCOUNTSREQUEST']._serialized_start=847
+  _globals['_LISTUNREADCOUNTSREQUEST']._serialized_end=872
+  _globals['_UNREADCOUNT']._serialized_start=874
+  _globals['_UNREADCOUNT']._serialized_end=919
+  _globals['_LISTUNREADCOUNTSRESPONSE']._serialized_start=921
+  _globals['_LISTUNREADCOUNTSRESPONSE']._serialized_end=987
+  _globals['_SETREADERSTATUSREQUEST']._serialized_start=989
+  _globals['_SETREADERSTATUSREQUEST']._serialized_end=1070
+  _globals['_SETREADERSTATUSRESPONSE']._serialized_start=1072
+  _globals['_SETREADERSTATUSRESPONSE']._serialized_end=1136
+  _globals['_LISTACTIVEREADERSREQUEST']._serialized_start=1138
+  _globals['_LISTACTIVEREADERSREQUEST']._serialized_end=1227
+  _globals['_LISTACTIVEREADERSRESPONSE']._serialized_start=1229
+  _globals['_LISTACTIVEREADERSRESPONSE']._serialized_end=1317
+  _globals['_LISTREADERSREQUEST']._serialized_start=1319
+  _globals['_LISTREADERSREQUEST']._serialized_end=1419
+  _globals['_LISTREADERSRESPONSE']._serialized_start=1421
+  _globals['_LISTREADERSRESPONSE']._serialized_end=1503
+  _globals['_GETREADERREQUEST']._serialized_start=1505
+  _globals['_GETREADERREQUEST']._serialized_end=1537
+  _globals['_GETREADERRESPONSE']._serialized_start=1539
+  _globals['_GETREADERRESPONSE']._serialized_end=1593
+  _globals['_LISTINTERACTIONSREQUEST']._serialized_start=1595
+  _globals['_LISTINTERACTIONSREQUEST']._serialized_end=1689
+  _globals['_LISTINTERACTIONSRESPONSE']._serialized_start=1691
+  _globals['_LISTINTERACTIONSRESPONSE']._serialized_end=1815
+  _globals['_CONSULTANTSERVICE']._serialized_start=1818
+  _globals['_CONSULTANTSERVICE']._serialized_end=2697
 # @@protoc_insertion_point(module_scope)

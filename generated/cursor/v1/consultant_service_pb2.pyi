@@ -20,6 +20,375 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class WatchActivityRequest(_message.Message):
+    """Request for WatchActivity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READERS_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    INTERACTION_TYPES_FIELD_NUMBER: _builtins.int
+    INCLUDE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    include_snapshot: _builtins.bool
+    """Start with the current state of every active reader that matches."""
+    after: _builtins.str
+    """Resume behind this cursor (from an event or a heartbeat); empty to
+    start with what happens from now on.
+    """
+    @_builtins.property
+    def readers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these readers (`readers/{id}`); empty for all readers."""
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.EventKind.ValueType]:
+        """Only these kinds of event; empty for all kinds."""
+
+    @_builtins.property
+    def interaction_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only interactions of these types; empty for all types."""
+
+    def __init__(
+        self,
+        *,
+        readers: _abc.Iterable[_builtins.str] | None = ...,
+        kinds: _abc.Iterable[_resources_pb2.EventKind.ValueType] | None = ...,
+        interaction_types: _abc.Iterable[_builtins.str] | None = ...,
+        include_snapshot: _builtins.bool = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "include_snapshot", b"include_snapshot", "interaction_types", b"interaction_types", "kinds", b"kinds", "readers", b"readers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchActivityRequest: _TypeAlias = WatchActivityRequest  # noqa: Y015
+
+@_typing.final
+class WatchActivityResponse(_message.Message):
+    """One message of a WatchActivity stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_READERS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    snapshot_complete: _builtins.bool
+    """True on the message that ends the snapshot; live events follow."""
+    heartbeat: _builtins.bool
+    """True on a keep-alive message sent when nothing happened for a while."""
+    cursor: _builtins.str
+    """Where this stream stands: resume with `after` set to this."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.ActivityEvent]:
+        """Events in commit order; one when traffic is light, many under load."""
+
+    @_builtins.property
+    def snapshot_readers(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Reader]:
+        """Snapshot part: active readers with their state."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_resources_pb2.ActivityEvent] | None = ...,
+        snapshot_readers: _abc.Iterable[_resources_pb2.Reader] | None = ...,
+        snapshot_complete: _builtins.bool = ...,
+        heartbeat: _builtins.bool = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "events", b"events", "heartbeat", b"heartbeat", "snapshot_complete", b"snapshot_complete", "snapshot_readers", b"snapshot_readers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchActivityResponse: _TypeAlias = WatchActivityResponse  # noqa: Y015
+
+@_typing.final
+class SendMessageRequest(_message.Message):
+    """Request for SendMessage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The reader, `readers/{id}`."""
+    body: _builtins.str
+    """1 to 4,000 characters."""
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+        body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "reader", b"reader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMessageRequest: _TypeAlias = SendMessageRequest  # noqa: Y015
+
+@_typing.final
+class SendMessageResponse(_message.Message):
+    """Response for SendMessage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> _resources_pb2.Message:
+        """The stored message."""
+
+    def __init__(
+        self,
+        *,
+        message: _resources_pb2.Message | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMessageResponse: _TypeAlias = SendMessageResponse  # noqa: Y015
+
+@_typing.final
+class ListMessagesRequest(_message.Message):
+    """Request for ListMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The conversation, `readers/{id}`."""
+    page_size: _builtins.int
+    """At most this many; 0 means 50, more than 1000 means 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessagesRequest: _TypeAlias = ListMessagesRequest  # noqa: Y015
+
+@_typing.final
+class ListMessagesResponse(_message.Message):
+    """Response for ListMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    READS_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Message]:
+        """Newest first."""
+
+    @_builtins.property
+    def reads(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.MessageRead]:
+        """Read positions of every participant who has read this conversation."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_resources_pb2.Message] | None = ...,
+        next_page_token: _builtins.str = ...,
+        reads: _abc.Iterable[_resources_pb2.MessageRead] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token", "reads", b"reads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessagesResponse: _TypeAlias = ListMessagesResponse  # noqa: Y015
+
+@_typing.final
+class MarkMessagesReadRequest(_message.Message):
+    """Request for MarkMessagesRead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    UP_TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The conversation, `readers/{id}`."""
+    up_to_sequence: _builtins.int
+    """Read up to and including this message sequence; 0 for everything so far."""
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+        up_to_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkMessagesReadRequest: _TypeAlias = MarkMessagesReadRequest  # noqa: Y015
+
+@_typing.final
+class MarkMessagesReadResponse(_message.Message):
+    """Response for MarkMessagesRead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READ_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def read(self) -> _resources_pb2.MessageRead:
+        """The caller's read position now."""
+
+    def __init__(
+        self,
+        *,
+        read: _resources_pb2.MessageRead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkMessagesReadResponse: _TypeAlias = MarkMessagesReadResponse  # noqa: Y015
+
+@_typing.final
+class ListUnreadCountsRequest(_message.Message):
+    """Request for ListUnreadCounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnreadCountsRequest: _TypeAlias = ListUnreadCountsRequest  # noqa: Y015
+
+@_typing.final
+class UnreadCount(_message.Message):
+    """Unread messages in one conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    UNREAD_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The reader, `readers/{id}`."""
+    unread: _builtins.int
+    """Messages from the reader after the caller's read position."""
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+        unread: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader", "unread", b"unread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnreadCount: _TypeAlias = UnreadCount  # noqa: Y015
+
+@_typing.final
+class ListUnreadCountsResponse(_message.Message):
+    """Response for ListUnreadCounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnreadCount]:
+        """Conversations with unread messages, most unread first."""
+
+    def __init__(
+        self,
+        *,
+        counts: _abc.Iterable[Global___UnreadCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnreadCountsResponse: _TypeAlias = ListUnreadCountsResponse  # noqa: Y015
+
+@_typing.final
+class SetReaderStatusRequest(_message.Message):
+    """Request for SetReaderStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The reader, `readers/{id}`."""
+    status: _resources_pb2.ReaderStatus.ValueType
+    """READER_STATUS_PAUSED or READER_STATUS_ACTIVE."""
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+        status: _resources_pb2.ReaderStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReaderStatusRequest: _TypeAlias = SetReaderStatusRequest  # noqa: Y015
+
+@_typing.final
+class SetReaderStatusResponse(_message.Message):
+    """Response for SetReaderStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> _resources_pb2.ReaderState:
+        """The reader's state now."""
+
+    def __init__(
+        self,
+        *,
+        state: _resources_pb2.ReaderState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReaderStatusResponse: _TypeAlias = SetReaderStatusResponse  # noqa: Y015
+
+@_typing.final
 class ListActiveReadersRequest(_message.Message):
     """Request for ListActiveReaders."""
 

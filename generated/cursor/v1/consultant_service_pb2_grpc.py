@@ -56,6 +56,36 @@ class ConsultantServiceStub:
                 request_serializer=cursor_dot_v1_dot_consultant__service__pb2.ListInteractionsRequest.SerializeToString,
                 response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.ListInteractionsResponse.FromString,
                 _registered_method=True)
+        self.WatchActivity = channel.unary_stream(
+                '/cursor.v1.ConsultantService/WatchActivity',
+                request_serializer=cursor_dot_v1_dot_consultant__service__pb2.WatchActivityRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.WatchActivityResponse.FromString,
+                _registered_method=True)
+        self.SendMessage = channel.unary_unary(
+                '/cursor.v1.ConsultantService/SendMessage',
+                request_serializer=cursor_dot_v1_dot_consultant__service__pb2.SendMessageRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.SendMessageResponse.FromString,
+                _registered_method=True)
+        self.ListMessages = channel.unary_unary(
+                '/cursor.v1.ConsultantService/ListMessages',
+                request_serializer=cursor_dot_v1_dot_consultant__service__pb2.ListMessagesRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.ListMessagesResponse.FromString,
+                _registered_method=True)
+        self.MarkMessagesRead = channel.unary_unary(
+                '/cursor.v1.ConsultantService/MarkMessagesRead',
+                request_serializer=cursor_dot_v1_dot_consultant__service__pb2.MarkMessagesReadRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.MarkMessagesReadResponse.FromString,
+                _registered_method=True)
+        self.ListUnreadCounts = channel.unary_unary(
+                '/cursor.v1.ConsultantService/ListUnreadCounts',
+                request_serializer=cursor_dot_v1_dot_consultant__service__pb2.ListUnreadCountsRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.ListUnreadCountsResponse.FromString,
+                _registered_method=True)
+        self.SetReaderStatus = channel.unary_unary(
+                '/cursor.v1.ConsultantService/SetReaderStatus',
+                request_serializer=cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusResponse.FromString,
+                _registered_method=True)
 
 
 class ConsultantServiceServicer:
@@ -91,6 +121,52 @@ class ConsultantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchActivity(self, request, context):
+        """Streams what readers do as it commits: optionally a snapshot of the
+        active readers first, then live events in batches. Resumes behind a
+        cursor with no gap and no duplicate, also across server restarts.
+        Opening a watch is audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendMessage(self, request, context):
+        """Writes to a reader (audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMessages(self, request, context):
+        """Lists one reader's conversation, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkMessagesRead(self, request, context):
+        """Moves the caller's read position in a reader's conversation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUnreadCounts(self, request, context):
+        """Unread messages from readers, per reader, for the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetReaderStatus(self, request, context):
+        """Pauses or resumes a reader (audited). Other reader fields are the
+        reader's own or an admin's to change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsultantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +189,36 @@ def add_ConsultantServiceServicer_to_server(servicer, server):
                     servicer.ListInteractions,
                     request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.ListInteractionsRequest.FromString,
                     response_serializer=cursor_dot_v1_dot_consultant__service__pb2.ListInteractionsResponse.SerializeToString,
+            ),
+            'WatchActivity': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchActivity,
+                    request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.WatchActivityRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_consultant__service__pb2.WatchActivityResponse.SerializeToString,
+            ),
+            'SendMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendMessage,
+                    request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.SendMessageRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_consultant__service__pb2.SendMessageResponse.SerializeToString,
+            ),
+            'ListMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessages,
+                    request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.ListMessagesRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_consultant__service__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'MarkMessagesRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkMessagesRead,
+                    request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.MarkMessagesReadRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_consultant__service__pb2.MarkMessagesReadResponse.SerializeToString,
+            ),
+            'ListUnreadCounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnreadCounts,
+                    request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.ListUnreadCountsRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_consultant__service__pb2.ListUnreadCountsResponse.SerializeToString,
+            ),
+            'SetReaderStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetReaderStatus,
+                    request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +331,168 @@ class ConsultantService:
             '/cursor.v1.ConsultantService/ListInteractions',
             cursor_dot_v1_dot_consultant__service__pb2.ListInteractionsRequest.SerializeToString,
             cursor_dot_v1_dot_consultant__service__pb2.ListInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cursor.v1.ConsultantService/WatchActivity',
+            cursor_dot_v1_dot_consultant__service__pb2.WatchActivityRequest.SerializeToString,
+            cursor_dot_v1_dot_consultant__service__pb2.WatchActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ConsultantService/SendMessage',
+            cursor_dot_v1_dot_consultant__service__pb2.SendMessageRequest.SerializeToString,
+            cursor_dot_v1_dot_consultant__service__pb2.SendMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ConsultantService/ListMessages',
+            cursor_dot_v1_dot_consultant__service__pb2.ListMessagesRequest.SerializeToString,
+            cursor_dot_v1_dot_consultant__service__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkMessagesRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ConsultantService/MarkMessagesRead',
+            cursor_dot_v1_dot_consultant__service__pb2.MarkMessagesReadRequest.SerializeToString,
+            cursor_dot_v1_dot_consultant__service__pb2.MarkMessagesReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnreadCounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ConsultantService/ListUnreadCounts',
+            cursor_dot_v1_dot_consultant__service__pb2.ListUnreadCountsRequest.SerializeToString,
+            cursor_dot_v1_dot_consultant__service__pb2.ListUnreadCountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetReaderStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ConsultantService/SetReaderStatus',
+            cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusRequest.SerializeToString,
+            cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

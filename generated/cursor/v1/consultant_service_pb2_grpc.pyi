@@ -43,6 +43,24 @@ class ConsultantServiceStub:
     """Returns one reader with its state."""
     ListInteractions: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.ListInteractionsRequest, _consultant_service_pb2.ListInteractionsResponse]
     """Lists interactions of one reader, or of all readers, newest first."""
+    WatchActivity: _grpc.UnaryStreamMultiCallable[_consultant_service_pb2.WatchActivityRequest, _consultant_service_pb2.WatchActivityResponse]
+    """Streams what readers do as it commits: optionally a snapshot of the
+    active readers first, then live events in batches. Resumes behind a
+    cursor with no gap and no duplicate, also across server restarts.
+    Opening a watch is audited.
+    """
+    SendMessage: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.SendMessageRequest, _consultant_service_pb2.SendMessageResponse]
+    """Writes to a reader (audited)."""
+    ListMessages: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.ListMessagesRequest, _consultant_service_pb2.ListMessagesResponse]
+    """Lists one reader's conversation, newest first."""
+    MarkMessagesRead: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.MarkMessagesReadRequest, _consultant_service_pb2.MarkMessagesReadResponse]
+    """Moves the caller's read position in a reader's conversation."""
+    ListUnreadCounts: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.ListUnreadCountsRequest, _consultant_service_pb2.ListUnreadCountsResponse]
+    """Unread messages from readers, per reader, for the caller."""
+    SetReaderStatus: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.SetReaderStatusRequest, _consultant_service_pb2.SetReaderStatusResponse]
+    """Pauses or resumes a reader (audited). Other reader fields are the
+    reader's own or an admin's to change.
+    """
 
 @_typing.type_check_only
 class ConsultantServiceAsyncStub(ConsultantServiceStub):
@@ -59,6 +77,24 @@ class ConsultantServiceAsyncStub(ConsultantServiceStub):
     """Returns one reader with its state."""
     ListInteractions: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.ListInteractionsRequest, _consultant_service_pb2.ListInteractionsResponse]  # type: ignore[assignment]
     """Lists interactions of one reader, or of all readers, newest first."""
+    WatchActivity: _aio.UnaryStreamMultiCallable[_consultant_service_pb2.WatchActivityRequest, _consultant_service_pb2.WatchActivityResponse]  # type: ignore[assignment]
+    """Streams what readers do as it commits: optionally a snapshot of the
+    active readers first, then live events in batches. Resumes behind a
+    cursor with no gap and no duplicate, also across server restarts.
+    Opening a watch is audited.
+    """
+    SendMessage: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.SendMessageRequest, _consultant_service_pb2.SendMessageResponse]  # type: ignore[assignment]
+    """Writes to a reader (audited)."""
+    ListMessages: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.ListMessagesRequest, _consultant_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
+    """Lists one reader's conversation, newest first."""
+    MarkMessagesRead: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.MarkMessagesReadRequest, _consultant_service_pb2.MarkMessagesReadResponse]  # type: ignore[assignment]
+    """Moves the caller's read position in a reader's conversation."""
+    ListUnreadCounts: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.ListUnreadCountsRequest, _consultant_service_pb2.ListUnreadCountsResponse]  # type: ignore[assignment]
+    """Unread messages from readers, per reader, for the caller."""
+    SetReaderStatus: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.SetReaderStatusRequest, _consultant_service_pb2.SetReaderStatusResponse]  # type: ignore[assignment]
+    """Pauses or resumes a reader (audited). Other reader fields are the
+    reader's own or an admin's to change.
+    """
 
 class ConsultantServiceServicer(metaclass=_abc_1.ABCMeta):
     """What consultant tools call to look readers up. Every RPC needs a
@@ -96,5 +132,59 @@ class ConsultantServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_consultant_service_pb2.ListInteractionsResponse, _abc.Awaitable[_consultant_service_pb2.ListInteractionsResponse]]:
         """Lists interactions of one reader, or of all readers, newest first."""
+
+    @_abc_1.abstractmethod
+    def WatchActivity(
+        self,
+        request: _consultant_service_pb2.WatchActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_consultant_service_pb2.WatchActivityResponse], _abc.AsyncIterator[_consultant_service_pb2.WatchActivityResponse]]:
+        """Streams what readers do as it commits: optionally a snapshot of the
+        active readers first, then live events in batches. Resumes behind a
+        cursor with no gap and no duplicate, also across server restarts.
+        Opening a watch is audited.
+        """
+
+    @_abc_1.abstractmethod
+    def SendMessage(
+        self,
+        request: _consultant_service_pb2.SendMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consultant_service_pb2.SendMessageResponse, _abc.Awaitable[_consultant_service_pb2.SendMessageResponse]]:
+        """Writes to a reader (audited)."""
+
+    @_abc_1.abstractmethod
+    def ListMessages(
+        self,
+        request: _consultant_service_pb2.ListMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consultant_service_pb2.ListMessagesResponse, _abc.Awaitable[_consultant_service_pb2.ListMessagesResponse]]:
+        """Lists one reader's conversation, newest first."""
+
+    @_abc_1.abstractmethod
+    def MarkMessagesRead(
+        self,
+        request: _consultant_service_pb2.MarkMessagesReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consultant_service_pb2.MarkMessagesReadResponse, _abc.Awaitable[_consultant_service_pb2.MarkMessagesReadResponse]]:
+        """Moves the caller's read position in a reader's conversation."""
+
+    @_abc_1.abstractmethod
+    def ListUnreadCounts(
+        self,
+        request: _consultant_service_pb2.ListUnreadCountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consultant_service_pb2.ListUnreadCountsResponse, _abc.Awaitable[_consultant_service_pb2.ListUnreadCountsResponse]]:
+        """Unread messages from readers, per reader, for the caller."""
+
+    @_abc_1.abstractmethod
+    def SetReaderStatus(
+        self,
+        request: _consultant_service_pb2.SetReaderStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consultant_service_pb2.SetReaderStatusResponse, _abc.Awaitable[_consultant_service_pb2.SetReaderStatusResponse]]:
+        """Pauses or resumes a reader (audited). Other reader fields are the
+        reader's own or an admin's to change.
+        """
 
 def add_ConsultantServiceServicer_to_server(servicer: ConsultantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,33 +25,49 @@ _sym_db = _symbol_database.Default()
 from cursor.v1 import resources_pb2 as cursor_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63ursor/v1/reader_service.proto\x12\tcursor.v1\x1a\x19\x63ursor/v1/resources.proto\"Q\n\x0eNewInteraction\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0f\n\x07summary\x18\x04 \x01(\t\"J\n\x18RecordInteractionRequest\x12.\n\x0binteraction\x18\x01 \x01(\x0b\x32\x19.cursor.v1.NewInteraction\"\x82\x01\n\x19RecordInteractionResponse\x12+\n\x0binteraction\x18\x01 \x01(\x0b\x32\x16.cursor.v1.Interaction\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12%\n\x05state\x18\x03 \x01(\x0b\x32\x16.cursor.v1.ReaderState\"L\n\x19RecordInteractionsRequest\x12/\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x19.cursor.v1.NewInteraction\"Q\n\x13RejectedInteraction\x12\r\n\x05index\x18\x01 \x01(\x03\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xa4\x01\n\x1aRecordInteractionsResponse\x12\x14\n\x0cstored_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x30\n\x08rejected\x18\x03 \x03(\x0b\x32\x1e.cursor.v1.RejectedInteraction\x12%\n\x05state\x18\x04 \x01(\x0b\x32\x16.cursor.v1.ReaderState\"\x13\n\x11GetMyStateRequest\";\n\x12GetMyStateResponse\x12%\n\x05state\x18\x01 \x01(\x0b\x32\x16.cursor.v1.ReaderState\"P\n\x19ListMyInteractionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\"~\n\x1aListMyInteractionsResponse\x12,\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x16.cursor.v1.Interaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x19\n\x11includes_archived\x18\x03 \x01(\x08\x32\x82\x03\n\rReaderService\x12^\n\x11RecordInteraction\x12#.cursor.v1.RecordInteractionRequest\x1a$.cursor.v1.RecordInteractionResponse\x12\x63\n\x12RecordInteractions\x12$.cursor.v1.RecordInteractionsRequest\x1a%.cursor.v1.RecordInteractionsResponse(\x01\x12I\n\nGetMyState\x12\x1c.cursor.v1.GetMyStateRequest\x1a\x1d.cursor.v1.GetMyStateResponse\x12\x61\n\x12ListMyInteractions\x12$.cursor.v1.ListMyInteractionsRequest\x1a%.cursor.v1.ListMyInteractionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63ursor/v1/reader_service.proto\x12\tcursor.v1\x1a\x19\x63ursor/v1/resources.proto\"$\n\x14SendMyMessageRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\"<\n\x15SendMyMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.cursor.v1.Message\">\n\x15ListMyMessagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x16ListMyMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.cursor.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x19MarkMyMessagesReadRequest\x12\x16\n\x0eup_to_sequence\x18\x01 \x01(\x03\"B\n\x1aMarkMyMessagesReadResponse\x12$\n\x04read\x18\x01 \x01(\x0b\x32\x16.cursor.v1.MessageRead\"\'\n\x16WatchMyMessagesRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\"f\n\x17WatchMyMessagesResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.cursor.v1.ActivityEvent\x12\x11\n\theartbeat\x18\x02 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"Q\n\x0eNewInteraction\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0f\n\x07summary\x18\x04 \x01(\t\"J\n\x18RecordInteractionRequest\x12.\n\x0binteraction\x18\x01 \x01(\x0b\x32\x19.cursor.v1.NewInteraction\"\x82\x01\n\x19RecordInteractionResponse\x12+\n\x0binteraction\x18\x01 \x01(\x0b\x32\x16.cursor.v1.Interaction\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12%\n\x05state\x18\x03 \x01(\x0b\x32\x16.cursor.v1.ReaderState\"L\n\x19RecordInteractionsRequest\x12/\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x19.cursor.v1.NewInteraction\"Q\n\x13RejectedInteraction\x12\r\n\x05index\x18\x01 \x01(\x03\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xa4\x01\n\x1aRecordInteractionsResponse\x12\x14\n\x0cstored_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x30\n\x08rejected\x18\x03 \x03(\x0b\x32\x1e.cursor.v1.RejectedInteraction\x12%\n\x05state\x18\x04 \x01(\x0b\x32\x16.cursor.v1.ReaderState\"\x13\n\x11GetMyStateRequest\";\n\x12GetMyStateResponse\x12%\n\x05state\x18\x01 \x01(\x0b\x32\x16.cursor.v1.ReaderState\"P\n\x19ListMyInteractionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\"~\n\x1aListMyInteractionsResponse\x12,\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x16.cursor.v1.Interaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x19\n\x11includes_archived\x18\x03 \x01(\x08\x32\xec\x05\n\rReaderService\x12^\n\x11RecordInteraction\x12#.cursor.v1.RecordInteractionRequest\x1a$.cursor.v1.RecordInteractionResponse\x12\x63\n\x12RecordInteractions\x12$.cursor.v1.RecordInteractionsRequest\x1a%.cursor.v1.RecordInteractionsResponse(\x01\x12I\n\nGetMyState\x12\x1c.cursor.v1.GetMyStateRequest\x1a\x1d.cursor.v1.GetMyStateResponse\x12\x61\n\x12ListMyInteractions\x12$.cursor.v1.ListMyInteractionsRequest\x1a%.cursor.v1.ListMyInteractionsResponse\x12R\n\rSendMyMessage\x12\x1f.cursor.v1.SendMyMessageRequest\x1a .cursor.v1.SendMyMessageResponse\x12U\n\x0eListMyMessages\x12 .cursor.v1.ListMyMessagesRequest\x1a!.cursor.v1.ListMyMessagesResponse\x12\x61\n\x12MarkMyMessagesRead\x12$.cursor.v1.MarkMyMessagesReadRequest\x1a%.cursor.v1.MarkMyMessagesReadResponse\x12Z\n\x0fWatchMyMessages\x12!.cursor.v1.WatchMyMessagesRequest\x1a\".cursor.v1.WatchMyMessagesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cursor.v1.reader_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NEWINTERACTION']._serialized_start=72
-  _globals['_NEWINTERACTION']._serialized_end=153
-  _globals['_RECORDINTERACTIONREQUEST']._serialized_start=155
-  _globals['_RECORDINTERACTIONREQUEST']._serialized_end=229
-  _globals['_RECORDINTERACTIONRESPONSE']._serialized_start=232
-  _globals['_RECORDINTERACTIONRESPONSE']._serialized_end=362
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=364
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=440
-  _globals['_REJECTEDINTERACTION']._serialized_start=442
-  _globals['_REJECTEDINTERACTION']._serialized_end=523
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=526
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=690
-  _globals['_GETMYSTATEREQUEST']._serialized_start=692
-  _globals['_GETMYSTATEREQUEST']._serialized_end=711
-  _globals['_GETMYSTATERESPONSE']._serialized_start=713
-  _globals['_GETMYSTATERESPONSE']._serialized_end=772
-  _globals['_LISTMYINTERACTIONSREQUEST']._serialized_start=774
-  _globals['_LISTMYINTERACTIONSREQUEST']._serialized_end=854
-  _globals['_LISTMYINTERACTIONSRESPONSE']._serialized_start=856
-  _globals['_LISTMYINTERACTIONSRESPONSE']._serialized_end=982
-  _globals['_READERSERVICE']._serialized_start=985
-  _globals['_READERSERVICE']._serialized_end=1371
+  _globals['_SENDMYMESSAGEREQUEST']._serialized_start=72
+  _globals['_SENDMYMESSAGEREQUEST']._serialized_end=108
+  _globals['_SENDMYMESSAGERESPONSE']._serialized_start=110
+  _globals['_SENDMYMESSAGERESPONSE']._serialized_end=170
+  _globals['_LISTMYMESSAGESREQUEST']._serialized_start=172
+  _globals['_LISTMYMESSAGESREQUEST']._serialized_end=234
+  _globals['_LISTMYMESSAGESRESPONSE']._serialized_start=236
+  _globals['_LISTMYMESSAGESRESPONSE']._serialized_end=323
+  _globals['_MARKMYMESSAGESREADREQUEST']._serialized_start=325
+  _globals['_MARKMYMESSAGESREADREQUEST']._serialized_end=376
+  _globals['_MARKMYMESSAGESREADRESPONSE']._serialized_start=378
+  _globals['_MARKMYMESSAGESREADRESPONSE']._serialized_end=444
+  _globals['_WATCHMYMESSAGESREQUEST']._serialized_start=446
+  _globals['_WATCHMYMESSAGESREQUEST']._serialized_end=485
+  _globals['_WATCHMYMESSAGESRESPONSE']._serialized_start=487
+  _globals['_WATCHMYMESSAGESRESPONSE']._serialized_end=589
+  _globals['_NEWINTERACTION']._serialized_start=591
+  _globals['_NEWINTERACTION']._serialized_end=672
+  _globals['_RECORDINTERACTIONREQUEST']._serialized_start=674
+  _globals['_RECORDINTERACTIONREQUEST']._serialized_end=748
+  _globals['_RECORDINTERACTIONRESPONSE']._serialized_start=751
+  _globals['_RECORDINTERACTIONRESPONSE']._serialized_end=881
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=883
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=959
+  _globals['_REJECTEDINTERACTION']._serialized_start=961
+  _globals['_REJECTEDINTERACTION']._serialized_end=1042
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=1045
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=1209
+  _globals['_GETMYSTATEREQUEST']._serialized_start=1211
+  _globals['_GETMYSTATEREQUEST']._serialized_end=1230
+  _globals['_GETMYSTATERESPONSE']._serialized_start=1232
+  _globals['_GETMYSTATERESPONSE']._serialized_end=1291
+  _globals['_LISTMYINTERACTIONSREQUEST']._serialized_start=1293
+  _globals['_LISTMYINTERACTIONSREQUEST']._serialized_end=1373
+  _globals['_LISTMYINTERACTIONSRESPONSE']._serialized_start=1375
+  _globals['_LISTMYINTERACTIONSRESPONSE']._serialized_end=1501
+  _globals['_READERSERVICE']._serialized_start=1504
+  _globals['_READERSERVICE']._serialized_end=2252
 # @@protoc_insertion_point(module_scope)

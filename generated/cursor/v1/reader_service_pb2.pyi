@@ -20,6 +20,206 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SendMyMessageRequest(_message.Message):
+    """Request for SendMyMessage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    body: _builtins.str
+    """1 to 4,000 characters."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMyMessageRequest: _TypeAlias = SendMyMessageRequest  # noqa: Y015
+
+@_typing.final
+class SendMyMessageResponse(_message.Message):
+    """Response for SendMyMessage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> _resources_pb2.Message:
+        """The stored message."""
+
+    def __init__(
+        self,
+        *,
+        message: _resources_pb2.Message | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMyMessageResponse: _TypeAlias = SendMyMessageResponse  # noqa: Y015
+
+@_typing.final
+class ListMyMessagesRequest(_message.Message):
+    """Request for ListMyMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many; 0 means 50, more than 1000 means 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyMessagesRequest: _TypeAlias = ListMyMessagesRequest  # noqa: Y015
+
+@_typing.final
+class ListMyMessagesResponse(_message.Message):
+    """Response for ListMyMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Message]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_resources_pb2.Message] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyMessagesResponse: _TypeAlias = ListMyMessagesResponse  # noqa: Y015
+
+@_typing.final
+class MarkMyMessagesReadRequest(_message.Message):
+    """Request for MarkMyMessagesRead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UP_TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    up_to_sequence: _builtins.int
+    """Read up to and including this message sequence; 0 for everything so far."""
+    def __init__(
+        self,
+        *,
+        up_to_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkMyMessagesReadRequest: _TypeAlias = MarkMyMessagesReadRequest  # noqa: Y015
+
+@_typing.final
+class MarkMyMessagesReadResponse(_message.Message):
+    """Response for MarkMyMessagesRead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READ_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def read(self) -> _resources_pb2.MessageRead:
+        """The caller's read position now."""
+
+    def __init__(
+        self,
+        *,
+        read: _resources_pb2.MessageRead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkMyMessagesReadResponse: _TypeAlias = MarkMyMessagesReadResponse  # noqa: Y015
+
+@_typing.final
+class WatchMyMessagesRequest(_message.Message):
+    """Request for WatchMyMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_FIELD_NUMBER: _builtins.int
+    after: _builtins.str
+    """Resume behind this cursor; empty to start with what happens from now on."""
+    def __init__(
+        self,
+        *,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchMyMessagesRequest: _TypeAlias = WatchMyMessagesRequest  # noqa: Y015
+
+@_typing.final
+class WatchMyMessagesResponse(_message.Message):
+    """One message of a WatchMyMessages stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    heartbeat: _builtins.bool
+    """True on a keep-alive message."""
+    cursor: _builtins.str
+    """Where this stream stands: resume with `after` set to this."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.ActivityEvent]:
+        """Message and read events in commit order."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_resources_pb2.ActivityEvent] | None = ...,
+        heartbeat: _builtins.bool = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "events", b"events", "heartbeat", b"heartbeat"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchMyMessagesResponse: _TypeAlias = WatchMyMessagesResponse  # noqa: Y015
+
+@_typing.final
 class NewInteraction(_message.Message):
     """One interaction as a reader app sends it."""
 

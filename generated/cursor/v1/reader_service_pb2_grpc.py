@@ -56,6 +56,26 @@ class ReaderServiceStub:
                 request_serializer=cursor_dot_v1_dot_reader__service__pb2.ListMyInteractionsRequest.SerializeToString,
                 response_deserializer=cursor_dot_v1_dot_reader__service__pb2.ListMyInteractionsResponse.FromString,
                 _registered_method=True)
+        self.SendMyMessage = channel.unary_unary(
+                '/cursor.v1.ReaderService/SendMyMessage',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.SendMyMessageRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.SendMyMessageResponse.FromString,
+                _registered_method=True)
+        self.ListMyMessages = channel.unary_unary(
+                '/cursor.v1.ReaderService/ListMyMessages',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.ListMyMessagesRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.ListMyMessagesResponse.FromString,
+                _registered_method=True)
+        self.MarkMyMessagesRead = channel.unary_unary(
+                '/cursor.v1.ReaderService/MarkMyMessagesRead',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.MarkMyMessagesReadRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.MarkMyMessagesReadResponse.FromString,
+                _registered_method=True)
+        self.WatchMyMessages = channel.unary_stream(
+                '/cursor.v1.ReaderService/WatchMyMessages',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class ReaderServiceServicer:
@@ -92,6 +112,35 @@ class ReaderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendMyMessage(self, request, context):
+        """Writes to the consultants.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMyMessages(self, request, context):
+        """Lists the caller's conversation, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkMyMessagesRead(self, request, context):
+        """Marks the caller's messages read up to a position.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchMyMessages(self, request, context):
+        """Streams the caller's conversation live (messages and read receipts),
+        resumable behind a cursor like ConsultantService.WatchActivity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReaderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +163,26 @@ def add_ReaderServiceServicer_to_server(servicer, server):
                     servicer.ListMyInteractions,
                     request_deserializer=cursor_dot_v1_dot_reader__service__pb2.ListMyInteractionsRequest.FromString,
                     response_serializer=cursor_dot_v1_dot_reader__service__pb2.ListMyInteractionsResponse.SerializeToString,
+            ),
+            'SendMyMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendMyMessage,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.SendMyMessageRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.SendMyMessageResponse.SerializeToString,
+            ),
+            'ListMyMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyMessages,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.ListMyMessagesRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.ListMyMessagesResponse.SerializeToString,
+            ),
+            'MarkMyMessagesRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkMyMessagesRead,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.MarkMyMessagesReadRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.MarkMyMessagesReadResponse.SerializeToString,
+            ),
+            'WatchMyMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMyMessages,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +295,114 @@ class ReaderService:
             '/cursor.v1.ReaderService/ListMyInteractions',
             cursor_dot_v1_dot_reader__service__pb2.ListMyInteractionsRequest.SerializeToString,
             cursor_dot_v1_dot_reader__service__pb2.ListMyInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendMyMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/SendMyMessage',
+            cursor_dot_v1_dot_reader__service__pb2.SendMyMessageRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.SendMyMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/ListMyMessages',
+            cursor_dot_v1_dot_reader__service__pb2.ListMyMessagesRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.ListMyMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkMyMessagesRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/MarkMyMessagesRead',
+            cursor_dot_v1_dot_reader__service__pb2.MarkMyMessagesReadRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.MarkMyMessagesReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMyMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cursor.v1.ReaderService/WatchMyMessages',
+            cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,16 @@ class ReaderServiceStub:
     """Returns the caller's current state."""
     ListMyInteractions: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.ListMyInteractionsRequest, _reader_service_pb2.ListMyInteractionsResponse]
     """Lists the caller's interactions, newest first."""
+    SendMyMessage: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.SendMyMessageRequest, _reader_service_pb2.SendMyMessageResponse]
+    """Writes to the consultants."""
+    ListMyMessages: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.ListMyMessagesRequest, _reader_service_pb2.ListMyMessagesResponse]
+    """Lists the caller's conversation, newest first."""
+    MarkMyMessagesRead: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.MarkMyMessagesReadRequest, _reader_service_pb2.MarkMyMessagesReadResponse]
+    """Marks the caller's messages read up to a position."""
+    WatchMyMessages: _grpc.UnaryStreamMultiCallable[_reader_service_pb2.WatchMyMessagesRequest, _reader_service_pb2.WatchMyMessagesResponse]
+    """Streams the caller's conversation live (messages and read receipts),
+    resumable behind a cursor like ConsultantService.WatchActivity.
+    """
 
 @_typing.type_check_only
 class ReaderServiceAsyncStub(ReaderServiceStub):
@@ -63,6 +73,16 @@ class ReaderServiceAsyncStub(ReaderServiceStub):
     """Returns the caller's current state."""
     ListMyInteractions: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.ListMyInteractionsRequest, _reader_service_pb2.ListMyInteractionsResponse]  # type: ignore[assignment]
     """Lists the caller's interactions, newest first."""
+    SendMyMessage: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.SendMyMessageRequest, _reader_service_pb2.SendMyMessageResponse]  # type: ignore[assignment]
+    """Writes to the consultants."""
+    ListMyMessages: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.ListMyMessagesRequest, _reader_service_pb2.ListMyMessagesResponse]  # type: ignore[assignment]
+    """Lists the caller's conversation, newest first."""
+    MarkMyMessagesRead: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.MarkMyMessagesReadRequest, _reader_service_pb2.MarkMyMessagesReadResponse]  # type: ignore[assignment]
+    """Marks the caller's messages read up to a position."""
+    WatchMyMessages: _aio.UnaryStreamMultiCallable[_reader_service_pb2.WatchMyMessagesRequest, _reader_service_pb2.WatchMyMessagesResponse]  # type: ignore[assignment]
+    """Streams the caller's conversation live (messages and read receipts),
+    resumable behind a cursor like ConsultantService.WatchActivity.
+    """
 
 class ReaderServiceServicer(metaclass=_abc_1.ABCMeta):
     """What a reader app calls: record what the reader does, read it back.
@@ -102,5 +122,39 @@ class ReaderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_reader_service_pb2.ListMyInteractionsResponse, _abc.Awaitable[_reader_service_pb2.ListMyInteractionsResponse]]:
         """Lists the caller's interactions, newest first."""
+
+    @_abc_1.abstractmethod
+    def SendMyMessage(
+        self,
+        request: _reader_service_pb2.SendMyMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.SendMyMessageResponse, _abc.Awaitable[_reader_service_pb2.SendMyMessageResponse]]:
+        """Writes to the consultants."""
+
+    @_abc_1.abstractmethod
+    def ListMyMessages(
+        self,
+        request: _reader_service_pb2.ListMyMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.ListMyMessagesResponse, _abc.Awaitable[_reader_service_pb2.ListMyMessagesResponse]]:
+        """Lists the caller's conversation, newest first."""
+
+    @_abc_1.abstractmethod
+    def MarkMyMessagesRead(
+        self,
+        request: _reader_service_pb2.MarkMyMessagesReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.MarkMyMessagesReadResponse, _abc.Awaitable[_reader_service_pb2.MarkMyMessagesReadResponse]]:
+        """Marks the caller's messages read up to a position."""
+
+    @_abc_1.abstractmethod
+    def WatchMyMessages(
+        self,
+        request: _reader_service_pb2.WatchMyMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_reader_service_pb2.WatchMyMessagesResponse], _abc.AsyncIterator[_reader_service_pb2.WatchMyMessagesResponse]]:
+        """Streams the caller's conversation live (messages and read receipts),
+        resumable behind a cursor like ConsultantService.WatchActivity.
+        """
 
 def add_ReaderServiceServicer_to_server(servicer: ReaderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -100,6 +100,98 @@ READER_STATUS_PAUSED: ReaderStatus.ValueType  # 3
 """Paused by a consultant."""
 Global___ReaderStatus: _TypeAlias = ReaderStatus  # noqa: Y015
 
+class _Presence:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PresenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Presence.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRESENCE_UNSPECIFIED: _Presence.ValueType  # 0
+    """Not known yet."""
+    PRESENCE_READING: _Presence.ValueType  # 1
+    """Recent activity other than heartbeats."""
+    PRESENCE_ONLINE: _Presence.ValueType  # 2
+    """Only heartbeats lately: the app is open but the reader is not reading."""
+    PRESENCE_IDLE: _Presence.ValueType  # 3
+    """Nothing received for the idle time (default 2 minutes)."""
+
+class Presence(_Presence, metaclass=_PresenceEnumTypeWrapper):
+    """What a reader is doing, judged from what it sends, not from an open socket."""
+
+PRESENCE_UNSPECIFIED: Presence.ValueType  # 0
+"""Not known yet."""
+PRESENCE_READING: Presence.ValueType  # 1
+"""Recent activity other than heartbeats."""
+PRESENCE_ONLINE: Presence.ValueType  # 2
+"""Only heartbeats lately: the app is open but the reader is not reading."""
+PRESENCE_IDLE: Presence.ValueType  # 3
+"""Nothing received for the idle time (default 2 minutes)."""
+Global___Presence: _TypeAlias = Presence  # noqa: Y015
+
+class _MessageDirection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MessageDirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageDirection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MESSAGE_DIRECTION_UNSPECIFIED: _MessageDirection.ValueType  # 0
+    """Not set."""
+    MESSAGE_DIRECTION_TO_READER: _MessageDirection.ValueType  # 1
+    """From a consultant to the reader."""
+    MESSAGE_DIRECTION_FROM_READER: _MessageDirection.ValueType  # 2
+    """From the reader to the consultants."""
+    MESSAGE_DIRECTION_SYSTEM: _MessageDirection.ValueType  # 3
+    """A notice from the server (account changes and the like)."""
+
+class MessageDirection(_MessageDirection, metaclass=_MessageDirectionEnumTypeWrapper):
+    """Who wrote a message, seen from the conversation with one reader."""
+
+MESSAGE_DIRECTION_UNSPECIFIED: MessageDirection.ValueType  # 0
+"""Not set."""
+MESSAGE_DIRECTION_TO_READER: MessageDirection.ValueType  # 1
+"""From a consultant to the reader."""
+MESSAGE_DIRECTION_FROM_READER: MessageDirection.ValueType  # 2
+"""From the reader to the consultants."""
+MESSAGE_DIRECTION_SYSTEM: MessageDirection.ValueType  # 3
+"""A notice from the server (account changes and the like)."""
+Global___MessageDirection: _TypeAlias = MessageDirection  # noqa: Y015
+
+class _EventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_KIND_UNSPECIFIED: _EventKind.ValueType  # 0
+    """Not set; as a filter entry, rejected."""
+    EVENT_KIND_INTERACTION_RECORDED: _EventKind.ValueType  # 1
+    """A reader recorded an interaction."""
+    EVENT_KIND_READER_STATE_CHANGED: _EventKind.ValueType  # 2
+    """A reader's progress, step or status changed."""
+    EVENT_KIND_MESSAGE_SENT: _EventKind.ValueType  # 3
+    """A message was sent in a reader's conversation."""
+    EVENT_KIND_MESSAGE_READ: _EventKind.ValueType  # 4
+    """A participant read a reader's conversation up to a message."""
+    EVENT_KIND_PRESENCE_CHANGED: _EventKind.ValueType  # 5
+    """A reader's presence changed."""
+
+class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
+    """What happened, in an ActivityEvent."""
+
+EVENT_KIND_UNSPECIFIED: EventKind.ValueType  # 0
+"""Not set; as a filter entry, rejected."""
+EVENT_KIND_INTERACTION_RECORDED: EventKind.ValueType  # 1
+"""A reader recorded an interaction."""
+EVENT_KIND_READER_STATE_CHANGED: EventKind.ValueType  # 2
+"""A reader's progress, step or status changed."""
+EVENT_KIND_MESSAGE_SENT: EventKind.ValueType  # 3
+"""A message was sent in a reader's conversation."""
+EVENT_KIND_MESSAGE_READ: EventKind.ValueType  # 4
+"""A participant read a reader's conversation up to a message."""
+EVENT_KIND_PRESENCE_CHANGED: EventKind.ValueType  # 5
+"""A reader's presence changed."""
+Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
+
 @_typing.final
 class Reader(_message.Message):
     """A person who reads. Resource name: `readers/{reader_id}`."""
@@ -161,6 +253,7 @@ class ReaderState(_message.Message):
     LAST_INTERACTION_FIELD_NUMBER: _builtins.int
     LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PRESENCE_FIELD_NUMBER: _builtins.int
     reader: _builtins.str
     """Reader this state belongs to, `readers/{reader_id}`."""
     status: Global___ReaderStatus.ValueType
@@ -171,6 +264,8 @@ class ReaderState(_message.Message):
     """Current step; 0 until a progress interaction names one."""
     last_interaction: _builtins.str
     """Name of the reader's last interaction; empty before the first."""
+    presence: Global___Presence.ValueType
+    """What the reader is doing now."""
     @_builtins.property
     def last_seen_time(self) -> _timestamp_pb2.Timestamp:
         """When the reader last did anything; unset before the first interaction."""
@@ -189,14 +284,199 @@ class ReaderState(_message.Message):
         last_interaction: _builtins.str = ...,
         last_seen_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        presence: Global___Presence.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen_time", b"last_seen_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_step", b"current_step", "last_interaction", b"last_interaction", "last_seen_time", b"last_seen_time", "progress", b"progress", "reader", b"reader", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_step", b"current_step", "last_interaction", b"last_interaction", "last_seen_time", b"last_seen_time", "presence", b"presence", "progress", b"progress", "reader", b"reader", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReaderState: _TypeAlias = ReaderState  # noqa: Y015
+
+@_typing.final
+class Message(_message.Message):
+    """One message in the conversation between a reader and the consultants.
+    Resource name: `readers/{reader_id}/messages/{message_id}`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    READ_TIME_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name."""
+    direction: Global___MessageDirection.ValueType
+    """Who wrote it."""
+    author: _builtins.str
+    """`consultants/{id}` or `readers/{id}`; empty for system messages."""
+    body: _builtins.str
+    """1 to 4,000 characters."""
+    sequence: _builtins.int
+    """Position in the conversation (commit order); larger is newer."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was sent."""
+
+    @_builtins.property
+    def read_time(self) -> _timestamp_pb2.Timestamp:
+        """When the reader read it (messages to the reader only)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        direction: Global___MessageDirection.ValueType = ...,
+        author: _builtins.str = ...,
+        body: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        read_time: _timestamp_pb2.Timestamp | None = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "read_time", b"read_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "body", b"body", "create_time", b"create_time", "direction", b"direction", "name", b"name", "read_time", b"read_time", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class MessageRead(_message.Message):
+    """A participant's read position in one reader's conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_FIELD_NUMBER: _builtins.int
+    LAST_READ_SEQUENCE_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The conversation, `readers/{reader_id}`."""
+    participant: _builtins.str
+    """Who read: `readers/{id}` or `consultants/{id}`."""
+    last_read_sequence: _builtins.int
+    """Every message up to this sequence is read."""
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+        participant: _builtins.str = ...,
+        last_read_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_read_sequence", b"last_read_sequence", "participant", b"participant", "reader", b"reader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageRead: _TypeAlias = MessageRead  # noqa: Y015
+
+@_typing.final
+class PresenceChange(_message.Message):
+    """A presence transition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRESENCE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    presence: Global___Presence.ValueType
+    """Presence now."""
+    previous: Global___Presence.ValueType
+    """Presence before."""
+    def __init__(
+        self,
+        *,
+        presence: Global___Presence.ValueType = ...,
+        previous: Global___Presence.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["presence", b"presence", "previous", b"previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PresenceChange: _TypeAlias = PresenceChange  # noqa: Y015
+
+@_typing.final
+class ActivityEvent(_message.Message):
+    """Something that happened to one reader, in commit order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    READER_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    INTERACTION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    MESSAGE_READ_FIELD_NUMBER: _builtins.int
+    PRESENCE_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Opaque position of this event; pass it as `after` to resume behind it."""
+    event_id: _builtins.int
+    """Commit-order number of the event, unique within this database's history."""
+    kind: Global___EventKind.ValueType
+    """What happened."""
+    reader: _builtins.str
+    """The reader, `readers/{reader_id}`."""
+    summary: _builtins.str
+    """Short text for lists."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was committed."""
+
+    @_builtins.property
+    def interaction(self) -> Global___Interaction:
+        """For EVENT_KIND_INTERACTION_RECORDED."""
+
+    @_builtins.property
+    def state(self) -> Global___ReaderState:
+        """For EVENT_KIND_READER_STATE_CHANGED."""
+
+    @_builtins.property
+    def message(self) -> Global___Message:
+        """For EVENT_KIND_MESSAGE_SENT."""
+
+    @_builtins.property
+    def message_read(self) -> Global___MessageRead:
+        """For EVENT_KIND_MESSAGE_READ."""
+
+    @_builtins.property
+    def presence(self) -> Global___PresenceChange:
+        """For EVENT_KIND_PRESENCE_CHANGED."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        event_id: _builtins.int = ...,
+        kind: Global___EventKind.ValueType = ...,
+        reader: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        summary: _builtins.str = ...,
+        interaction: Global___Interaction | None = ...,
+        state: Global___ReaderState | None = ...,
+        message: Global___Message | None = ...,
+        message_read: Global___MessageRead | None = ...,
+        presence: Global___PresenceChange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "interaction", b"interaction", "message", b"message", "message_read", b"message_read", "object", b"object", "presence", b"presence", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "cursor", b"cursor", "event_id", b"event_id", "interaction", b"interaction", "kind", b"kind", "message", b"message", "message_read", b"message_read", "object", b"object", "presence", b"presence", "reader", b"reader", "state", b"state", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_object: _TypeAlias = _typing.Literal["interaction", "state", "message", "message_read", "presence"]  # noqa: Y015
+    _WhichOneofArgType_object: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_object) -> _WhichOneofReturnType_object | None: ...
+
+Global___ActivityEvent: _TypeAlias = ActivityEvent  # noqa: Y015
 
 @_typing.final
 class Interaction(_message.Message):

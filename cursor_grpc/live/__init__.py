@@ -1,0 +1,1 @@
+"""Live push: events reach watching streams right after their commit."""

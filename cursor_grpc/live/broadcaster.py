@@ -1,0 +1,195 @@
+"""Fan-out of committed events to open streams.
+
+The writer calls `Broadcaster.from_writer` after each commit; the events
+cross to the event loop with one `call_soon_threadsafe` per commit. Each
+event is converted and serialized once, as the bytes of one `events` entry,
+and shared by every stream that wants it. Each stream has a bounded buffer;
+a stream whose buffer would overflow drops it and catches up from the
+database instead, so memory stays bounded and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cursor_grpc.errors import CursorError, InvalidArgument, OutOfRange
+from cursor_grpc.services import convert
+from cursor_grpc.storage.events import Event, EventFilter
+from cursor_grpc.storage.store import Store
+
+log = logging.getLogger("cursor.live")
+
+# Field 1 (`events`) of both stream responses, wire type 2 (length-delimited).
+_EVENTS_TAG = b"\x0a"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+@dataclass(slots=True, frozen=True)
+class Encoded:
+    """An event ready for the wire: `chunk` is a whole `events` field entry."""
+
+    seq: int
+    reader_id: str
+    kind: str
+    interaction_type: str | None
+    chunk: bytes
+
+
+class Subscription:
+    """One open stream's view of the live events."""
+
+    def __init__(self, wanted: EventFilter, limit: int, session_id: str, account: tuple[str, str]) -> None:
+        self.wanted = wanted
+        self.limit = limit
+        self.session_id = session_id
+        self.account = account
+        self.buffer: deque[Encoded] = deque()
+        self.overflowed = False
+        self.closed: CursorError | None = None
+        self._wake = asyncio.Event()
+
+    def _matches(self, item: Encoded) -> bool:
+        wanted = self.wanted
+        if wanted.reader_ids and item.reader_id not in wanted.reader_ids:
+            return False
+        if wanted.kinds and item.kind not in wanted.kinds:
+            return False
+        return not (wanted.interaction_types and item.kind == "interaction"
+                    and item.interaction_type not in wanted.interaction_types)
+
+    def offer(self, items: list[Encoded]) -> None:
+        if self.overflowed or self.closed is not None:
+            return
+        matching = items if self.wanted.everything else [i for i in items if self._matches(i)]
+        if not matching:
+            return
+        if len(self.buffer) + len(matching) > self.limit:
+            # Too far behind: forget the buffer, catch up from the database.
+            self.overflowed = True
+            self.buffer.clear()
+        else:
+            self.buffer.extend(matching)
+        self._wake.set()
+
+    def take(self, most: int) -> list[Encoded]:
+        buffer = self.buffer
+        count = min(most, len(buffer))
+        return [buffer.popleft() for _ in range(count)]
+
+    def restart(self) -> None:
+        """Start buffering afresh (after catching up from the database)."""
+        self.overflowed = False
+        self.buffer.clear()
+
+    def close(self, error: CursorError) -> None:
+        if self.closed is None:
+            self.closed = error
+            self.buffer.clear()
+            self._wake.set()
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait for news; False if none came within `seconds`."""
+        if self.buffer or self.overflowed or self.closed is not None:
+            return True
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+class Broadcaster:
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.epoch = store.epoch
+        # Highest seq published; everything at or below it is committed.
+        self.head = store.last_seq
+        self._subscriptions: set[Subscription] = set()
+        self.published = 0
+        store.on_events(self.from_writer)
+
+    # --- cursors -----------------------------------------------------------
+
+    def cursor(self, seq: int) -> str:
+        return f"{self.epoch}-{seq}"
+
+    def parse_cursor(self, text: str, floor: int, field: str = "after") -> int:
+        epoch, _, seq_text = text.rpartition("-")
+        if not epoch or not seq_text.isdigit():
+            raise InvalidArgument(f"{field} is not a cursor this server issued", field=field, reason="BAD_CURSOR")
+        oldest = {"oldest_cursor": self.cursor(floor)}
+        if epoch != self.epoch:
+            raise OutOfRange(
+                f"{field} belongs to another history of this database (it was restored from a backup); "
+                f"start again without a cursor, or from {self.cursor(floor)}",
+                reason="CURSOR_OTHER_HISTORY", metadata=oldest,
+            )
+        seq = int(seq_text)
+        if seq > self.head:
+            raise OutOfRange(f"{field} is ahead of this server's history", reason="CURSOR_AHEAD", metadata=oldest)
+        if seq < floor:
+            raise OutOfRange(
+                f"{field} is older than the history still held (archived); the oldest cursor is {self.cursor(floor)}",
+                reason="CURSOR_EXPIRED", metadata=oldest,
+            )
+        return seq
+
+    # --- publishing ----------------------------------------------------------
+
+    def from_writer(self, events: list[Event]) -> None:
+        """Writer thread, after COMMIT: hand the events to the loop, in order."""
+        with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+            self._loop.call_soon_threadsafe(self.publish, events)
+
+    def encode(self, event: Event) -> Encoded:
+        body = convert.activity_event(event, self.cursor(event.seq)).SerializeToString()
+        return Encoded(event.seq, event.reader_id, event.kind, event.interaction_type,
+                       _EVENTS_TAG + _varint(len(body)) + body)
+
+    def publish(self, events: list[Event]) -> None:
+        self.head = max(self.head, events[-1].seq)
+        self.published += len(events)
+        if not self._subscriptions:
+            return
+        encoded = [self.encode(event) for event in events]
+        for subscription in self._subscriptions:
+            subscription.offer(encoded)
+
+    # --- subscriptions ---------------------------------------------------------
+
+    def subscribe(self, wanted: EventFilter, limit: int, session_id: str, account: tuple[str, str]) -> Subscription:
+        subscription = Subscription(wanted, limit, session_id, account)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._subscriptions)
+
+    def close_where(self, condition: Callable[[Subscription], bool], error: CursorError) -> int:
+        closed = 0
+        for subscription in list(self._subscriptions):
+            if condition(subscription):
+                subscription.close(error)
+                closed += 1
+        return closed

@@ -1,0 +1,178 @@
+"""The event history: one commit-order sequence over interactions and the
+`events` table, the epoch that names this history, and replay.
+
+The writer is the only place sequence numbers are made (`SequenceAllocator`
+lives on the writer thread), so `seq` order is commit order. A seq taken by
+a task that rolled back is simply never used: cursors need order, not density.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from cursor_grpc.storage.connection import fetch_all
+from cursor_grpc.storage.records import InteractionRecord, ReaderStateRecord
+
+KIND_INTERACTION = "interaction"
+KIND_STATE = "state"
+KIND_MESSAGE = "message"
+KIND_MESSAGE_READ = "message_read"
+KIND_PRESENCE = "presence"
+ALL_KINDS = frozenset({KIND_INTERACTION, KIND_STATE, KIND_MESSAGE, KIND_MESSAGE_READ, KIND_PRESENCE})
+
+
+@dataclass(slots=True)
+class Event:
+    """One committed event. `interaction` is set for interaction events;
+    `data` holds the stored object of every other kind."""
+
+    seq: int
+    kind: str
+    reader_id: str
+    created_at: str
+    summary: str = ""
+    interaction: InteractionRecord | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def interaction_type(self) -> str | None:
+        return self.interaction.type if self.interaction is not None else None
+
+
+@dataclass(slots=True)
+class Evented:
+    """A write result that carries the events it committed."""
+
+    value: Any
+    events: list[Event]
+
+
+class SequenceAllocator:
+    """Hands out seq values on the writer thread. Starts above everything the
+    database has ever held (sqlite_sequence remembers archived interactions)."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._last = max_seq(conn)
+
+    def next(self) -> int:
+        self._last += 1
+        return self._last
+
+    @property
+    def last(self) -> int:
+        return self._last
+
+
+def max_seq(conn: apsw.Connection) -> int:
+    row = fetch_all(
+        conn,
+        """SELECT max(
+               coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'interactions'), 0),
+               coalesce((SELECT max(seq) FROM interactions), 0),
+               coalesce((SELECT max(seq) FROM events), 0),
+               coalesce((SELECT CAST(value AS INTEGER) FROM cursor_meta WHERE key = 'history_floor_seq'), 0))""",
+    )[0]
+    return int(row[0])
+
+
+def epoch(conn: apsw.Connection) -> str:
+    return str(fetch_all(conn, "SELECT value FROM cursor_meta WHERE key = 'event_epoch'")[0][0])
+
+
+def history_floor(conn: apsw.Connection) -> int:
+    """Events at or below this seq are no longer held (archived)."""
+    found = fetch_all(conn, "SELECT value FROM cursor_meta WHERE key = 'history_floor_seq'")
+    return int(found[0][0]) if found else 0
+
+
+def insert_event(
+    conn: apsw.Connection, seq: int, kind: str, reader_id: str, ref_id: str | None, summary: str,
+    data: dict[str, Any], created_at: str,
+) -> Event:
+    conn.execute(
+        "INSERT INTO events(seq, kind, reader_id, ref_id, summary, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (seq, kind, reader_id, ref_id, summary, json.dumps(data, separators=(",", ":")), created_at),
+    )
+    return Event(seq, kind, reader_id, created_at, summary, None, data)
+
+
+def state_data(state: ReaderStateRecord) -> dict[str, Any]:
+    return {
+        "status": state.status,
+        "progress": state.progress,
+        "current_step": state.current_step,
+        "last_interaction_id": state.last_interaction_id,
+        "last_seen_at": state.last_seen_at,
+        "updated_at": state.updated_at,
+        "presence": state.presence,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a stream wants. Empty sets mean everything."""
+
+    reader_ids: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset()
+    interaction_types: frozenset[str] = frozenset()
+
+    def matches(self, event: Event) -> bool:
+        if self.reader_ids and event.reader_id not in self.reader_ids:
+            return False
+        if self.kinds and event.kind not in self.kinds:
+            return False
+        return not (
+            self.interaction_types
+            and event.kind == KIND_INTERACTION
+            and event.interaction_type not in self.interaction_types
+        )
+
+    @property
+    def everything(self) -> bool:
+        return not (self.reader_ids or self.kinds or self.interaction_types)
+
+
+def replay(conn: apsw.Connection, after: int, upto: int, wanted: EventFilter) -> list[Event]:
+    """Committed events with after < seq <= upto that match, in seq order."""
+    parts: list[str] = []
+    params: list[Any] = []
+    reader_clause = ""
+    reader_params: list[Any] = []
+    if wanted.reader_ids:
+        reader_clause = f" AND {{col}} IN ({','.join('?' * len(wanted.reader_ids))})"
+        reader_params = sorted(wanted.reader_ids)
+    kinds = wanted.kinds or ALL_KINDS
+    if KIND_INTERACTION in kinds:
+        sql = (
+            "SELECT seq, 'interaction', user_id, id, type, payload, summary, created_at FROM interactions "
+            "WHERE seq > ? AND seq <= ?" + reader_clause.format(col="user_id")
+        )
+        params += [after, upto, *reader_params]
+        if wanted.interaction_types:
+            sql += f" AND type IN ({','.join('?' * len(wanted.interaction_types))})"
+            params += sorted(wanted.interaction_types)
+        parts.append(sql)
+    other = sorted(kinds - {KIND_INTERACTION})
+    if other:
+        parts.append(
+            "SELECT seq, kind, reader_id, ref_id, NULL, data, summary, created_at FROM events "
+            f"WHERE seq > ? AND seq <= ? AND kind IN ({','.join('?' * len(other))})"
+            + reader_clause.format(col="reader_id")
+        )
+        params += [after, upto, *other, *reader_params]
+    if not parts:
+        return []
+    found = []
+    for seq, kind, reader_id, ref_id, type_, body, summary, created_at in fetch_all(
+        conn, " UNION ALL ".join(parts) + " ORDER BY 1", params
+    ):
+        if kind == KIND_INTERACTION:
+            record = InteractionRecord(seq, ref_id, reader_id, type_, body, summary, created_at)
+            found.append(Event(seq, kind, reader_id, created_at, summary, record))
+        else:
+            found.append(Event(seq, kind, reader_id, created_at, summary, None, json.loads(body)))
+    return found

@@ -1,0 +1,174 @@
+"""SQL for conversations: messages, read positions, unread counts, and the
+consultant-set reader status. Every change commits with its event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from cursor_grpc.clock import new_id, now_iso
+from cursor_grpc.errors import NotFound
+from cursor_grpc.storage.accounts import STATE_COLUMNS
+from cursor_grpc.storage.connection import fetch_all
+from cursor_grpc.storage.events import (
+    KIND_MESSAGE,
+    KIND_MESSAGE_READ,
+    KIND_STATE,
+    Evented,
+    SequenceAllocator,
+    insert_event,
+    state_data,
+)
+from cursor_grpc.storage.records import ReaderStateRecord
+
+MESSAGE_COLUMNS = "id, reader_id, consultant_id, direction, body, created_at, read_at, seq"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: str
+    reader_id: str
+    consultant_id: str | None
+    direction: str  # 'to_reader' | 'from_reader' | 'system'
+    body: str
+    created_at: str
+    read_at: str | None
+    seq: int
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "consultant_id": self.consultant_id, "direction": self.direction, "body": self.body,
+            "created_at": self.created_at, "read_at": self.read_at, "seq": self.seq,
+        }
+
+    @classmethod
+    def from_data(cls, reader_id: str, data: dict[str, Any]) -> MessageRecord:
+        return cls(data["id"], reader_id, data["consultant_id"], data["direction"], data["body"],
+                   data["created_at"], data["read_at"], data["seq"])
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPosition:
+    reader_id: str
+    participant_type: str
+    participant_id: str
+    last_read_seq: int
+
+
+def _require_reader(conn: apsw.Connection, reader_id: str) -> None:
+    if not fetch_all(conn, "SELECT 1 FROM users WHERE id = ?", (reader_id,)):
+        raise NotFound(f"reader readers/{reader_id} does not exist", reason="READER_NOT_FOUND")
+
+
+def send_message(
+    conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, direction: str, consultant_id: str | None,
+    body: str,
+) -> Evented:
+    _require_reader(conn, reader_id)
+    seq, message_id, now = seqs.next(), new_id(), now_iso()
+    conn.execute(
+        "INSERT INTO messages(id, reader_id, consultant_id, direction, body, created_at, seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (message_id, reader_id, consultant_id, direction, body, now, seq),
+    )
+    record = MessageRecord(message_id, reader_id, consultant_id, direction, body, now, None, seq)
+    event = insert_event(conn, seq, KIND_MESSAGE, reader_id, message_id, body[:80], record.data(), now)
+    return Evented(record, [event])
+
+
+def list_messages(conn: apsw.Connection, reader_id: str, before_seq: int | None, limit: int) -> list[MessageRecord]:
+    _require_reader(conn, reader_id)
+    if before_seq is None:
+        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE reader_id = ? ORDER BY seq DESC LIMIT ?"
+        params: tuple[Any, ...] = (reader_id, limit)
+    else:
+        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE reader_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        params = (reader_id, before_seq, limit)
+    return [MessageRecord(*row) for row in fetch_all(conn, sql, params)]
+
+
+def read_positions(conn: apsw.Connection, reader_id: str) -> list[ReadPosition]:
+    return [
+        ReadPosition(reader_id, *row)
+        for row in fetch_all(
+            conn,
+            "SELECT participant_type, participant_id, last_read_seq FROM message_reads WHERE reader_id = ? "
+            "ORDER BY participant_type, participant_id",
+            (reader_id,),
+        )
+    ]
+
+
+def mark_read(
+    conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, participant_type: str, participant_id: str,
+    up_to: int,
+) -> Evented:
+    """Move a participant's read position forward (never back). The reader
+    reading also stamps `read_at` on the messages written to it."""
+    _require_reader(conn, reader_id)
+    newest = int(fetch_all(conn, "SELECT coalesce(max(seq), 0) FROM messages WHERE reader_id = ?", (reader_id,))[0][0])
+    target = newest if up_to <= 0 else min(up_to, newest)
+    found = fetch_all(
+        conn,
+        "SELECT last_read_seq FROM message_reads WHERE reader_id = ? AND participant_type = ? AND participant_id = ?",
+        (reader_id, participant_type, participant_id),
+    )
+    before = int(found[0][0]) if found else 0
+    position = ReadPosition(reader_id, participant_type, participant_id, max(before, target))
+    if position.last_read_seq <= before:
+        return Evented(position, [])
+    now = now_iso()
+    conn.execute(
+        "INSERT INTO message_reads(reader_id, participant_type, participant_id, last_read_seq, updated_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(reader_id, participant_type, participant_id) "
+        "DO UPDATE SET last_read_seq = excluded.last_read_seq, updated_at = excluded.updated_at",
+        (reader_id, participant_type, participant_id, position.last_read_seq, now),
+    )
+    if participant_type == "reader":
+        conn.execute(
+            "UPDATE messages SET read_at = ? WHERE reader_id = ? AND direction != 'from_reader' "
+            "AND seq <= ? AND read_at IS NULL",
+            (now, reader_id, position.last_read_seq),
+        )
+    data = {"participant": f"{participant_type}s/{participant_id}", "last_read_seq": position.last_read_seq}
+    event = insert_event(conn, seqs.next(), KIND_MESSAGE_READ, reader_id, None, "read", data, now)
+    return Evented(position, [event])
+
+
+def unread_counts(conn: apsw.Connection, consultant_id: str, limit: int = 1000) -> list[tuple[str, int]]:
+    """(reader_id, unread) for conversations with messages from the reader
+    after this consultant's read position."""
+    return [
+        (str(reader_id), int(count))
+        for reader_id, count in fetch_all(
+            conn,
+            """SELECT m.reader_id, count(*) FROM messages m
+               LEFT JOIN message_reads r ON r.reader_id = m.reader_id
+                    AND r.participant_type = 'consultant' AND r.participant_id = ?
+               WHERE m.direction = 'from_reader' AND m.seq > coalesce(r.last_read_seq, 0)
+               GROUP BY m.reader_id ORDER BY 2 DESC, 1 LIMIT ?""",
+            (consultant_id, limit),
+        )
+    ]
+
+
+def set_reader_status(conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, status: str) -> Evented:
+    """Pause or resume a reader; a state event when it changes."""
+    rows = fetch_all(conn, f"SELECT {STATE_COLUMNS} FROM reader_states WHERE user_id = ?", (reader_id,))
+    if not rows:
+        raise NotFound(f"reader readers/{reader_id} does not exist", reason="READER_NOT_FOUND")
+    state = ReaderStateRecord(*rows[0])
+    if state.status == status:
+        return Evented(state, [])
+    now = now_iso()
+    updated = ReaderStateRecord(*fetch_all(
+        conn,
+        f"UPDATE reader_states SET status = ?, updated_at = ? WHERE user_id = ? RETURNING {STATE_COLUMNS}",
+        (status, now, reader_id),
+    )[0])
+    event = insert_event(
+        conn, seqs.next(), KIND_STATE, reader_id, None, f"status {status}", state_data(updated), now
+    )
+    return Evented(updated, [event])

@@ -1,0 +1,240 @@
+"""WatchActivity and WatchMyMessages: live push, resume, snapshot, presence."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import grpc
+
+from cursor.v1 import consultant_service_pb2 as cpb
+from cursor.v1 import reader_service_pb2 as rpb
+from cursor.v1 import resources_pb2 as pb
+from tests.conftest import Client, Harness
+from tests.helpers import error_reason, rpc_error
+
+
+def record(client: Client, type_: str = "progress", **payload: Any) -> rpb.RecordInteractionResponse:
+    return client.reader.RecordInteraction(
+        rpb.RecordInteractionRequest(interaction=rpb.NewInteraction(type=type_, payload_json=json.dumps(payload))),
+        metadata=client.md,
+    )
+
+
+class Watcher:
+    """A WatchActivity stream read on a background thread."""
+
+    def __init__(self, client: Client, request: cpb.WatchActivityRequest | None = None) -> None:
+        self.call = client.consultant.WatchActivity(request or cpb.WatchActivityRequest(), metadata=client.md)
+        self.responses: list[cpb.WatchActivityResponse] = []
+        self.error: grpc.RpcError | None = None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self.call:
+                self.responses.append(response)
+        except grpc.RpcError as error:
+            self.error = error
+
+    @property
+    def events(self) -> list[pb.ActivityEvent]:
+        return [e for r in list(self.responses) for e in r.events]
+
+    def wait_for(self, condition: Any, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; have {len(self.events)} events, error={self.error}")
+            time.sleep(0.01)
+
+    def cursor(self) -> str:
+        return next(r.cursor for r in reversed(list(self.responses)) if r.cursor)
+
+    def cancel(self) -> None:
+        self.call.cancel()
+        self._thread.join(5)
+
+
+def test_live_event_reaches_watcher_with_full_object(h: Harness) -> None:
+    consultant, reader = h.new_consultant(), h.new_reader()
+    watcher = Watcher(consultant)
+    time.sleep(0.2)
+    sent = record(reader, percent=0.5, step=4)
+    watcher.wait_for(lambda: len(watcher.events) >= 3)
+    kinds = [e.kind for e in watcher.events]
+    assert kinds == [pb.EVENT_KIND_INTERACTION_RECORDED, pb.EVENT_KIND_READER_STATE_CHANGED,
+                     pb.EVENT_KIND_PRESENCE_CHANGED]
+    first = watcher.events[0]
+    assert first.interaction == sent.interaction
+    assert first.reader == reader.account
+    assert first.event_id == sent.interaction.sequence
+    assert watcher.events[1].state.progress == 0.5
+    assert watcher.events[2].presence.presence == pb.PRESENCE_READING
+    assert [e.event_id for e in watcher.events] == sorted(e.event_id for e in watcher.events)
+    watcher.cancel()
+
+
+def test_resume_after_disconnect_and_restart_has_no_gap_and_no_duplicate(make_harness: Any) -> None:
+    h = make_harness()
+    consultant, reader = h.new_consultant(), h.new_reader()
+    watcher = Watcher(consultant, cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_INTERACTION_RECORDED]))
+    time.sleep(0.2)
+    ids = [record(reader, "answer", n=i).interaction.sequence for i in range(5)]
+    watcher.wait_for(lambda: len(watcher.events) == 5)
+    cursor = watcher.cursor()
+    watcher.cancel()
+    ids += [record(reader, "answer", n=i).interaction.sequence for i in range(5, 10)]
+    again = Watcher(consultant, cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_INTERACTION_RECORDED], after=cursor))
+    again.wait_for(lambda: len(again.events) >= 5)
+    ids += [record(reader, "answer", n=i).interaction.sequence for i in range(10, 12)]
+    again.wait_for(lambda: len(again.events) >= 7)
+    time.sleep(0.2)
+    assert [e.event_id for e in again.events] == ids[5:]
+    cursor = again.cursor()
+    again.cancel()
+    # Across a restart of the server on the same database.
+    h.server.stop()
+    h2 = make_harness(h.db_path)
+    consultant2 = h2.anonymous.login(consultant_email(consultant, h2), kind=pb.ACCOUNT_KIND_CONSULTANT)
+    reader2 = h2.anonymous.login(reader_email(reader, h2), kind=pb.ACCOUNT_KIND_READER)
+    later = [record(reader2, "answer", n=i).interaction.sequence for i in range(3)]
+    resumed = Watcher(consultant2, cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_INTERACTION_RECORDED], after=cursor))
+    resumed.wait_for(lambda: len(resumed.events) >= 3)
+    time.sleep(0.2)
+    assert [e.event_id for e in resumed.events] == later
+    resumed.cancel()
+
+
+def consultant_email(client: Client, h: Harness) -> str:
+    return _email(h, "consultants", client.account)
+
+
+def reader_email(client: Client, h: Harness) -> str:
+    return _email(h, "users", client.account)
+
+
+def _email(h: Harness, table: str, name: str) -> str:
+    import apsw
+
+    conn = apsw.Connection(str(h.db_path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return str(conn.execute(f"SELECT email FROM {table} WHERE id = ?", (name.split("/")[1],)).fetchall()[0][0])
+    finally:
+        conn.close()
+
+
+def test_bad_cursors_get_clear_answers(h: Harness) -> None:
+    consultant = h.new_consultant()
+    for after, code, reason in [
+        ("nonsense", grpc.StatusCode.INVALID_ARGUMENT, "BAD_CURSOR"),
+        ("0123456789abcdef-1", grpc.StatusCode.OUT_OF_RANGE, "CURSOR_OTHER_HISTORY"),
+    ]:
+        call = consultant.consultant.WatchActivity(cpb.WatchActivityRequest(after=after), metadata=consultant.md)
+        error = rpc_error(lambda c=call: next(iter(c)))
+        assert error.code() == code, after
+        assert error_reason(error) == reason
+
+
+def test_snapshot_then_marker_then_live(h: Harness) -> None:
+    consultant = h.new_consultant()
+    readers = [h.new_reader() for _ in range(3)]
+    for r in readers:
+        record(r, "open_page", page=1)
+    watcher = Watcher(consultant, cpb.WatchActivityRequest(include_snapshot=True))
+    watcher.wait_for(lambda: any(r.snapshot_complete for r in watcher.responses))
+    snapshot = [reader.name for r in watcher.responses for reader in r.snapshot_readers]
+    assert sorted(snapshot) == sorted(r.account for r in readers)
+    assert not watcher.events
+    record(readers[0], "answer", q=1)
+    watcher.wait_for(lambda: len(watcher.events) >= 1)
+    assert watcher.events[0].interaction.type == "answer"
+    watcher.cancel()
+
+
+def test_failed_write_produces_no_event(h: Harness) -> None:
+    consultant, reader, other = h.new_consultant(), h.new_reader(), h.new_reader()
+    watcher = Watcher(consultant, cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_INTERACTION_RECORDED]))
+    time.sleep(0.2)
+    taken = record(reader, "answer").interaction.name.rsplit("/", 1)[1]
+    request = rpb.RecordInteractionRequest(interaction=rpb.NewInteraction(id=taken, type="answer"))
+    assert rpc_error(lambda: other.reader.RecordInteraction(request, metadata=other.md)).code() == \
+        grpc.StatusCode.ALREADY_EXISTS
+    record(reader, "heartbeat")
+    watcher.wait_for(lambda: len(watcher.events) >= 2)
+    time.sleep(0.2)
+    assert [e.reader for e in watcher.events] == [reader.account, reader.account]
+    watcher.cancel()
+
+
+def test_idle_is_announced_on_time(make_harness: Any) -> None:
+    from cursor_grpc.config import LiveSettings
+
+    del LiveSettings
+    h = make_harness()
+    # Shorten presence times on the running server's settings.
+    live = h.server.app.settings.live
+    object.__setattr__(live, "presence_idle_seconds", 0.5)
+    object.__setattr__(live, "presence_grace_seconds", 0.2)
+    object.__setattr__(live, "presence_sweep_seconds", 0.1)
+    h.server.call(h.server.app.presence.stop())
+    h.server.loop.call_soon_threadsafe(h.server.app.presence.start)
+    consultant, reader = h.new_consultant(), h.new_reader()
+    watcher = Watcher(consultant, cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_PRESENCE_CHANGED]))
+    time.sleep(0.2)
+    started = time.monotonic()
+    record(reader, "open_page")
+    watcher.wait_for(lambda: len(watcher.events) >= 2, timeout=5)
+    elapsed = time.monotonic() - started
+    assert [e.presence.presence for e in watcher.events] == [pb.PRESENCE_READING, pb.PRESENCE_IDLE]
+    assert 0.6 <= elapsed < 2.5
+    watcher.cancel()
+
+
+def test_logout_ends_open_stream_within_a_second(h: Harness) -> None:
+    consultant = h.new_consultant()
+    watcher = Watcher(consultant)
+    time.sleep(0.2)
+    from cursor.v1 import auth_service_pb2
+
+    started = time.monotonic()
+    consultant.auth.Logout(auth_service_pb2.LogoutRequest(), metadata=consultant.md)
+    watcher.wait_for(lambda: watcher.error is not None, timeout=1.0)
+    assert time.monotonic() - started < 1.0
+    assert watcher.error is not None
+    assert watcher.error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_reader_message_stream_live_and_after_resume(h: Harness) -> None:
+    consultant, reader = h.new_consultant(), h.new_reader()
+    call = reader.reader.WatchMyMessages(rpb.WatchMyMessagesRequest(), metadata=reader.md)
+    got: list[rpb.WatchMyMessagesResponse] = []
+    thread = threading.Thread(target=_collect, args=(call, got), daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    consultant.consultant.SendMessage(
+        cpb.SendMessageRequest(reader=reader.account, body="hello"), metadata=consultant.md
+    )
+    deadline = time.monotonic() + 5
+    while not any(e.message.body == "hello" for r in got for e in r.events):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    cursor = got[-1].cursor
+    call.cancel()
+    consultant.consultant.SendMessage(cpb.SendMessageRequest(reader=reader.account, body="while away"),
+                                      metadata=consultant.md)
+    resumed = reader.reader.WatchMyMessages(rpb.WatchMyMessagesRequest(after=cursor), metadata=reader.md)
+    first = next(iter(resumed))
+    assert [e.message.body for e in first.events] == ["while away"]
+    resumed.cancel()
+
+
+def _collect(call: Any, into: list[Any]) -> None:
+    try:
+        for response in call:
+            into.append(response)
+    except grpc.RpcError:
+        pass
