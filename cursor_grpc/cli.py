@@ -45,6 +45,26 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _require_current_schema(settings: Settings) -> None:
+    """Refuse, with a clear MigrationError, a database that is missing or not
+    migrated, before anything opens (and so creates) it for writing. The
+    store checks again when it opens; this check only reads."""
+    from cursor_grpc.storage.connection import fetch_all, open_connection
+    from cursor_grpc.storage.migrations import MigrationError, verify_current
+
+    path = settings.storage.path
+    hint = "run `cursor-grpc migrate` first (or serve with --migrate)"
+    if not Path(path).exists():
+        raise MigrationError(f"{path} does not exist; {hint}")
+    conn = open_connection(settings.storage, readonly=True)
+    try:
+        if not fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"):
+            raise MigrationError(f"{path} has no schema yet; {hint}")
+        verify_current(conn)
+    finally:
+        conn.close()
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from cursor_grpc.server import serve_forever
     from cursor_grpc.storage.store import apply_migrations
@@ -56,6 +76,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.migrate:
         for name in apply_migrations(settings.storage):
             logging.getLogger("cursor.migrate").info("applied %s", name)
+    else:
+        _require_current_schema(settings)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - optional speed-up
@@ -99,6 +121,7 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
     from cursor_grpc.storage.store import Store
 
     settings = _settings(args)
+    _require_current_schema(settings)
     try:
         email = validation.email(args.email)
         name = validation.display_name(args.display_name)

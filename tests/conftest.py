@@ -36,7 +36,7 @@ def test_settings(db_path: Path, **auth: Any) -> Settings:
     """Real defaults, except that every test talks from 127.0.0.1, so the
     per-peer login limit is raised (its own test lowers it again)."""
     auth_settings = dataclasses.replace(
-        AuthSettings(), peer_login_burst=100_000, peer_login_per_minute=1_000_000.0, **auth
+        AuthSettings(), **{"peer_login_burst": 100_000, "peer_login_per_minute": 1_000_000.0, **auth}
     )
     return Settings(listen="127.0.0.1:0", storage=StorageSettings(path=db_path), auth=auth_settings)
 

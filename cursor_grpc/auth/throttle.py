@@ -85,9 +85,12 @@ class LoginThrottle:
             record = _AccountRecord()
             self._remember(self._accounts, email, record)
         record.failures += 1
+        # The attempt after the last free failure waits 1 s, the next 2 s, …
+        # (the exponent is capped: a known peer is never blocked, so its
+        # failures can pile up far past the point where 2.0 ** n overflows).
         excess = record.failures - self._settings.free_login_failures
-        if excess > 0:
-            delay = min(2.0 ** (excess - 1), self._settings.max_login_delay_seconds)
+        if excess >= 0:
+            delay = min(2.0 ** min(excess, 62), self._settings.max_login_delay_seconds)
             record.blocked_until = self._now() + delay
 
     def succeeded(self, email: str, peer: str) -> None:

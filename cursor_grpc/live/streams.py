@@ -56,7 +56,9 @@ async def run_stream(
             ) from None
 
     try:
-        for message in first or ():
+        # The first message says the stream is open and where it stands,
+        # so a client never waits a heartbeat interval to learn its cursor.
+        for message in first or [tail(broadcaster.cursor(delivered), True)]:
             await context.write(message)
         while True:
             if subscription.closed is not None:

@@ -72,6 +72,6 @@ class AdminService(pb_grpc.AdminServiceServicer):
         )
         if not request.active:
             self.sessions.forget_account(kind, account_id)
-        log.info("%s set %s active=%s (%d sessions ended)", caller.name, request.account, request.active, revoked)
-        return pb.SetAccountActiveResponse(account=request.account, active=request.active,
-                                           revoked_session_count=revoked)
+        name = f"{kind}s/{account_id}"  # canonical, whatever case the caller's id was in
+        log.info("%s set %s active=%s (%d sessions ended)", caller.name, name, request.active, revoked)
+        return pb.SetAccountActiveResponse(account=name, active=request.active, revoked_session_count=revoked)

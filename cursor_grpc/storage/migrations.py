@@ -68,8 +68,13 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
 
 
 def applied(conn: apsw.Connection) -> dict[str, tuple[str, str]]:
-    """name -> (checksum, applied_at) of every migration recorded."""
-    conn.execute(LEDGER_DDL)
+    """name -> (checksum, applied_at) of every migration recorded. A
+    read-only connection to a database without a ledger sees none."""
+    has_ledger = fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+    if not has_ledger:
+        if conn.readonly("main"):
+            return {}
+        conn.execute(LEDGER_DDL)
     rows = conn.execute("SELECT name, checksum, applied_at FROM schema_migrations")
     return {name: (checksum, at) for name, checksum, at in rows}
 
