@@ -7,7 +7,7 @@ CURSOR_DB ?= var/cursor.db
 CURSOR_LISTEN ?= 127.0.0.1:50051
 export CURSOR_DB CURSOR_LISTEN
 
-.PHONY: setup serve test test-fast lint typecheck generate check-generated clean
+.PHONY: setup serve test test-fast test-slow lint typecheck generate check-generated clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: setup lint typecheck check-generated
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
+## Only the long-running tests (e.g. the 60 s WAL bound under load).
+test-slow: setup
+	$(BIN)/pytest -m slow
+
 lint: setup
 	$(BIN)/ruff check .
 
@@ -42,3 +46,20 @@ check-generated: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Benchmarks (tools/bench.py): the `bench` extra adds the progress bar and the chart.
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
+.PHONY: bench bench-quick
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+## Real server, separate client processes, every figure beside its baseline (under 10 minutes).
+## Table on stdout; JSON, Markdown and a PNG chart in bench-results/.
+bench: $(BENCH_STAMP)
+	$(BIN)/python tools/bench.py
+
+## The same with smaller sizes and shorter runs (under 2 minutes).
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python tools/bench.py --quick

@@ -11,19 +11,29 @@ from cursor_grpc.config import Settings
 from cursor_grpc.errors import Unauthenticated
 from cursor_grpc.live.broadcaster import Broadcaster
 from cursor_grpc.live.presence import PresenceSweeper
+from cursor_grpc.ops.dblock import DatabaseLock
+from cursor_grpc.ops.housekeeping import Operations
 from cursor_grpc.storage.store import Store
 
 
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store(settings.storage)
+        # Held while serving, so `cursor-grpc restore` refuses this database.
+        self.db_lock = DatabaseLock(settings.storage.path).acquire_shared()
+        try:
+            self.store = Store(settings.storage)
+        except BaseException:
+            self.db_lock.release()
+            raise
         self.passwords = Passwords(settings.auth)
         self.throttle = LoginThrottle(settings.auth)
         self.sessions = SessionManager(self.store, settings.auth)
         self.broadcaster = Broadcaster(self.store, asyncio.get_running_loop())
         self.presence = PresenceSweeper(self.store, settings.live)
         self.sessions.on_revoked(self._end_streams)
+        # Metrics endpoint, scheduled backups, archival, WAL housekeeping.
+        self.ops = Operations(settings, self.store)
 
     def _end_streams(self, session_id: str | None, account: tuple[str, str] | None) -> None:
         """A session or account that stops working loses its open streams at once."""
@@ -35,11 +45,14 @@ class App:
     async def start(self) -> None:
         self.sessions.start()
         self.presence.start()
+        await self.ops.start()
 
     async def close(self) -> None:
         """Flush session activity, let queued writes commit, close the database."""
+        await self.ops.stop()
         await self.presence.stop()
         await self.sessions.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.passwords.close)
         await loop.run_in_executor(None, self.store.close)
+        self.db_lock.release()

@@ -1,4 +1,4 @@
-"""`cursor-grpc`: serve, migrate, create-admin.
+"""`cursor-grpc`: serve, migrate, create-admin, backup, restore, archive.
 
 Every setting has a default, an environment variable (`CURSOR_LISTEN`,
 `CURSOR_DB`, `CURSOR_<FIELD>`) and, for the common ones, a flag; flags win.
@@ -18,12 +18,10 @@ from pathlib import Path
 from cursor_grpc.config import Settings, settings_from_env
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    from cursor_grpc.logging_setup import configure
+
+    configure(level, fmt)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -42,7 +40,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings = dataclasses.replace(settings, tls_cert=args.tls_cert, tls_key=args.tls_key)
     if getattr(args, "grace", None) is not None:
         settings = dataclasses.replace(settings, grace_seconds=args.grace)
-    return settings
+    from cursor_grpc.ops.commands import apply_flags
+
+    return apply_flags(settings, args)
 
 
 def _require_current_schema(settings: Settings) -> None:
@@ -88,16 +88,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    from cursor_grpc.ops.commands import cmd_migrate
     from cursor_grpc.storage.store import apply_migrations
 
     settings = _settings(args)
-    applied = apply_migrations(settings.storage)
-    if applied:
-        for name in applied:
-            print(f"applied {name}")
-    else:
-        print(f"{settings.storage.path}: schema is up to date")
-    return 0
+    # --status / --dry-run change nothing; applying takes a verified backup
+    # of a non-empty database first unless --no-backup.
+    return cmd_migrate(settings, args, lambda: apply_migrations(settings.storage))
 
 
 def _admin_password() -> str:
@@ -156,9 +153,17 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from cursor_grpc.watch_view import run_watch_command
+
+    return run_watch_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cursor-grpc", description="Cursor gRPC service")
     parser.add_argument("--log-level", default=os.environ.get("CURSOR_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("CURSOR_LOG_FORMAT", "text"),
+                        help="text (default) or json: one JSON object per line (env CURSOR_LOG_FORMAT)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_db(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -173,9 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
     serve.add_argument("--grace", type=float, help="seconds in-flight RPCs get at shutdown (default 10)")
     serve.add_argument("--migrate", action="store_true", help="apply pending migrations before serving")
+    serve.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+                       help="text or json (also accepted before the command)")
+    from cursor_grpc.ops.commands import add_commands, add_migrate_flags, add_serve_flags
+
+    add_serve_flags(serve)
     serve.set_defaults(func=_cmd_serve)
 
     migrate = with_db(commands.add_parser("migrate", help="apply pending schema migrations"))
+    add_migrate_flags(migrate)
     migrate.set_defaults(func=_cmd_migrate)
 
     admin = with_db(commands.add_parser(
@@ -185,12 +196,27 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--display-name", default="Administrator")
     admin.add_argument("--additional", action="store_true", help="allow it when an admin exists already")
     admin.set_defaults(func=_cmd_create_admin)
+
+    add_commands(commands, with_db, _settings)
+
+    watch = commands.add_parser(
+        "watch", help="live view of active readers for a consultant (password from CURSOR_PASSWORD or a prompt)"
+    )
+    watch.add_argument("--server", default=os.environ.get("CURSOR_SERVER", "127.0.0.1:50051"), help="host:port")
+    watch.add_argument("--email", required=True, help="the consultant's sign-in email")
+    watch.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-file)")
+    watch.add_argument("--ca-file", type=Path, help="PEM CA certificates to trust (implies --tls)")
+    watch.add_argument("--once", action="store_true", help="print one frame once the snapshot is in, then exit")
+    watch.add_argument("--duration", type=float, metavar="SECONDS", help="watch this long, print the last frame, exit")
+    watch.add_argument("--width", type=int, default=120, help="columns of the printed frame (--once/--duration)")
+    watch.add_argument("--height", type=int, default=40, help="lines of the printed frame (--once/--duration)")
+    watch.set_defaults(func=_cmd_watch)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     from cursor_grpc.storage.migrations import MigrationError
 
     try:

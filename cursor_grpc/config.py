@@ -90,12 +90,96 @@ class LiveSettings:
 
 
 @dataclass(frozen=True)
+class OpsSettings:
+    """Backups, archival, WAL housekeeping and metrics (docs/operations.md).
+    Periods are seconds; 0 turns a job off."""
+
+    # host:port of the Prometheus endpoint (loopback only); empty = off.
+    metrics_listen: str = ""
+    backup_every: float = 0.0
+    # None: `backups/` beside the database.
+    backup_dir: Path | None = None
+    backup_keep: int = 7
+    backup_method: str = "online"  # 'online' (backup API, in steps) or 'vacuum' (VACUUM INTO)
+    backup_step_pages: int = 1024
+    archive_every: float = 0.0
+    # None: `archive/` beside the database.
+    archive_dir: Path | None = None
+    archive_retention_days: float = 90.0
+    archive_chunk_rows: int = 500
+    # WAL policy: every `wal_check_every` s, a WAL larger than
+    # `wal_truncate_bytes` is checkpointed and truncated; the writer waits at
+    # most `wal_reset_wait_ms` for readers while doing so.
+    wal_check_every: float = 1.0
+    wal_truncate_bytes: int = 64 * 1024 * 1024
+    wal_reset_wait_ms: int = 200
+    optimize_every: float = 3600.0
+    vacuum_every: float = 0.0
+    vacuum_min_free_fraction: float = 0.25
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90`, `45s`, `30m`, `1h`, `1d`, `2w`, `250ms` or `1h30m`."""
+    raw = text.strip().lower()
+    if not raw:
+        raise ValueError("empty duration")
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    total = 0.0
+    number = ""
+    i = 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = "ms" if raw.startswith("ms", i) else ch
+        if unit not in _DURATION_UNITS or not number:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 45s, 30m, 1h, 1d)")
+        total += float(number) * _DURATION_UNITS[unit]
+        number = ""
+        i += len(unit)
+    if number:
+        raise ValueError(f"not a duration: {text!r} (a number needs a unit after another unit)")
+    return total
+
+
+def ops_settings_from_env() -> OpsSettings:
+    """`CURSOR_<FIELD>` for every OpsSettings field; `*_every` take durations."""
+    found: dict[str, object] = {}
+    defaults = OpsSettings()
+    for f in fields(OpsSettings):
+        raw = os.environ.get(f"CURSOR_{f.name.upper()}")
+        if raw is None:
+            continue
+        default = getattr(defaults, f.name)
+        if f.name.endswith("_every"):
+            found[f.name] = parse_duration(raw)
+        elif f.name.endswith("_dir"):
+            found[f.name] = Path(raw) if raw else None
+        elif isinstance(default, int):
+            found[f.name] = int(raw)
+        elif isinstance(default, float):
+            found[f.name] = float(raw)
+        else:
+            found[f.name] = raw
+    return OpsSettings(**found)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: str = DEFAULT_LISTEN
     storage: StorageSettings = field(default_factory=StorageSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
+    ops: OpsSettings = field(default_factory=OpsSettings)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     grace_seconds: float = 10.0
@@ -139,6 +223,7 @@ def settings_from_env() -> Settings:
         auth=AuthSettings(**_env_overrides("CURSOR_", AuthSettings)),  # type: ignore[arg-type]
         limits=LimitSettings(**_env_overrides("CURSOR_", LimitSettings)),  # type: ignore[arg-type]
         live=LiveSettings(**_env_overrides("CURSOR_", LiveSettings)),  # type: ignore[arg-type]
+        ops=ops_settings_from_env(),
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,
     )

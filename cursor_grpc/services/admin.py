@@ -6,18 +6,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from cursor.v1 import admin_service_pb2 as pb
 from cursor.v1 import admin_service_pb2_grpc as pb_grpc
 from cursor.v1 import resources_pb2
-from cursor_grpc import validation
+from cursor_grpc import paging, validation
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.passwords import check_password_rules
 from cursor_grpc.auth.sessions import Principal
+from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.errors import FailedPrecondition, InvalidArgument
 from cursor_grpc.services import convert
+from cursor_grpc.services.reader import profile_update
+from cursor_grpc.storage.audit import AuditQuery
 from cursor_grpc.storage.store import Actor
 
 log = logging.getLogger("cursor.admin")
@@ -67,11 +71,94 @@ class AdminService(pb_grpc.AdminServiceServicer):
         kind, account_id = validation.account_name(request.account, "account")
         if not request.active and kind == caller.kind and account_id == caller.account_id:
             raise FailedPrecondition("an admin cannot deactivate their own account", reason="SELF_DEACTIVATION")
-        revoked = await self.app.store.set_account_active(
-            Actor("consultant", caller.account_id), kind, account_id, request.active
-        )
+        if kind == "reader" and request.active:
+            # Re-activation also tells the reader, with a system message.
+            await self.app.store.activate_reader(Actor("consultant", caller.account_id), account_id, REACTIVATED)
+            revoked = 0
+        else:
+            revoked = await self.app.store.set_account_active(
+                Actor("consultant", caller.account_id), kind, account_id, request.active
+            )
         if not request.active:
             self.sessions.forget_account(kind, account_id)
         name = f"{kind}s/{account_id}"  # canonical, whatever case the caller's id was in
         log.info("%s set %s active=%s (%d sessions ended)", caller.name, name, request.active, revoked)
         return pb.SetAccountActiveResponse(account=name, active=request.active, revoked_session_count=revoked)
+
+    @rpc(Access.ADMIN)
+    async def UpdateReader(self, request: pb.UpdateReaderRequest, context: Context,
+                           caller: Principal) -> pb.UpdateReaderResponse:
+        reader_id = validation.resource_id(request.reader.name, "readers", "reader.name")
+        update = profile_update(request.reader, request.update_mask if request.HasField("update_mask") else None)
+        record, metadata, changed = await self.app.store.update_reader_profile(
+            Actor("consultant", caller.account_id), reader_id, update.display_name, update.email, update.metadata,
+            notice=_profile_notice,
+        )
+        log.info("%s updated readers/%s (%s)", caller.name, reader_id, ", ".join(changed) or "no change")
+        return pb.UpdateReaderResponse(reader=convert.reader_profile(record, metadata))
+
+    @rpc(Access.ADMIN)
+    async def ListAuditLogs(self, request: pb.ListAuditLogsRequest, context: Context,
+                            caller: Principal) -> pb.ListAuditLogsResponse:
+        query = _audit_query(request)
+        limit = paging.page_size(request.page_size, self.app.settings.limits)
+        request_fingerprint = paging.fingerprint("audit", query.actor_type, query.actor_id, query.action,
+                                                 query.target_type, query.target_id, query.start, query.end)
+        key = paging.decode_token(request.page_token, request_fingerprint)
+        if key is not None and (len(key) != 2 or not all(isinstance(k, str) for k in key)):
+            raise InvalidArgument("page_token is not a token this server issued", field="page_token")
+        records = await self.app.store.list_audit_logs(query, (key[0], key[1]) if key else None, limit + 1)
+        token = ""
+        if len(records) > limit:
+            records = records[:limit]
+            token = paging.encode_token([records[-1].created_at, records[-1].id], request_fingerprint)
+        return pb.ListAuditLogsResponse(audit_logs=[convert.audit_log(r) for r in records], next_page_token=token)
+
+
+REACTIVATED = "Your account has been re-activated by an administrator."
+_FIELD_LABEL = {"display_name": "display name", "email": "email", "metadata_json": "metadata"}
+
+
+def _profile_notice(changed: list[str]) -> str:
+    return f"An administrator changed your profile: {', '.join(_FIELD_LABEL.get(f, f) for f in changed)}."
+
+
+# Timestamp range accepted as a filter bound: 1970 to the end of year 9999.
+_MAX_SECONDS = 253402300799
+MAX_ACTION_CHARS = 100
+
+
+def _time_bound(ts: Timestamp, field: str) -> str:
+    if not 0 <= ts.nanos < 1_000_000_000 or ts.seconds > _MAX_SECONDS:
+        raise InvalidArgument(f"{field} is not a valid timestamp", field=field)
+    # Nothing is older than 1970; an earlier bound means "from the start".
+    return iso_from_ns(max(ts.seconds, 0) * 1_000_000_000 + (ts.nanos if ts.seconds >= 0 else 0))
+
+
+def _audit_query(request: pb.ListAuditLogsRequest) -> AuditQuery:
+    actor_type = actor_id = target_type = target_id = None
+    if request.actor == "system":
+        actor_type = "system"
+    elif request.actor:
+        actor_type, actor_id = validation.account_name(request.actor, "actor")
+    if request.target == "readers/-":
+        target_type = "all_readers"
+    elif request.target:
+        collection, slash, rest = request.target.partition("/")
+        if not collection.isalpha() or (slash and (not collection.endswith("s") or not rest)):
+            raise InvalidArgument(
+                f"target must look like readers/{{id}}, consultants/{{id}} or readers/-, not {request.target!r}",
+                field="target",
+            )
+        if slash:
+            target_type = collection[:-1]
+            target_id = validation.uuid_text(rest, "target")
+        else:
+            target_type = collection
+    if len(request.action) > MAX_ACTION_CHARS:
+        raise InvalidArgument(f"action must be at most {MAX_ACTION_CHARS} characters", field="action")
+    start = _time_bound(request.start_time, "start_time") if request.HasField("start_time") else None
+    end = _time_bound(request.end_time, "end_time") if request.HasField("end_time") else None
+    if start is not None and end is not None and start >= end:
+        raise InvalidArgument("start_time must be before end_time", field="start_time")
+    return AuditQuery(actor_type, actor_id, request.action or None, target_type, target_id, start, end)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from cursor.v1 import resources_pb2 as pb
 from cursor_grpc.clock import timestamp_from_iso
+from cursor_grpc.storage.audit import AuditRecord
+from cursor_grpc.storage.consents import ConsentRecord
 from cursor_grpc.storage.events import Event
 from cursor_grpc.storage.messages import MessageRecord, ReadPosition
 from cursor_grpc.storage.records import ConsultantRecord, InteractionRecord, ReaderRecord, ReaderStateRecord
@@ -143,3 +145,55 @@ def activity_event(event: Event, cursor: str) -> pb.ActivityEvent:
             pb.PresenceChange(presence=PRESENCE[data["presence"]], previous=PRESENCE[data["previous"]])
         )
     return out
+
+
+def reader_profile(record: ReaderRecord, metadata: str) -> pb.Reader:
+    """A reader with its restricted metadata (only where the full profile is asked for)."""
+    out = reader(record)
+    out.metadata_json = metadata
+    return out
+
+
+CONSENT_SCOPE = {
+    "state": pb.CONSENT_SCOPE_STATE,
+    "state_and_interactions": pb.CONSENT_SCOPE_STATE_AND_INTERACTIONS,
+}
+SCOPE_NAME = {v: k for k, v in CONSENT_SCOPE.items()}
+
+
+def consent(record: ConsentRecord) -> pb.Consent:
+    return pb.Consent(
+        name=f"readers/{record.granter_id}/consents/{record.id}",
+        granter=f"readers/{record.granter_id}",
+        grantee=f"readers/{record.grantee_id}",
+        scope=CONSENT_SCOPE[record.scope],
+        create_time=timestamp_from_iso(record.created_at),
+        revoke_time=timestamp_from_iso(record.revoked_at),
+    )
+
+
+# Audit target types whose row names no id, and how they are shown.
+AUDIT_TARGET_WITHOUT_ID = {"all_readers": "readers/-"}
+
+
+def audit_actor(actor_type: str, actor_id: str | None) -> str:
+    return f"{actor_type}s/{actor_id}" if actor_id else actor_type
+
+
+def audit_target(target_type: str | None, target_id: str | None) -> str:
+    if target_type is None:
+        return ""
+    if target_id is None:
+        return AUDIT_TARGET_WITHOUT_ID.get(target_type, target_type)
+    return f"{target_type}s/{target_id}"
+
+
+def audit_log(record: AuditRecord) -> pb.AuditLog:
+    return pb.AuditLog(
+        name=f"auditLogs/{record.id}",
+        actor=audit_actor(record.actor_type, record.actor_id),
+        action=record.action,
+        target=audit_target(record.target_type, record.target_id),
+        details_json=record.details,
+        create_time=timestamp_from_iso(record.created_at),
+    )

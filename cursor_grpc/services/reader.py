@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from grpc import aio
 
 from cursor.v1 import reader_service_pb2 as pb
 from cursor.v1 import reader_service_pb2_grpc as pb_grpc
+from cursor.v1 import resources_pb2
 from cursor_grpc import paging, validation
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.sessions import Principal
-from cursor_grpc.errors import AlreadyExists, CursorError, InvalidArgument
+from cursor_grpc.errors import AlreadyExists, CursorError, InvalidArgument, PermissionDenied
 from cursor_grpc.live.streams import Tail, run_stream
+from cursor_grpc.ops.history import mark_includes_archived
 from cursor_grpc.services import convert
-from cursor_grpc.storage.events import EventFilter
+from cursor_grpc.storage.consents import ConsentRecord
+from cursor_grpc.storage.events import KIND_INTERACTION, KIND_PRESENCE, KIND_STATE, EventFilter
 from cursor_grpc.storage.records import NewInteractionData, RecordOutcome
 from cursor_grpc.storage.store import Actor
 
@@ -41,11 +46,16 @@ async def list_interactions_page(
         if len(key) != 1 or not isinstance(key[0], int):
             raise InvalidArgument("page_token is not a token this server issued", field="page_token")
         before = key[0]
-    records = await app.store.list_interactions(reader_id, type_, before, limit + 1)
+    # Walks into archive files when the page reaches archived history; the
+    # response's includes_archived is set by ResponseFlagsInterceptor.
+    page = await app.store.list_interaction_history(reader_id, type_, before, limit + 1)
+    records = page.records
     next_token = ""
     if len(records) > limit:
         records = records[:limit]
         next_token = paging.encode_token([records[-1].seq], request_fingerprint)
+    if any(r.seq in page.archived for r in records):
+        mark_includes_archived()
     return [convert.interaction(r) for r in records], next_token
 
 
@@ -175,6 +185,106 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         wanted = EventFilter(reader_ids=frozenset({caller.account_id}), kinds=frozenset({"message", "message_read"}))
         await open_stream(self.app, context, caller, wanted, request.after, _my_messages_tail)
 
+    # --- the reader's own restricted fields ----------------------------------------
+
+    @rpc(Access.READER)
+    async def UpdateMyProfile(self, request: pb.UpdateMyProfileRequest, context: Context,
+                              caller: Principal) -> pb.UpdateMyProfileResponse:
+        given = request.reader
+        if given.name and validation.resource_id(given.name, "readers", "reader.name") != caller.account_id:
+            raise PermissionDenied("a reader can only update its own profile; leave reader.name empty",
+                                   reason="NOT_OWN_PROFILE")
+        update = profile_update(given, request.update_mask if request.HasField("update_mask") else None)
+        record, metadata, _ = await self.app.store.update_reader_profile(
+            Actor("reader", caller.account_id), caller.account_id, update.display_name, update.email, update.metadata
+        )
+        return pb.UpdateMyProfileResponse(reader=convert.reader_profile(record, metadata))
+
+    # --- consent: sharing with another reader ----------------------------------------
+
+    @rpc(Access.READER)
+    async def GrantConsent(self, request: pb.GrantConsentRequest, context: Context,
+                           caller: Principal) -> pb.GrantConsentResponse:
+        grantee_id = validation.resource_id(request.grantee, "readers", "grantee")
+        scope = convert.SCOPE_NAME.get(request.scope)
+        if scope is None:
+            raise InvalidArgument("scope must be CONSENT_SCOPE_STATE or CONSENT_SCOPE_STATE_AND_INTERACTIONS",
+                                  field="scope")
+        outcome = await self.app.store.grant_consent(caller.account_id, grantee_id, scope)
+        replaced = outcome.replaced
+        if replaced is not None and replaced.shares_interactions and not outcome.consent.shares_interactions:
+            # Narrowed: open streams still carry interactions; end them.
+            close_shared_streams(self.app, caller.account_id, grantee_id, PermissionDenied(
+                "the consent was changed to state only; open the stream again", reason="CONSENT_CHANGED"))
+        return pb.GrantConsentResponse(consent=convert.consent(outcome.consent))
+
+    @rpc(Access.READER)
+    async def RevokeConsent(self, request: pb.RevokeConsentRequest, context: Context,
+                            caller: Principal) -> pb.RevokeConsentResponse:
+        grantee_id = validation.resource_id(request.grantee, "readers", "grantee")
+        error = PermissionDenied("consent revoked", reason="CONSENT_REVOKED")
+        # Before the write, so an open stream sends nothing committed after
+        # the revocation; after it, for a stream that opened meanwhile.
+        close_shared_streams(self.app, caller.account_id, grantee_id, error)
+        revoked = await self.app.store.revoke_consent(caller.account_id, grantee_id)
+        close_shared_streams(self.app, caller.account_id, grantee_id, error)
+        return pb.RevokeConsentResponse(consent=convert.consent(revoked))
+
+    @rpc(Access.READER)
+    async def ListConsents(self, request: pb.ListConsentsRequest, context: Context,
+                           caller: Principal) -> pb.ListConsentsResponse:
+        limit = paging.page_size(request.page_size, self.app.settings.limits)
+        request_fingerprint = paging.fingerprint("consents", caller.account_id, request.received,
+                                                 request.show_revoked)
+        key = paging.decode_token(request.page_token, request_fingerprint)
+        if key is not None and (len(key) != 1 or not isinstance(key[0], str)):
+            raise InvalidArgument("page_token is not a token this server issued", field="page_token")
+        records = await self.app.store.list_consents(
+            caller.account_id, request.received, request.show_revoked, key[0] if key else None, limit + 1
+        )
+        token = ""
+        if len(records) > limit:
+            records = records[:limit]
+            token = paging.encode_token([records[-1].id], request_fingerprint)
+        return pb.ListConsentsResponse(consents=[convert.consent(r) for r in records], next_page_token=token)
+
+    @rpc(Access.READER)
+    async def GetSharedState(self, request: pb.GetSharedStateRequest, context: Context,
+                             caller: Principal) -> pb.GetSharedStateResponse:
+        granter_id = validation.resource_id(request.reader, "readers", "reader")
+        state = await self.app.store.shared_state(granter_id, caller.account_id)
+        return pb.GetSharedStateResponse(state=convert.reader_state(state))
+
+    @rpc(Access.READER)
+    async def ListSharedInteractions(self, request: pb.ListSharedInteractionsRequest, context: Context,
+                                     caller: Principal) -> pb.ListSharedInteractionsResponse:
+        granter_id = validation.resource_id(request.parent, "readers", "parent")
+        await self.app.store.require_consent(granter_id, caller.account_id, interactions=True)
+        items, token = await list_interactions_page(
+            self.app, granter_id, request.type, request.page_size, request.page_token
+        )
+        # Checked again after the read: a revocation that committed before the
+        # read's snapshot is seen here, so nothing read is returned after it.
+        await self.app.store.require_consent(granter_id, caller.account_id, interactions=True)
+        return pb.ListSharedInteractionsResponse(interactions=items, next_page_token=token)
+
+    @rpc(Access.READER)
+    async def WatchSharedActivity(self, request: pb.WatchSharedActivityRequest, context: Context,
+                                  caller: Principal) -> None:
+        granter_id = validation.resource_id(request.reader, "readers", "reader")
+        consent = await self.app.store.require_consent(granter_id, caller.account_id)
+
+        async def recheck() -> list[bytes]:
+            # Runs once subscribed: a revocation that committed before this
+            # read is seen here; one after it closes the subscription.
+            again = await self.app.store.require_consent(granter_id, caller.account_id)
+            if again.id != consent.id:
+                raise PermissionDenied("the consent changed while the stream opened; open it again",
+                                       reason="CONSENT_CHANGED")
+            return []
+
+        await open_stream(self.app, context, caller, shared_filter(consent), request.after, _shared_tail, recheck)
+
 
 def _my_messages_tail(cursor: str, heartbeat: bool) -> bytes:
     return pb.WatchMyMessagesResponse(cursor=cursor, heartbeat=heartbeat).SerializeToString()
@@ -215,3 +325,94 @@ async def open_stream(
         broadcaster.unsubscribe(subscription)
         raise
     await run_stream(context, caller, broadcaster, app.store, subscription, after, live, tail, opening)
+
+
+# --- consent helpers ---------------------------------------------------------------------
+
+
+def _shared_tail(cursor: str, heartbeat: bool) -> bytes:
+    return pb.WatchSharedActivityResponse(cursor=cursor, heartbeat=heartbeat).SerializeToString()
+
+
+def shared_filter(consent: ConsentRecord) -> EventFilter:
+    """What a grantee's stream carries: the granter's state and presence, and
+    its interactions when the consent covers them. Never its messages."""
+    kinds = {KIND_STATE, KIND_PRESENCE}
+    if consent.shares_interactions:
+        kinds.add(KIND_INTERACTION)
+    return EventFilter(reader_ids=frozenset({consent.granter_id}), kinds=frozenset(kinds))
+
+
+def close_shared_streams(app: App, granter_id: str, grantee_id: str, error: CursorError) -> int:
+    """End the grantee's open WatchSharedActivity streams on the granter. A
+    reader's only streams on another reader are those, so the subscription's
+    owner and filter identify them; no registry is needed."""
+    owner = ("reader", grantee_id)
+    return app.broadcaster.close_where(
+        lambda s: s.account == owner and granter_id in s.wanted.reader_ids, error
+    )
+
+
+# --- profile updates (AIP-134 update_mask over the restricted fields) ---------------------
+
+PROFILE_FIELDS = ("display_name", "email", "metadata_json")
+MAX_METADATA_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileUpdate:
+    """Validated new values; None leaves a field as it is."""
+
+    display_name: str | None
+    email: str | None
+    metadata: str | None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def metadata_json(value: str, field: str) -> str:
+    """A JSON object as text, at most 16 KiB; empty means `{}`."""
+    if not value:
+        return "{}"
+    if len(value.encode()) > MAX_METADATA_BYTES:
+        raise InvalidArgument(f"{field} is larger than {MAX_METADATA_BYTES} bytes", field=field,
+                              reason="METADATA_TOO_LARGE")
+    try:
+        parsed = json.loads(value, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidArgument(f"{field} is not valid JSON", field=field, reason="INVALID_METADATA") from None
+    if not isinstance(parsed, dict):
+        raise InvalidArgument(f"{field} must be a JSON object", field=field, reason="INVALID_METADATA")
+    return value
+
+
+def profile_update(given: resources_pb2.Reader, mask: Any | None, prefix: str = "reader.") -> ProfileUpdate:
+    """The fields an update names, validated. `mask` is the request's
+    FieldMask, or None when absent: then every restricted field with a
+    non-empty value is updated (AIP-134). `*` means all three."""
+    paths = list(mask.paths) if mask is not None else []
+    if not paths:
+        chosen = {name for name in PROFILE_FIELDS if getattr(given, name)}
+        if not chosen:
+            raise InvalidArgument(
+                f"nothing to update: set update_mask to some of {', '.join(PROFILE_FIELDS)}", field="update_mask"
+            )
+    elif paths == ["*"]:
+        chosen = set(PROFILE_FIELDS)
+    else:
+        chosen = set()
+        for path in paths:
+            if path not in PROFILE_FIELDS:
+                raise InvalidArgument(
+                    f"update_mask path {path!r} cannot be updated; use {', '.join(PROFILE_FIELDS)} or *",
+                    field="update_mask",
+                )
+            chosen.add(path)
+    return ProfileUpdate(
+        display_name=validation.display_name(given.display_name, prefix + "display_name")
+        if "display_name" in chosen else None,
+        email=validation.email(given.email, prefix + "email") if "email" in chosen else None,
+        metadata=metadata_json(given.metadata_json, prefix + "metadata_json") if "metadata_json" in chosen else None,
+    )

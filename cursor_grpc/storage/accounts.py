@@ -200,3 +200,44 @@ def set_active(conn: apsw.Connection, kind: str, account_id: str, active: bool) 
 def count_admins(conn: apsw.Connection) -> int:
     return int(fetch_all(conn, "SELECT count(*) FROM consultants WHERE role = 'admin' AND is_active = 1")[0][0])
 
+
+
+def get_reader_metadata(conn: apsw.Connection, reader_id: str) -> str:
+    """The reader's metadata JSON object text (a restricted field)."""
+    rows = fetch_all(conn, "SELECT metadata FROM users WHERE id = ?", (reader_id,))
+    if not rows:
+        raise NotFound(f"reader readers/{reader_id} does not exist", reason="READER_NOT_FOUND")
+    return str(rows[0][0])
+
+
+def update_reader_profile(
+    conn: apsw.Connection, reader_id: str, display_name: str | None, email: str | None, metadata: str | None
+) -> list[str]:
+    """Set the restricted fields given (None leaves one as it is). Returns the
+    names of the fields whose value changed. An email must stay unique among
+    readers and must not be another person's consultant email."""
+    rows = fetch_all(conn, "SELECT email, display_name, metadata FROM users WHERE id = ?", (reader_id,))
+    if not rows:
+        raise NotFound(f"reader readers/{reader_id} does not exist", reason="READER_NOT_FOUND")
+    old_email, old_name, old_metadata = rows[0]
+    changes: dict[str, Any] = {}
+    if display_name is not None and display_name != old_name:
+        changes["display_name"] = display_name
+    if email is not None and email != old_email:
+        taken = fetch_all(
+            conn,
+            "SELECT 1 FROM users WHERE email = ?1 AND id != ?2 "
+            "UNION ALL SELECT 1 FROM consultants WHERE email = ?1 AND user_id IS NOT ?2",
+            (email, reader_id),
+        )
+        if taken:
+            raise AlreadyExists(f"email {email} is already used by another account", field="email",
+                                reason="EMAIL_TAKEN")
+        changes["email"] = email
+    if metadata is not None and metadata != old_metadata:
+        changes["metadata"] = metadata
+    if changes:
+        sets = ", ".join(f"{column} = ?" for column in changes)
+        conn.execute(f"UPDATE users SET {sets}, updated_at = ? WHERE id = ?",
+                     (*changes.values(), now_iso(), reader_id))
+    return [{"metadata": "metadata_json"}.get(column, column) for column in changes]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import apsw
 
 from cursor_grpc.clock import new_id, now_iso
+from cursor_grpc.storage.connection import fetch_all
 
 
 def write_audit(
@@ -24,3 +26,66 @@ def write_audit(
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (new_id(), actor_type, actor_id, action, target_type, target_id, json.dumps(details or {}), now_iso()),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: str
+    actor_type: str  # 'reader' | 'consultant' | 'system'
+    actor_id: str | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    details: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters of ListAuditLogs; None means any. `target_id` is matched only
+    when `target_type` is set; a target_type with target_id None matches rows
+    that name no id (e.g. a watch of all readers)."""
+
+    actor_type: str | None = None
+    actor_id: str | None = None
+    action: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    start: str | None = None  # created_at >= start
+    end: str | None = None  # created_at < end
+
+
+AUDIT_COLUMNS = "id, actor_type, actor_id, action, target_type, target_id, details, created_at"
+
+
+def list_audit_logs(
+    conn: apsw.Connection, query: AuditQuery, before: tuple[str, str] | None, limit: int
+) -> list[AuditRecord]:
+    """Newest first, keyset on (created_at, id); every filter is bound."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.actor_type is not None:
+        clauses.append("actor_type = ?")
+        params.append(query.actor_type)
+        clauses.append("actor_id IS ?")
+        params.append(query.actor_id)
+    if query.action is not None:
+        clauses.append("action = ?")
+        params.append(query.action)
+    if query.target_type is not None:
+        clauses.append("target_type = ?")
+        params.append(query.target_type)
+        clauses.append("target_id IS ?")
+        params.append(query.target_id)
+    if query.start is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.start)
+    if query.end is not None:
+        clauses.append("created_at < ?")
+        params.append(query.end)
+    if before is not None:
+        clauses.append("(created_at, id) < (?, ?)")
+        params += [before[0], before[1]]
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"SELECT {AUDIT_COLUMNS} FROM audit_logs {where} ORDER BY created_at DESC, id DESC LIMIT ?"
+    return [AuditRecord(*row) for row in fetch_all(conn, sql, (*params, limit))]

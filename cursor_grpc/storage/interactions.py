@@ -171,9 +171,14 @@ def sweep_presence(
 
 
 def list_interactions(
-    conn: apsw.Connection, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int
+    conn: apsw.Connection, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int,
+    schema: str = "main",
 ) -> list[InteractionRecord]:
-    """Newest first, keyset on seq. `reader_id=None` lists every reader's."""
+    """Newest first, keyset on seq. `reader_id=None` lists every reader's.
+    `schema` names an ATTACHed archive file to read instead of the main
+    database (cursor_grpc/ops/history.py walks history into archives)."""
+    if not schema.isidentifier():
+        raise ValueError(f"not a schema name: {schema!r}")
     clauses: list[str] = []
     params: list[Any] = []
     if reader_id is not None:
@@ -186,5 +191,5 @@ def list_interactions(
         clauses.append("seq < ?")
         params.append(before_seq)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT {INTERACTION_COLUMNS} FROM interactions {where} ORDER BY seq DESC LIMIT ?"
+    sql = f"SELECT {INTERACTION_COLUMNS} FROM {schema}.interactions {where} ORDER BY seq DESC LIMIT ?"
     return [interaction_from_row(r) for r in fetch_all(conn, sql, (*params, limit))]

@@ -5,10 +5,17 @@ COMMIT`, recording name, checksum and `applied_at` in `schema_migrations`.
 A database holding a migration this code does not know, or one whose file
 was edited after it was applied, is refused: running against it could
 corrupt data written by a newer or different version.
+
+A migration may also be a Python file `NNNN_name.py` defining
+`migrate(conn, record)`: it manages its own transactions (for changes too
+large for one, see cursor_grpc/ops/rebuild.py) and calls `record(conn)`
+inside its last transaction, so the change and its ledger row commit
+together. Its checksum is that of its source text.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.resources
 import re
@@ -20,7 +27,7 @@ import apsw
 from cursor_grpc.clock import now_iso
 from cursor_grpc.storage.connection import fetch_all
 
-_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.(sql|py)$")
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -44,6 +51,18 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
+    @property
+    def is_python(self) -> bool:
+        return self.name.endswith(".py")
+
+    def describe(self) -> str:
+        """What it does, for `migrate --dry-run`: the SQL, or a Python
+        migration's docstring."""
+        if not self.is_python:
+            return self.sql.strip()
+        doc = ast.get_docstring(ast.parse(self.sql)) or "(a Python migration without a docstring)"
+        return f"Python migration, run in its own transactions:\n{doc}"
+
 
 def migrations_dir() -> Path:
     """The folder of SQL files: the repository's `migrations/` when run from
@@ -57,9 +76,11 @@ def migrations_dir() -> Path:
 def load_migrations(folder: Path | None = None) -> list[Migration]:
     folder = folder or migrations_dir()
     found = []
-    for path in sorted(folder.glob("*.sql")):
+    for path in sorted([*folder.glob("*.sql"), *folder.glob("*.py")]):
+        if path.name == "__init__.py":
+            continue
         if not _NAME.match(path.name):
-            raise MigrationError(f"migration file {path.name} is not named NNNN_lowercase_name.sql")
+            raise MigrationError(f"migration file {path.name} is not named NNNN_lowercase_name.sql (or .py)")
         found.append(Migration(path.name, path.read_text(encoding="utf-8")))
     numbers = [m.name[:4] for m in found]
     if len(set(numbers)) != len(numbers):
@@ -104,6 +125,10 @@ def migrate(conn: apsw.Connection, known: list[Migration] | None = None) -> list
     known = load_migrations() if known is None else known
     applied_now = []
     for migration in plan(conn, known):
+        if migration.is_python:
+            _apply_python(conn, migration)
+            applied_now.append(migration.name)
+            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Re-check under the write lock: another process may have applied it.
@@ -122,6 +147,48 @@ def migrate(conn: apsw.Connection, known: list[Migration] | None = None) -> list
             raise
         applied_now.append(migration.name)
     return applied_now
+
+
+def _apply_python(conn: apsw.Connection, migration: Migration) -> None:
+    namespace: dict[str, object] = {"__name__": f"cursor_migration_{migration.name[:4]}"}
+    # The file is part of this release, like the .sql files beside it.
+    exec(compile(migration.sql, migration.name, "exec"), namespace)  # noqa: S102
+    run = namespace.get("migrate")
+    if not callable(run):
+        raise MigrationError(f"{migration.name} defines no migrate(conn, record) function")
+
+    def record(inner: apsw.Connection) -> None:
+        inner.execute(
+            "INSERT INTO schema_migrations(name, checksum, applied_at) VALUES (?, ?, ?)",
+            (migration.name, migration.checksum, now_iso()),
+        )
+
+    try:
+        run(conn, record)
+    except apsw.Error as error:
+        raise MigrationError(f"{migration.name} failed and changed nothing: {error}") from error
+    if not fetch_all(conn, "SELECT 1 FROM schema_migrations WHERE name = ?", (migration.name,)):
+        raise MigrationError(f"{migration.name} finished without recording itself; its change may be incomplete")
+
+
+def status(conn: apsw.Connection, known: list[Migration] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """For `migrate --status`, without writing: applied (name, applied_at),
+    pending (name, ''), unknown (in the database, not in this version) and
+    modified (applied, file changed since)."""
+    known = load_migrations() if known is None else known
+    has_ledger = fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+    done: dict[str, tuple[str, str]] = {}
+    if has_ledger:
+        done = {name: (checksum, at) for name, checksum, at in
+                conn.execute("SELECT name, checksum, applied_at FROM schema_migrations ORDER BY name")}
+    by_name = {m.name: m for m in known}
+    return {
+        "applied": [(name, at) for name, (_, at) in sorted(done.items())],
+        "pending": [(m.name, "") for m in known if m.name not in done],
+        "unknown": [(name, at) for name, (_, at) in sorted(done.items()) if name not in by_name],
+        "modified": [(name, at) for name, (checksum, at) in sorted(done.items())
+                     if name in by_name and by_name[name].checksum != checksum],
+    }
 
 
 def verify_current(conn: apsw.Connection, known: list[Migration] | None = None) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 import apsw
 
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage import accounts, events, interactions, messages, sessions
-from cursor_grpc.storage.audit import write_audit
+from cursor_grpc.ops import history
+from cursor_grpc.ops.history import HistoryPage, HistoryReader
+from cursor_grpc.storage import accounts, consents, events, interactions, messages, sessions
+from cursor_grpc.storage.audit import AuditQuery, AuditRecord, list_audit_logs, write_audit
 from cursor_grpc.storage.connection import open_connection
 from cursor_grpc.storage.events import Event, Evented, EventFilter, SequenceAllocator
 from cursor_grpc.storage.messages import MessageRecord, ReadPosition
@@ -91,6 +93,9 @@ class Store:
         """Commit what is queued, then close every connection. Idempotent."""
         self.writer.close()
         self.reads.close()
+        history = self.__dict__.pop("_history", None)
+        if history is not None:
+            history.close()
 
     # --- accounts ------------------------------------------------------------
 
@@ -287,3 +292,117 @@ class Store:
         return await self.reads.run(
             lambda conn: interactions.list_interactions(conn, reader_id, type_, before_seq, limit)
         )
+
+    async def list_interaction_history(
+        self, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int
+    ) -> HistoryPage:
+        """Like `list_interactions`, walking into archive files when the page
+        reaches archived history (cursor_grpc/ops/history.py)."""
+        records, entries = await self.reads.run(
+            lambda conn: history.main_page(conn, reader_id, type_, before_seq, limit)
+        )
+        if not history.needs_archives(records, limit, entries):
+            return HistoryPage(records, set())
+        reader: HistoryReader | None = self.__dict__.get("_history")
+        if reader is None:
+            reader = self.__dict__.setdefault("_history", HistoryReader(self.settings))
+        return await reader.page(reader_id, type_, before_seq, limit)
+
+    # --- reader profiles: the restricted fields --------------------------------
+
+    async def update_reader_profile(
+        self, actor: Actor, reader_id: str, display_name: str | None, email: str | None, metadata: str | None,
+        notice: Callable[[list[str]], str] | None = None,
+    ) -> tuple[ReaderRecord, str, list[str]]:
+        """Change restricted fields (None: unchanged), audited; with `notice`,
+        the reader gets a system message naming the fields that changed.
+        Returns (reader, metadata, fields changed)."""
+
+        def write(conn: apsw.Connection) -> Evented:
+            changed = accounts.update_reader_profile(conn, reader_id, display_name, email, metadata)
+            requested = [name for name, value in
+                         (("display_name", display_name), ("email", email), ("metadata_json", metadata))
+                         if value is not None]
+            write_audit(conn, actor.type, actor.id, "reader.update_profile", "reader", reader_id,
+                        {"fields": requested, "changed": changed})
+            sent: list[Event] = []
+            if notice is not None and changed:
+                sent = messages.send_message(conn, self.seqs, reader_id, "system", None, notice(changed)).events
+            profile = (accounts.get_reader(conn, reader_id), accounts.get_reader_metadata(conn, reader_id), changed)
+            return Evented(profile, sent)
+
+        result = await self.writer.submit(write)
+        return result.value  # type: ignore[no-any-return]
+
+    async def activate_reader(self, actor: Actor, reader_id: str, notice: str) -> bool:
+        """Re-activate a reader account (audited like set_account_active); when
+        it was deactivated, the reader gets `notice` as a system message in the
+        same transaction. Returns whether the flag changed."""
+
+        def write(conn: apsw.Connection) -> Evented:
+            changed = accounts.set_active(conn, "reader", reader_id, True)
+            write_audit(conn, actor.type, actor.id, "account.activate", "reader", reader_id,
+                        {"changed": changed, "revoked_sessions": 0})
+            sent = messages.send_message(conn, self.seqs, reader_id, "system", None, notice).events if changed else []
+            return Evented(changed, sent)
+
+        result = await self.writer.submit(write)
+        return bool(result.value)
+
+    # --- consents ----------------------------------------------------------------
+
+    async def grant_consent(self, granter_id: str, grantee_id: str, scope: str) -> consents.GrantOutcome:
+        """Give (or change) a consent, audited when anything changed."""
+
+        def write(conn: apsw.Connection) -> consents.GrantOutcome:
+            outcome = consents.grant(conn, granter_id, grantee_id, scope)
+            if outcome.changed:
+                details: dict[str, Any] = {"consent_id": outcome.consent.id, "scope": scope}
+                if outcome.replaced is not None:
+                    details["replaced_consent_id"] = outcome.replaced.id
+                    details["previous_scope"] = outcome.replaced.scope
+                write_audit(conn, "reader", granter_id, "consent.grant", "reader", grantee_id, details)
+            return outcome
+
+        return await self.writer.submit(write)
+
+    async def revoke_consent(self, granter_id: str, grantee_id: str) -> consents.ConsentRecord:
+        def write(conn: apsw.Connection) -> consents.ConsentRecord:
+            revoked = consents.revoke(conn, granter_id, grantee_id)
+            write_audit(conn, "reader", granter_id, "consent.revoke", "reader", grantee_id,
+                        {"consent_id": revoked.id, "scope": revoked.scope})
+            return revoked
+
+        return await self.writer.submit(write)
+
+    async def list_consents(
+        self, reader_id: str, received: bool, show_revoked: bool, before_id: str | None, limit: int
+    ) -> list[consents.ConsentRecord]:
+        return await self.reads.run(
+            lambda conn: consents.list_consents(conn, reader_id, received, show_revoked, before_id, limit)
+        )
+
+    async def require_consent(
+        self, granter_id: str, grantee_id: str, *, interactions: bool = False
+    ) -> consents.ConsentRecord:
+        """The live consent of granter to grantee (covering interactions if
+        asked), or PERMISSION_DENIED."""
+        return await self.reads.run(
+            lambda conn: consents.require_consent(conn, granter_id, grantee_id, interactions=interactions)
+        )
+
+    async def shared_state(self, granter_id: str, grantee_id: str) -> ReaderStateRecord:
+        """The granter's state, checked against the consent in the same read."""
+
+        def read(conn: apsw.Connection) -> ReaderStateRecord:
+            consents.require_consent(conn, granter_id, grantee_id, interactions=False)
+            return accounts.get_reader_state(conn, granter_id)
+
+        return await self.reads.run(read)
+
+    # --- audit log -----------------------------------------------------------------
+
+    async def list_audit_logs(
+        self, query: AuditQuery, before: tuple[str, str] | None, limit: int
+    ) -> list[AuditRecord]:
+        return await self.reads.run(lambda conn: list_audit_logs(conn, query, before, limit))

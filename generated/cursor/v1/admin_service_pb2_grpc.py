@@ -51,6 +51,16 @@ class AdminServiceStub:
                 request_serializer=cursor_dot_v1_dot_admin__service__pb2.SetAccountActiveRequest.SerializeToString,
                 response_deserializer=cursor_dot_v1_dot_admin__service__pb2.SetAccountActiveResponse.FromString,
                 _registered_method=True)
+        self.UpdateReader = channel.unary_unary(
+                '/cursor.v1.AdminService/UpdateReader',
+                request_serializer=cursor_dot_v1_dot_admin__service__pb2.UpdateReaderRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_admin__service__pb2.UpdateReaderResponse.FromString,
+                _registered_method=True)
+        self.ListAuditLogs = channel.unary_unary(
+                '/cursor.v1.AdminService/ListAuditLogs',
+                request_serializer=cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -81,6 +91,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateReader(self, request, context):
+        """Changes a reader's restricted fields (display name, email, metadata),
+        which consultants may read but not change. The reader gets a system
+        message naming the fields changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditLogs(self, request, context):
+        """Lists the audit log, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +124,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetAccountActive,
                     request_deserializer=cursor_dot_v1_dot_admin__service__pb2.SetAccountActiveRequest.FromString,
                     response_serializer=cursor_dot_v1_dot_admin__service__pb2.SetAccountActiveResponse.SerializeToString,
+            ),
+            'UpdateReader': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateReader,
+                    request_deserializer=cursor_dot_v1_dot_admin__service__pb2.UpdateReaderRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_admin__service__pb2.UpdateReaderResponse.SerializeToString,
+            ),
+            'ListAuditLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditLogs,
+                    request_deserializer=cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +219,60 @@ class AdminService:
             '/cursor.v1.AdminService/SetAccountActive',
             cursor_dot_v1_dot_admin__service__pb2.SetAccountActiveRequest.SerializeToString,
             cursor_dot_v1_dot_admin__service__pb2.SetAccountActiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateReader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.AdminService/UpdateReader',
+            cursor_dot_v1_dot_admin__service__pb2.UpdateReaderRequest.SerializeToString,
+            cursor_dot_v1_dot_admin__service__pb2.UpdateReaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.AdminService/ListAuditLogs',
+            cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsRequest.SerializeToString,
+            cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,13 @@ class AdminServiceStub:
     """Activates or deactivates a reader or consultant account. Deactivation
     ends the account's sessions at once.
     """
+    UpdateReader: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateReaderRequest, _admin_service_pb2.UpdateReaderResponse]
+    """Changes a reader's restricted fields (display name, email, metadata),
+    which consultants may read but not change. The reader gets a system
+    message naming the fields changed.
+    """
+    ListAuditLogs: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditLogsRequest, _admin_service_pb2.ListAuditLogsResponse]
+    """Lists the audit log, newest first."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -63,6 +70,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Activates or deactivates a reader or consultant account. Deactivation
     ends the account's sessions at once.
     """
+    UpdateReader: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateReaderRequest, _admin_service_pb2.UpdateReaderResponse]  # type: ignore[assignment]
+    """Changes a reader's restricted fields (display name, email, metadata),
+    which consultants may read but not change. The reader gets a system
+    message naming the fields changed.
+    """
+    ListAuditLogs: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditLogsRequest, _admin_service_pb2.ListAuditLogsResponse]  # type: ignore[assignment]
+    """Lists the audit log, newest first."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Account management. Every RPC needs a consultant session with role admin,
@@ -96,5 +110,24 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Activates or deactivates a reader or consultant account. Deactivation
         ends the account's sessions at once.
         """
+
+    @_abc_1.abstractmethod
+    def UpdateReader(
+        self,
+        request: _admin_service_pb2.UpdateReaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.UpdateReaderResponse, _abc.Awaitable[_admin_service_pb2.UpdateReaderResponse]]:
+        """Changes a reader's restricted fields (display name, email, metadata),
+        which consultants may read but not change. The reader gets a system
+        message naming the fields changed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditLogs(
+        self,
+        request: _admin_service_pb2.ListAuditLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAuditLogsResponse, _abc.Awaitable[_admin_service_pb2.ListAuditLogsResponse]]:
+        """Lists the audit log, newest first."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

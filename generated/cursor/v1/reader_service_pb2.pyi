@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from cursor.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
@@ -18,6 +19,394 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class UpdateMyProfileRequest(_message.Message):
+    """Request for UpdateMyProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reader(self) -> _resources_pb2.Reader:
+        """The new values. `name` may be empty or the caller's own name; only the
+        fields named in `update_mask` are read.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to change: `display_name`, `email`, `metadata_json`, or `*` for
+        all three. Empty: every one of them set to a non-empty value.
+        """
+
+    def __init__(
+        self,
+        *,
+        reader: _resources_pb2.Reader | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMyProfileRequest: _TypeAlias = UpdateMyProfileRequest  # noqa: Y015
+
+@_typing.final
+class UpdateMyProfileResponse(_message.Message):
+    """Response for UpdateMyProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reader(self) -> _resources_pb2.Reader:
+        """The caller's profile after the change."""
+
+    def __init__(
+        self,
+        *,
+        reader: _resources_pb2.Reader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMyProfileResponse: _TypeAlias = UpdateMyProfileResponse  # noqa: Y015
+
+@_typing.final
+class GrantConsentRequest(_message.Message):
+    """Request for GrantConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTEE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    grantee: _builtins.str
+    """The reader who may read, `readers/{reader_id}`; not the caller."""
+    scope: _resources_pb2.ConsentScope.ValueType
+    """What the grantee may read; required."""
+    def __init__(
+        self,
+        *,
+        grantee: _builtins.str = ...,
+        scope: _resources_pb2.ConsentScope.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grantee", b"grantee", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantConsentRequest: _TypeAlias = GrantConsentRequest  # noqa: Y015
+
+@_typing.final
+class GrantConsentResponse(_message.Message):
+    """Response for GrantConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consent(self) -> _resources_pb2.Consent:
+        """The live consent (the existing one when nothing changed)."""
+
+    def __init__(
+        self,
+        *,
+        consent: _resources_pb2.Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantConsentResponse: _TypeAlias = GrantConsentResponse  # noqa: Y015
+
+@_typing.final
+class RevokeConsentRequest(_message.Message):
+    """Request for RevokeConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTEE_FIELD_NUMBER: _builtins.int
+    grantee: _builtins.str
+    """The reader the caller gave the consent to, `readers/{reader_id}`."""
+    def __init__(
+        self,
+        *,
+        grantee: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grantee", b"grantee"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeConsentRequest: _TypeAlias = RevokeConsentRequest  # noqa: Y015
+
+@_typing.final
+class RevokeConsentResponse(_message.Message):
+    """Response for RevokeConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consent(self) -> _resources_pb2.Consent:
+        """The consent, now revoked."""
+
+    def __init__(
+        self,
+        *,
+        consent: _resources_pb2.Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeConsentResponse: _TypeAlias = RevokeConsentResponse  # noqa: Y015
+
+@_typing.final
+class ListConsentsRequest(_message.Message):
+    """Request for ListConsents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    SHOW_REVOKED_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    received: _builtins.bool
+    """False: consents the caller has given; true: consents given to the caller."""
+    show_revoked: _builtins.bool
+    """Also list revoked and replaced consents."""
+    page_size: _builtins.int
+    """At most this many; 0 means 50, more than 1000 means 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        received: _builtins.bool = ...,
+        show_revoked: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "received", b"received", "show_revoked", b"show_revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentsRequest: _TypeAlias = ListConsentsRequest  # noqa: Y015
+
+@_typing.final
+class ListConsentsResponse(_message.Message):
+    """Response for ListConsents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Consent]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        consents: _abc.Iterable[_resources_pb2.Consent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
+
+@_typing.final
+class GetSharedStateRequest(_message.Message):
+    """Request for GetSharedState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The reader who shares, `readers/{reader_id}`."""
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSharedStateRequest: _TypeAlias = GetSharedStateRequest  # noqa: Y015
+
+@_typing.final
+class GetSharedStateResponse(_message.Message):
+    """Response for GetSharedState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> _resources_pb2.ReaderState:
+        """That reader's current state."""
+
+    def __init__(
+        self,
+        *,
+        state: _resources_pb2.ReaderState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSharedStateResponse: _TypeAlias = GetSharedStateResponse  # noqa: Y015
+
+@_typing.final
+class ListSharedInteractionsRequest(_message.Message):
+    """Request for ListSharedInteractions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The reader who shares, `readers/{reader_id}`."""
+    page_size: _builtins.int
+    """At most this many; 0 means 50, more than 1000 means 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page."""
+    type: _builtins.str
+    """Only interactions of this type; empty for all."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSharedInteractionsRequest: _TypeAlias = ListSharedInteractionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSharedInteractionsResponse(_message.Message):
+    """Response for ListSharedInteractions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERACTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDES_ARCHIVED_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    includes_archived: _builtins.bool
+    """True when part of this page was read from archive files (old history)."""
+    @_builtins.property
+    def interactions(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Interaction]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        interactions: _abc.Iterable[_resources_pb2.Interaction] | None = ...,
+        next_page_token: _builtins.str = ...,
+        includes_archived: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["includes_archived", b"includes_archived", "interactions", b"interactions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSharedInteractionsResponse: _TypeAlias = ListSharedInteractionsResponse  # noqa: Y015
+
+@_typing.final
+class WatchSharedActivityRequest(_message.Message):
+    """Request for WatchSharedActivity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The reader who shares, `readers/{reader_id}`."""
+    after: _builtins.str
+    """Resume behind this cursor; empty to start with what happens from now on."""
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "reader", b"reader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSharedActivityRequest: _TypeAlias = WatchSharedActivityRequest  # noqa: Y015
+
+@_typing.final
+class WatchSharedActivityResponse(_message.Message):
+    """One message of a WatchSharedActivity stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    heartbeat: _builtins.bool
+    """True on a keep-alive message."""
+    cursor: _builtins.str
+    """Where this stream stands: resume with `after` set to this."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.ActivityEvent]:
+        """State, presence and (with CONSENT_SCOPE_STATE_AND_INTERACTIONS)
+        interaction events, in commit order.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_resources_pb2.ActivityEvent] | None = ...,
+        heartbeat: _builtins.bool = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "events", b"events", "heartbeat", b"heartbeat"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSharedActivityResponse: _TypeAlias = WatchSharedActivityResponse  # noqa: Y015
 
 @_typing.final
 class SendMyMessageRequest(_message.Message):

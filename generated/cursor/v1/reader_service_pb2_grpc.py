@@ -76,6 +76,41 @@ class ReaderServiceStub:
                 request_serializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesRequest.SerializeToString,
                 response_deserializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesResponse.FromString,
                 _registered_method=True)
+        self.UpdateMyProfile = channel.unary_unary(
+                '/cursor.v1.ReaderService/UpdateMyProfile',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.UpdateMyProfileRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.UpdateMyProfileResponse.FromString,
+                _registered_method=True)
+        self.GrantConsent = channel.unary_unary(
+                '/cursor.v1.ReaderService/GrantConsent',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.GrantConsentRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.GrantConsentResponse.FromString,
+                _registered_method=True)
+        self.RevokeConsent = channel.unary_unary(
+                '/cursor.v1.ReaderService/RevokeConsent',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.RevokeConsentRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.RevokeConsentResponse.FromString,
+                _registered_method=True)
+        self.ListConsents = channel.unary_unary(
+                '/cursor.v1.ReaderService/ListConsents',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
+        self.GetSharedState = channel.unary_unary(
+                '/cursor.v1.ReaderService/GetSharedState',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.GetSharedStateRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.GetSharedStateResponse.FromString,
+                _registered_method=True)
+        self.ListSharedInteractions = channel.unary_unary(
+                '/cursor.v1.ReaderService/ListSharedInteractions',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.ListSharedInteractionsRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.ListSharedInteractionsResponse.FromString,
+                _registered_method=True)
+        self.WatchSharedActivity = channel.unary_stream(
+                '/cursor.v1.ReaderService/WatchSharedActivity',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.WatchSharedActivityRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.WatchSharedActivityResponse.FromString,
+                _registered_method=True)
 
 
 class ReaderServiceServicer:
@@ -141,6 +176,63 @@ class ReaderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateMyProfile(self, request, context):
+        """Changes the caller's own profile (display name, email, metadata); only
+        the reader or an admin may change these fields (audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantConsent(self, request, context):
+        """Lets another reader read the caller's state, and optionally its
+        interactions, until revoked. Granting again with another scope replaces
+        the consent (audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeConsent(self, request, context):
+        """Ends a consent at once, including the grantee's open
+        WatchSharedActivity streams (audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsents(self, request, context):
+        """Lists consents the caller has given, or has been given, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSharedState(self, request, context):
+        """Returns the state of a reader who shares it with the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSharedInteractions(self, request, context):
+        """Lists the interactions of a reader who shares them with the caller,
+        newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSharedActivity(self, request, context):
+        """Streams what a reader who shares with the caller does (state and
+        presence changes; interactions too when shared), resumable behind a
+        cursor like WatchMyMessages. Ends with PERMISSION_DENIED when the
+        consent is revoked or narrowed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReaderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +275,41 @@ def add_ReaderServiceServicer_to_server(servicer, server):
                     servicer.WatchMyMessages,
                     request_deserializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesRequest.FromString,
                     response_serializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesResponse.SerializeToString,
+            ),
+            'UpdateMyProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMyProfile,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.UpdateMyProfileRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.UpdateMyProfileResponse.SerializeToString,
+            ),
+            'GrantConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantConsent,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.GrantConsentRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.GrantConsentResponse.SerializeToString,
+            ),
+            'RevokeConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeConsent,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.RevokeConsentRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.RevokeConsentResponse.SerializeToString,
+            ),
+            'ListConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsents,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.ListConsentsRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'GetSharedState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSharedState,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.GetSharedStateRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.GetSharedStateResponse.SerializeToString,
+            ),
+            'ListSharedInteractions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSharedInteractions,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.ListSharedInteractionsRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.ListSharedInteractionsResponse.SerializeToString,
+            ),
+            'WatchSharedActivity': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSharedActivity,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.WatchSharedActivityRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.WatchSharedActivityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +530,195 @@ class ReaderService:
             '/cursor.v1.ReaderService/WatchMyMessages',
             cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesRequest.SerializeToString,
             cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMyProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/UpdateMyProfile',
+            cursor_dot_v1_dot_reader__service__pb2.UpdateMyProfileRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.UpdateMyProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/GrantConsent',
+            cursor_dot_v1_dot_reader__service__pb2.GrantConsentRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.GrantConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/RevokeConsent',
+            cursor_dot_v1_dot_reader__service__pb2.RevokeConsentRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.RevokeConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/ListConsents',
+            cursor_dot_v1_dot_reader__service__pb2.ListConsentsRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSharedState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/GetSharedState',
+            cursor_dot_v1_dot_reader__service__pb2.GetSharedStateRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.GetSharedStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSharedInteractions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/ListSharedInteractions',
+            cursor_dot_v1_dot_reader__service__pb2.ListSharedInteractionsRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.ListSharedInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSharedActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cursor.v1.ReaderService/WatchSharedActivity',
+            cursor_dot_v1_dot_reader__service__pb2.WatchSharedActivityRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.WatchSharedActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,33 @@ class ReaderServiceStub:
     """Streams the caller's conversation live (messages and read receipts),
     resumable behind a cursor like ConsultantService.WatchActivity.
     """
+    UpdateMyProfile: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.UpdateMyProfileRequest, _reader_service_pb2.UpdateMyProfileResponse]
+    """Changes the caller's own profile (display name, email, metadata); only
+    the reader or an admin may change these fields (audited).
+    """
+    GrantConsent: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.GrantConsentRequest, _reader_service_pb2.GrantConsentResponse]
+    """Lets another reader read the caller's state, and optionally its
+    interactions, until revoked. Granting again with another scope replaces
+    the consent (audited).
+    """
+    RevokeConsent: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.RevokeConsentRequest, _reader_service_pb2.RevokeConsentResponse]
+    """Ends a consent at once, including the grantee's open
+    WatchSharedActivity streams (audited).
+    """
+    ListConsents: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.ListConsentsRequest, _reader_service_pb2.ListConsentsResponse]
+    """Lists consents the caller has given, or has been given, newest first."""
+    GetSharedState: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.GetSharedStateRequest, _reader_service_pb2.GetSharedStateResponse]
+    """Returns the state of a reader who shares it with the caller."""
+    ListSharedInteractions: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.ListSharedInteractionsRequest, _reader_service_pb2.ListSharedInteractionsResponse]
+    """Lists the interactions of a reader who shares them with the caller,
+    newest first.
+    """
+    WatchSharedActivity: _grpc.UnaryStreamMultiCallable[_reader_service_pb2.WatchSharedActivityRequest, _reader_service_pb2.WatchSharedActivityResponse]
+    """Streams what a reader who shares with the caller does (state and
+    presence changes; interactions too when shared), resumable behind a
+    cursor like WatchMyMessages. Ends with PERMISSION_DENIED when the
+    consent is revoked or narrowed.
+    """
 
 @_typing.type_check_only
 class ReaderServiceAsyncStub(ReaderServiceStub):
@@ -82,6 +109,33 @@ class ReaderServiceAsyncStub(ReaderServiceStub):
     WatchMyMessages: _aio.UnaryStreamMultiCallable[_reader_service_pb2.WatchMyMessagesRequest, _reader_service_pb2.WatchMyMessagesResponse]  # type: ignore[assignment]
     """Streams the caller's conversation live (messages and read receipts),
     resumable behind a cursor like ConsultantService.WatchActivity.
+    """
+    UpdateMyProfile: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.UpdateMyProfileRequest, _reader_service_pb2.UpdateMyProfileResponse]  # type: ignore[assignment]
+    """Changes the caller's own profile (display name, email, metadata); only
+    the reader or an admin may change these fields (audited).
+    """
+    GrantConsent: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.GrantConsentRequest, _reader_service_pb2.GrantConsentResponse]  # type: ignore[assignment]
+    """Lets another reader read the caller's state, and optionally its
+    interactions, until revoked. Granting again with another scope replaces
+    the consent (audited).
+    """
+    RevokeConsent: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.RevokeConsentRequest, _reader_service_pb2.RevokeConsentResponse]  # type: ignore[assignment]
+    """Ends a consent at once, including the grantee's open
+    WatchSharedActivity streams (audited).
+    """
+    ListConsents: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.ListConsentsRequest, _reader_service_pb2.ListConsentsResponse]  # type: ignore[assignment]
+    """Lists consents the caller has given, or has been given, newest first."""
+    GetSharedState: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.GetSharedStateRequest, _reader_service_pb2.GetSharedStateResponse]  # type: ignore[assignment]
+    """Returns the state of a reader who shares it with the caller."""
+    ListSharedInteractions: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.ListSharedInteractionsRequest, _reader_service_pb2.ListSharedInteractionsResponse]  # type: ignore[assignment]
+    """Lists the interactions of a reader who shares them with the caller,
+    newest first.
+    """
+    WatchSharedActivity: _aio.UnaryStreamMultiCallable[_reader_service_pb2.WatchSharedActivityRequest, _reader_service_pb2.WatchSharedActivityResponse]  # type: ignore[assignment]
+    """Streams what a reader who shares with the caller does (state and
+    presence changes; interactions too when shared), resumable behind a
+    cursor like WatchMyMessages. Ends with PERMISSION_DENIED when the
+    consent is revoked or narrowed.
     """
 
 class ReaderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,6 +209,75 @@ class ReaderServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_reader_service_pb2.WatchMyMessagesResponse], _abc.AsyncIterator[_reader_service_pb2.WatchMyMessagesResponse]]:
         """Streams the caller's conversation live (messages and read receipts),
         resumable behind a cursor like ConsultantService.WatchActivity.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateMyProfile(
+        self,
+        request: _reader_service_pb2.UpdateMyProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.UpdateMyProfileResponse, _abc.Awaitable[_reader_service_pb2.UpdateMyProfileResponse]]:
+        """Changes the caller's own profile (display name, email, metadata); only
+        the reader or an admin may change these fields (audited).
+        """
+
+    @_abc_1.abstractmethod
+    def GrantConsent(
+        self,
+        request: _reader_service_pb2.GrantConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.GrantConsentResponse, _abc.Awaitable[_reader_service_pb2.GrantConsentResponse]]:
+        """Lets another reader read the caller's state, and optionally its
+        interactions, until revoked. Granting again with another scope replaces
+        the consent (audited).
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeConsent(
+        self,
+        request: _reader_service_pb2.RevokeConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.RevokeConsentResponse, _abc.Awaitable[_reader_service_pb2.RevokeConsentResponse]]:
+        """Ends a consent at once, including the grantee's open
+        WatchSharedActivity streams (audited).
+        """
+
+    @_abc_1.abstractmethod
+    def ListConsents(
+        self,
+        request: _reader_service_pb2.ListConsentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.ListConsentsResponse, _abc.Awaitable[_reader_service_pb2.ListConsentsResponse]]:
+        """Lists consents the caller has given, or has been given, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetSharedState(
+        self,
+        request: _reader_service_pb2.GetSharedStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.GetSharedStateResponse, _abc.Awaitable[_reader_service_pb2.GetSharedStateResponse]]:
+        """Returns the state of a reader who shares it with the caller."""
+
+    @_abc_1.abstractmethod
+    def ListSharedInteractions(
+        self,
+        request: _reader_service_pb2.ListSharedInteractionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.ListSharedInteractionsResponse, _abc.Awaitable[_reader_service_pb2.ListSharedInteractionsResponse]]:
+        """Lists the interactions of a reader who shares them with the caller,
+        newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSharedActivity(
+        self,
+        request: _reader_service_pb2.WatchSharedActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_reader_service_pb2.WatchSharedActivityResponse], _abc.AsyncIterator[_reader_service_pb2.WatchSharedActivityResponse]]:
+        """Streams what a reader who shares with the caller does (state and
+        presence changes; interactions too when shared), resumable behind a
+        cursor like WatchMyMessages. Ends with PERMISSION_DENIED when the
+        consent is revoked or narrowed.
         """
 
 def add_ReaderServiceServicer_to_server(servicer: ReaderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

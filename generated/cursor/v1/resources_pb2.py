@@ -25,39 +25,45 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63ursor/v1/resources.proto\x12\tcursor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\x06Reader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x06 \x01(\x0b\x32\x16.cursor.v1.ReaderState\"\x94\x02\n\x0bReaderState\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.cursor.v1.ReaderStatus\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x14\n\x0c\x63urrent_step\x18\x04 \x01(\x03\x12\x18\n\x10last_interaction\x18\x05 \x01(\t\x12\x32\n\x0elast_seen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x08presence\x18\x08 \x01(\x0e\x32\x13.cursor.v1.Presence\"\xd7\x01\n\x07Message\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tdirection\x18\x02 \x01(\x0e\x32\x1b.cursor.v1.MessageDirection\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tread_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x07 \x01(\x03\"N\n\x0bMessageRead\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\x13\n\x0bparticipant\x18\x02 \x01(\t\x12\x1a\n\x12last_read_sequence\x18\x03 \x01(\x03\"^\n\x0ePresenceChange\x12%\n\x08presence\x18\x01 \x01(\x0e\x32\x13.cursor.v1.Presence\x12%\n\x08previous\x18\x02 \x01(\x0e\x32\x13.cursor.v1.Presence\"\x8f\x03\n\rActivityEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\x03\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.cursor.v1.EventKind\x12\x0e\n\x06reader\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12-\n\x0binteraction\x18\n \x01(\x0b\x32\x16.cursor.v1.InteractionH\x00\x12\'\n\x05state\x18\x0b \x01(\x0b\x32\x16.cursor.v1.ReaderStateH\x00\x12%\n\x07message\x18\x0c \x01(\x0b\x32\x12.cursor.v1.MessageH\x00\x12.\n\x0cmessage_read\x18\r \x01(\x0b\x32\x16.cursor.v1.MessageReadH\x00\x12-\n\x08presence\x18\x0e \x01(\x0b\x32\x19.cursor.v1.PresenceChangeH\x00\x42\x08\n\x06object\"\x93\x01\n\x0bInteraction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\"\xc0\x01\n\nConsultant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\'\n\x04role\x18\x04 \x01(\x0e\x32\x19.cursor.v1.ConsultantRole\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\x12\x15\n\rpromoted_from\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*a\n\x0b\x41\x63\x63ountKind\x12\x1c\n\x18\x41\x43\x43OUNT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43\x43OUNT_KIND_READER\x10\x01\x12\x1b\n\x17\x41\x43\x43OUNT_KIND_CONSULTANT\x10\x02*\x8c\x01\n\x0e\x43onsultantRole\x12\x1f\n\x1b\x43ONSULTANT_ROLE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONSULTANT_ROLE_CONSULTANT\x10\x01\x12\x1e\n\x1a\x43ONSULTANT_ROLE_SUPERVISOR\x10\x02\x12\x19\n\x15\x43ONSULTANT_ROLE_ADMIN\x10\x03*~\n\x0cReaderStatus\x12\x1d\n\x19READER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14READER_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17READER_STATUS_COMPLETED\x10\x02\x12\x18\n\x14READER_STATUS_PAUSED\x10\x03*b\n\x08Presence\x12\x18\n\x14PRESENCE_UNSPECIFIED\x10\x00\x12\x14\n\x10PRESENCE_READING\x10\x01\x12\x13\n\x0fPRESENCE_ONLINE\x10\x02\x12\x11\n\rPRESENCE_IDLE\x10\x03*\x97\x01\n\x10MessageDirection\x12!\n\x1dMESSAGE_DIRECTION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMESSAGE_DIRECTION_TO_READER\x10\x01\x12!\n\x1dMESSAGE_DIRECTION_FROM_READER\x10\x02\x12\x1c\n\x18MESSAGE_DIRECTION_SYSTEM\x10\x03*\xcc\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x45VENT_KIND_INTERACTION_RECORDED\x10\x01\x12#\n\x1f\x45VENT_KIND_READER_STATE_CHANGED\x10\x02\x12\x1b\n\x17\x45VENT_KIND_MESSAGE_SENT\x10\x03\x12\x1b\n\x17\x45VENT_KIND_MESSAGE_READ\x10\x04\x12\x1f\n\x1b\x45VENT_KIND_PRESENCE_CHANGED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63ursor/v1/resources.proto\x12\tcursor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n\x06Reader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x06 \x01(\x0b\x32\x16.cursor.v1.ReaderState\x12\x15\n\rmetadata_json\x18\x07 \x01(\t\"\x94\x02\n\x0bReaderState\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.cursor.v1.ReaderStatus\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x14\n\x0c\x63urrent_step\x18\x04 \x01(\x03\x12\x18\n\x10last_interaction\x18\x05 \x01(\t\x12\x32\n\x0elast_seen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x08presence\x18\x08 \x01(\x0e\x32\x13.cursor.v1.Presence\"\xd7\x01\n\x07Message\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tdirection\x18\x02 \x01(\x0e\x32\x1b.cursor.v1.MessageDirection\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tread_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x07 \x01(\x03\"N\n\x0bMessageRead\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\x13\n\x0bparticipant\x18\x02 \x01(\t\x12\x1a\n\x12last_read_sequence\x18\x03 \x01(\x03\"^\n\x0ePresenceChange\x12%\n\x08presence\x18\x01 \x01(\x0e\x32\x13.cursor.v1.Presence\x12%\n\x08previous\x18\x02 \x01(\x0e\x32\x13.cursor.v1.Presence\"\x8f\x03\n\rActivityEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\x03\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.cursor.v1.EventKind\x12\x0e\n\x06reader\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12-\n\x0binteraction\x18\n \x01(\x0b\x32\x16.cursor.v1.InteractionH\x00\x12\'\n\x05state\x18\x0b \x01(\x0b\x32\x16.cursor.v1.ReaderStateH\x00\x12%\n\x07message\x18\x0c \x01(\x0b\x32\x12.cursor.v1.MessageH\x00\x12.\n\x0cmessage_read\x18\r \x01(\x0b\x32\x16.cursor.v1.MessageReadH\x00\x12-\n\x08presence\x18\x0e \x01(\x0b\x32\x19.cursor.v1.PresenceChangeH\x00\x42\x08\n\x06object\"\x93\x01\n\x0bInteraction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0cpayload_json\x18\x03 \x01(\t\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\"\xc0\x01\n\nConsultant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\'\n\x04role\x18\x04 \x01(\x0e\x32\x19.cursor.v1.ConsultantRole\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\x12\x15\n\rpromoted_from\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\x07\x43onsent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07granter\x18\x02 \x01(\t\x12\x0f\n\x07grantee\x18\x03 \x01(\t\x12&\n\x05scope\x18\x04 \x01(\x0e\x32\x17.cursor.v1.ConsentScope\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8e\x01\n\x08\x41uditLog\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*a\n\x0b\x41\x63\x63ountKind\x12\x1c\n\x18\x41\x43\x43OUNT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43\x43OUNT_KIND_READER\x10\x01\x12\x1b\n\x17\x41\x43\x43OUNT_KIND_CONSULTANT\x10\x02*\x8c\x01\n\x0e\x43onsultantRole\x12\x1f\n\x1b\x43ONSULTANT_ROLE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONSULTANT_ROLE_CONSULTANT\x10\x01\x12\x1e\n\x1a\x43ONSULTANT_ROLE_SUPERVISOR\x10\x02\x12\x19\n\x15\x43ONSULTANT_ROLE_ADMIN\x10\x03*~\n\x0cReaderStatus\x12\x1d\n\x19READER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14READER_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17READER_STATUS_COMPLETED\x10\x02\x12\x18\n\x14READER_STATUS_PAUSED\x10\x03*b\n\x08Presence\x12\x18\n\x14PRESENCE_UNSPECIFIED\x10\x00\x12\x14\n\x10PRESENCE_READING\x10\x01\x12\x13\n\x0fPRESENCE_ONLINE\x10\x02\x12\x11\n\rPRESENCE_IDLE\x10\x03*\x97\x01\n\x10MessageDirection\x12!\n\x1dMESSAGE_DIRECTION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMESSAGE_DIRECTION_TO_READER\x10\x01\x12!\n\x1dMESSAGE_DIRECTION_FROM_READER\x10\x02\x12\x1c\n\x18MESSAGE_DIRECTION_SYSTEM\x10\x03*\xcc\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x45VENT_KIND_INTERACTION_RECORDED\x10\x01\x12#\n\x1f\x45VENT_KIND_READER_STATE_CHANGED\x10\x02\x12\x1b\n\x17\x45VENT_KIND_MESSAGE_SENT\x10\x03\x12\x1b\n\x17\x45VENT_KIND_MESSAGE_READ\x10\x04\x12\x1f\n\x1b\x45VENT_KIND_PRESENCE_CHANGED\x10\x05*p\n\x0c\x43onsentScope\x12\x1d\n\x19\x43ONSENT_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONSENT_SCOPE_STATE\x10\x01\x12(\n$CONSENT_SCOPE_STATE_AND_INTERACTIONS\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cursor.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTKIND']._serialized_start=1659
-  _globals['_ACCOUNTKIND']._serialized_end=1756
-  _globals['_CONSULTANTROLE']._serialized_start=1759
-  _globals['_CONSULTANTROLE']._serialized_end=1899
-  _globals['_READERSTATUS']._serialized_start=1901
-  _globals['_READERSTATUS']._serialized_end=2027
-  _globals['_PRESENCE']._serialized_start=2029
-  _globals['_PRESENCE']._serialized_end=2127
-  _globals['_MESSAGEDIRECTION']._serialized_start=2130
-  _globals['_MESSAGEDIRECTION']._serialized_end=2281
-  _globals['_EVENTKIND']._serialized_start=2284
-  _globals['_EVENTKIND']._serialized_end=2488
+  _globals['_ACCOUNTKIND']._serialized_start=2025
+  _globals['_ACCOUNTKIND']._serialized_end=2122
+  _globals['_CONSULTANTROLE']._serialized_start=2125
+  _globals['_CONSULTANTROLE']._serialized_end=2265
+  _globals['_READERSTATUS']._serialized_start=2267
+  _globals['_READERSTATUS']._serialized_end=2393
+  _globals['_PRESENCE']._serialized_start=2395
+  _globals['_PRESENCE']._serialized_end=2493
+  _globals['_MESSAGEDIRECTION']._serialized_start=2496
+  _globals['_MESSAGEDIRECTION']._serialized_end=2647
+  _globals['_EVENTKIND']._serialized_start=2650
+  _globals['_EVENTKIND']._serialized_end=2854
+  _globals['_CONSENTSCOPE']._serialized_start=2856
+  _globals['_CONSENTSCOPE']._serialized_end=2968
   _globals['_READER']._serialized_start=74
-  _globals['_READER']._serialized_end=237
-  _globals['_READERSTATE']._serialized_start=240
-  _globals['_READERSTATE']._serialized_end=516
-  _globals['_MESSAGE']._serialized_start=519
-  _globals['_MESSAGE']._serialized_end=734
-  _globals['_MESSAGEREAD']._serialized_start=736
-  _globals['_MESSAGEREAD']._serialized_end=814
-  _globals['_PRESENCECHANGE']._serialized_start=816
-  _globals['_PRESENCECHANGE']._serialized_end=910
-  _globals['_ACTIVITYEVENT']._serialized_start=913
-  _globals['_ACTIVITYEVENT']._serialized_end=1312
-  _globals['_INTERACTION']._serialized_start=1315
-  _globals['_INTERACTION']._serialized_end=1462
-  _globals['_CONSULTANT']._serialized_start=1465
-  _globals['_CONSULTANT']._serialized_end=1657
+  _globals['_READER']._serialized_end=260
+  _globals['_READERSTATE']._serialized_start=263
+  _globals['_READERSTATE']._serialized_end=539
+  _globals['_MESSAGE']._serialized_start=542
+  _globals['_MESSAGE']._serialized_end=757
+  _globals['_MESSAGEREAD']._serialized_start=759
+  _globals['_MESSAGEREAD']._serialized_end=837
+  _globals['_PRESENCECHANGE']._serialized_start=839
+  _globals['_PRESENCECHANGE']._serialized_end=933
+  _globals['_ACTIVITYEVENT']._serialized_start=936
+  _globals['_ACTIVITYEVENT']._serialized_end=1335
+  _globals['_INTERACTION']._serialized_start=1338
+  _globals['_INTERACTION']._serialized_end=1485
+  _globals['_CONSULTANT']._serialized_start=1488
+  _globals['_CONSULTANT']._serialized_end=1680
+  _globals['_CONSENT']._serialized_start=1683
+  _globals['_CONSENT']._serialized_end=1878
+  _globals['_AUDITLOG']._serialized_start=1881
+  _globals['_AUDITLOG']._serialized_end=2023
 # @@protoc_insertion_point(module_scope)

@@ -192,6 +192,30 @@ EVENT_KIND_PRESENCE_CHANGED: EventKind.ValueType  # 5
 """A reader's presence changed."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
+class _ConsentScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsentScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSENT_SCOPE_UNSPECIFIED: _ConsentScope.ValueType  # 0
+    """Not set; rejected."""
+    CONSENT_SCOPE_STATE: _ConsentScope.ValueType  # 1
+    """The reader's state: status, progress, step, presence."""
+    CONSENT_SCOPE_STATE_AND_INTERACTIONS: _ConsentScope.ValueType  # 2
+    """The reader's state and its interactions."""
+
+class ConsentScope(_ConsentScope, metaclass=_ConsentScopeEnumTypeWrapper):
+    """What a reader shares with another reader through a consent."""
+
+CONSENT_SCOPE_UNSPECIFIED: ConsentScope.ValueType  # 0
+"""Not set; rejected."""
+CONSENT_SCOPE_STATE: ConsentScope.ValueType  # 1
+"""The reader's state: status, progress, step, presence."""
+CONSENT_SCOPE_STATE_AND_INTERACTIONS: ConsentScope.ValueType  # 2
+"""The reader's state and its interactions."""
+Global___ConsentScope: _TypeAlias = ConsentScope  # noqa: Y015
+
 @_typing.final
 class Reader(_message.Message):
     """A person who reads. Resource name: `readers/{reader_id}`."""
@@ -204,6 +228,7 @@ class Reader(_message.Message):
     ACTIVE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `readers/{reader_id}`."""
     email: _builtins.str
@@ -212,6 +237,11 @@ class Reader(_message.Message):
     """Name shown to consultants."""
     active: _builtins.bool
     """False once an admin deactivated the account."""
+    metadata_json: _builtins.str
+    """Free-form profile data as JSON object text, at most 16 KiB. Only the
+    reader or an admin may change it. Filled where the full profile is
+    returned (UpdateMyProfile, AdminService.UpdateReader); empty elsewhere.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the account was registered."""
@@ -229,10 +259,11 @@ class Reader(_message.Message):
         active: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         state: Global___ReaderState | None = ...,
+        metadata_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "display_name", b"display_name", "email", b"email", "name", b"name", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "display_name", b"display_name", "email", b"email", "metadata_json", b"metadata_json", "name", b"name", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -573,3 +604,100 @@ class Consultant(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Consultant: _TypeAlias = Consultant  # noqa: Y015
+
+@_typing.final
+class Consent(_message.Message):
+    """A reader's permission for another reader to read its state (and maybe its
+    interactions). Resource name: `readers/{reader_id}/consents/{consent_id}`,
+    under the reader who gave it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    GRANTER_FIELD_NUMBER: _builtins.int
+    GRANTEE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name."""
+    granter: _builtins.str
+    """The reader who shares, `readers/{reader_id}`."""
+    grantee: _builtins.str
+    """The reader who may read, `readers/{reader_id}`."""
+    scope: Global___ConsentScope.ValueType
+    """What is shared."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was given."""
+
+    @_builtins.property
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was revoked or replaced; unset while the consent is live."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        granter: _builtins.str = ...,
+        grantee: _builtins.str = ...,
+        scope: Global___ConsentScope.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        revoke_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "revoke_time", b"revoke_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "grantee", b"grantee", "granter", b"granter", "name", b"name", "revoke_time", b"revoke_time", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Consent: _TypeAlias = Consent  # noqa: Y015
+
+@_typing.final
+class AuditLog(_message.Message):
+    """One entry of the audit log: who did what to whom. Written in the same
+    transaction as the action. Resource name: `auditLogs/{audit_log_id}`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `auditLogs/{audit_log_id}`."""
+    actor: _builtins.str
+    """Who acted: `readers/{id}`, `consultants/{id}`, or `system`."""
+    action: _builtins.str
+    """What was done, e.g. `consent.grant`, `reader.set_status`, `watch.open`."""
+    target: _builtins.str
+    """What it was done to, e.g. `readers/{id}`, `consultants/{id}`,
+    `sessions/{id}`, or `readers/-` for all readers; empty when none.
+    """
+    details_json: _builtins.str
+    """Details of the action as JSON object text."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was written."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        target: _builtins.str = ...,
+        details_json: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "create_time", b"create_time", "details_json", b"details_json", "name", b"name", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditLog: _TypeAlias = AuditLog  # noqa: Y015

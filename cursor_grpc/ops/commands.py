@@ -1,0 +1,281 @@
+"""The operations side of `cursor-grpc`: `backup`, `restore`, `archive`,
+`migrate --status/--dry-run` (with the automatic pre-migration backup), and
+the scheduling flags of `serve`. cli.py wires them in."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from cursor_grpc.config import Settings, parse_duration
+
+METHODS_HINT = ("online: SQLite's backup API in steps from one read snapshot (default); "
+                "vacuum: VACUUM INTO, a compacted copy")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_serve_flags(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("operations (docs/operations.md)")
+    group.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="Prometheus metrics on this loopback address (env CURSOR_METRICS_LISTEN; default off)")
+    group.add_argument("--backup-every", type=_duration, metavar="DURATION",
+                       help="take a verified backup this often, e.g. 1h (env CURSOR_BACKUP_EVERY; default off)")
+    group.add_argument("--backup-dir", type=Path, help="where backups go (env CURSOR_BACKUP_DIR; default backups/ "
+                       "beside the database)")
+    group.add_argument("--keep", type=int, metavar="N", help="verified backups to keep (env CURSOR_BACKUP_KEEP; "
+                       "default 7)")
+    group.add_argument("--backup-method", choices=["online", "vacuum"], help=METHODS_HINT)
+    group.add_argument("--archive-every", type=_duration, metavar="DURATION",
+                       help="move old interactions to archive files this often, e.g. 1d (env CURSOR_ARCHIVE_EVERY; "
+                       "default off)")
+    group.add_argument("--archive-dir", type=Path, help="archive files (env CURSOR_ARCHIVE_DIR; default archive/ "
+                       "beside the database)")
+    group.add_argument("--retention-days", type=float, metavar="DAYS",
+                       help="interactions older than this are archived (env CURSOR_ARCHIVE_RETENTION_DAYS; "
+                       "default 90)")
+
+
+def apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    """Flags of `serve`, `backup`, `archive` and `migrate` over env and defaults."""
+    mapping = {
+        "metrics_listen": "metrics_listen",
+        "backup_every": "backup_every",
+        "backup_dir": "backup_dir",
+        "keep": "backup_keep",
+        "backup_method": "backup_method",
+        "archive_every": "archive_every",
+        "archive_dir": "archive_dir",
+        "retention_days": "archive_retention_days",
+        "chunk_rows": "archive_chunk_rows",
+        "step_pages": "backup_step_pages",
+    }
+    changes = {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag, None) is not None}
+    if not changes:
+        return settings
+    return dataclasses.replace(settings, ops=dataclasses.replace(settings.ops, **changes))
+
+
+def _backup_dir(settings: Settings) -> Path:
+    from cursor_grpc.ops.files import default_dir
+
+    return default_dir(Path(settings.storage.path), settings.ops.backup_dir, "backups")
+
+
+def cmd_backup(settings: Settings) -> int:
+    from cursor_grpc import metrics
+    from cursor_grpc.ops.backup import BackupError, prune_backups, take_backup
+
+    metrics.BACKUP_RUNS.inc()
+    target = _backup_dir(settings)
+    try:
+        result = take_backup(settings.storage, target, method=settings.ops.backup_method,
+                             step_pages=settings.ops.backup_step_pages)
+    except BackupError as error:
+        metrics.BACKUP_FAILURES.inc()
+        print(f"cursor-grpc backup: {error}", file=sys.stderr)
+        return 1
+    m = result.manifest
+    print(f"backup {result.path}")
+    print(f"  verified: integrity_check ok, {sum(m['tables'].values())} rows in {len(m['tables'])} tables, "
+          f"schema {m['schema_version']}, event cursor {m['event_cursor']['epoch']}:{m['event_cursor']['seq']}")
+    print(f"  {m['size_bytes']} bytes, sha256 {m['sha256']}")
+    print(f"  {result.seconds:.2f} s, {result.steps} step(s), longest step {result.longest_step_seconds * 1000:.1f} ms "
+          "(the writer is never blocked by a step; see docs/operations.md)")
+    print(f"  manifest {result.manifest_path}")
+    if settings.ops.backup_keep > 0:
+        removed = prune_backups(target, Path(settings.storage.path).stem, max(1, settings.ops.backup_keep))
+        for path in removed:
+            print(f"  removed old backup {path.name} (keep {settings.ops.backup_keep})")
+    return 0
+
+
+def cmd_restore(backup: Path, db_path: Path) -> int:
+    from cursor_grpc.ops.backup import BackupError, DatabaseInUse, restore_backup
+    from cursor_grpc.storage.migrations import load_migrations
+
+    try:
+        result = restore_backup(backup, db_path)
+    except (BackupError, DatabaseInUse) as error:
+        print(f"cursor-grpc restore: {error}", file=sys.stderr)
+        return 1
+    print(f"restored {backup} into {result.db_path}")
+    print(f"  verified against its manifest: {sum(result.manifest['tables'].values())} rows, "
+          f"schema {result.manifest['schema_version']}")
+    print(f"  event epoch {result.old_epoch} -> {result.new_epoch} "
+          "(consultant cursors from before the restore are recognised as another history)")
+    if result.previous_kept_at is not None:
+        print(f"  the database that was there is kept as {result.previous_kept_at}")
+    latest = load_migrations()[-1].name
+    if result.manifest.get("schema_version") != latest:
+        print(f"  schema {result.manifest.get('schema_version')} is older than {latest}: run `cursor-grpc migrate`")
+    return 0
+
+
+def cmd_archive(settings: Settings) -> int:
+    from cursor_grpc import metrics
+    from cursor_grpc.ops.archive import ArchiveError, run_archive
+    from cursor_grpc.ops.files import default_dir
+    from cursor_grpc.storage.store import Store
+
+    target = default_dir(Path(settings.storage.path), settings.ops.archive_dir, "archive")
+    metrics.ARCHIVE_RUNS.inc()
+    store = Store(settings.storage)
+    try:
+        stats = run_archive(settings.storage, store.writer.submit_sync, target,
+                            retention_days=settings.ops.archive_retention_days,
+                            chunk_rows=settings.ops.archive_chunk_rows)
+    except (ArchiveError, OSError) as error:
+        metrics.ARCHIVE_FAILURES.inc()
+        print(f"cursor-grpc archive: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"archived {stats.rows_moved} interactions older than {settings.ops.archive_retention_days:g} days "
+          f"in {stats.chunks} chunk(s) into {', '.join(sorted(stats.files)) or 'no file'}")
+    print(f"  {stats.seconds:.2f} s; longest write task {stats.longest_write_seconds * 1000:.1f} ms "
+          f"(the writer is blocked for one chunk at a time)")
+    return 0
+
+
+def _has_tables(path: Path) -> bool:
+    import apsw
+
+    from cursor_grpc.storage.connection import fetch_all
+
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return bool(fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1"))
+    finally:
+        conn.close()
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace,
+                apply: Callable[[], list[str]]) -> int:
+    from cursor_grpc.storage.connection import fetch_all, open_connection
+    from cursor_grpc.storage.migrations import load_migrations, plan, status
+
+    path = Path(settings.storage.path)
+    known = load_migrations()
+    if args.status or args.dry_run:
+        if path.exists():
+            conn = open_connection(settings.storage, readonly=True)
+            try:
+                report = status(conn, known)
+            finally:
+                conn.close()
+        else:
+            report = {"applied": [], "pending": [(m.name, "") for m in known], "unknown": [], "modified": []}
+        if args.status:
+            print(f"{path}: {len(report['applied'])} applied, {len(report['pending'])} pending")
+            for name, at in report["applied"]:
+                print(f"  applied  {name}  {at}")
+            for name, _ in report["pending"]:
+                print(f"  pending  {name}")
+            for name, at in report["unknown"]:
+                print(f"  UNKNOWN  {name}  {at}  (applied by a newer version)")
+            for name, at in report["modified"]:
+                print(f"  MODIFIED {name}  {at}  (file changed after it was applied)")
+            return 0
+        by_name = {m.name: m for m in known}
+        if report["unknown"] or report["modified"]:
+            print(f"{path}: the ledger does not match this version; `migrate --status` shows how", file=sys.stderr)
+            return 3
+        if not report["pending"]:
+            print(f"{path}: schema is up to date; nothing would run")
+            return 0
+        print(f"{path}: would apply {len(report['pending'])} migration(s), in this order"
+              f"{' after a verified backup' if _has_tables(path) and not args.no_backup else ''}:")
+        for name, _ in report["pending"]:
+            print(f"\n== {name}\n{by_name[name].describe()}")
+        return 0
+    # Apply, with a verified backup first when there is something to lose.
+    if not args.no_backup and _has_tables(path):
+        conn = open_connection(settings.storage, readonly=True)
+        try:
+            has_ledger = fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'")
+            pending = plan(conn, known) if has_ledger else known
+        finally:
+            conn.close()
+        if pending:
+            from cursor_grpc.ops.backup import BackupError, take_backup
+
+            try:
+                result = take_backup(settings.storage, _backup_dir(settings), method=settings.ops.backup_method,
+                                     reason="pre-migration")
+            except BackupError as error:
+                print(f"cursor-grpc migrate: no verified backup, so nothing was migrated: {error} "
+                      "(pass --no-backup to migrate without one)", file=sys.stderr)
+                return 1
+            print(f"backup before migrating: {result.path} (verified)")
+    applied = apply()
+    if applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print(f"{path}: schema is up to date")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+                 with_db: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
+                 settings_of: Callable[[argparse.Namespace], Settings]) -> None:
+    """`backup`, `restore`, `archive`."""
+    backup = with_db(commands.add_parser("backup", help="take a verified online backup of the database"))
+    backup.add_argument("--backup-dir", type=Path, help="where it goes (env CURSOR_BACKUP_DIR; default backups/ "
+                        "beside the database)")
+    backup.add_argument("--method", dest="backup_method", choices=["online", "vacuum"], help=METHODS_HINT)
+    backup.add_argument("--keep", type=int, metavar="N", help="then delete all but the newest N verified backups")
+    backup.add_argument("--step-pages", type=int, metavar="N", help="pages copied per backup step (default 1024)")
+    backup.set_defaults(func=lambda args: cmd_backup(_without_default_keep(settings_of(args), args)))
+
+    restore = commands.add_parser("restore", help="restore a verified backup (refused while a server holds --db)")
+    restore.add_argument("backup", type=Path, help="the backup file (its .manifest.json must be beside it)")
+    restore.add_argument("--db", type=Path, required=True, help="the database file to restore into")
+    restore.set_defaults(func=lambda args: cmd_restore(args.backup, args.db))
+
+    archive = with_db(commands.add_parser("archive", help="move old interactions into quarterly archive files"))
+    archive.add_argument("--archive-dir", type=Path, help="archive files (env CURSOR_ARCHIVE_DIR; default archive/ "
+                         "beside the database)")
+    archive.add_argument("--retention-days", type=float, metavar="DAYS",
+                         help="archive interactions older than this (default 90)")
+    archive.add_argument("--chunk-rows", type=int, metavar="N", help="rows moved per write task (default 500)")
+    archive.set_defaults(func=lambda args: _archive(settings_of(args)))
+
+
+def _archive(settings: Settings) -> int:
+    from cursor_grpc.storage.migrations import MigrationError
+
+    path = Path(settings.storage.path)
+    if not path.exists():
+        raise MigrationError(f"{path} does not exist")
+    return cmd_archive(settings)
+
+
+def _without_default_keep(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`backup` prunes only when --keep (or CURSOR_BACKUP_KEEP) is given."""
+    import os
+
+    if args.keep is None and "CURSOR_BACKUP_KEEP" not in os.environ:
+        return dataclasses.replace(settings, ops=dataclasses.replace(settings.ops, backup_keep=0))
+    return settings
+
+
+def add_migrate_flags(migrate: argparse.ArgumentParser) -> None:
+    mode = migrate.add_mutually_exclusive_group()
+    mode.add_argument("--status", action="store_true", help="list applied and pending migrations, change nothing")
+    mode.add_argument("--dry-run", action="store_true", help="show what would run, change nothing")
+    migrate.add_argument("--no-backup", action="store_true",
+                         help="skip the verified backup otherwise taken before migrating a non-empty database")
+    migrate.add_argument("--backup-dir", type=Path, help="where that backup goes (default backups/ beside the "
+                         "database)")

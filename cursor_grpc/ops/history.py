@@ -1,0 +1,242 @@
+"""Interaction history that walks from the main database into archive files.
+
+Most pages are served by the read pool from the main database alone. When a
+page reaches below the oldest interaction still there (or the archive index
+says an archive file may hold rows in the page's seq range), the page is
+read on a `HistoryReader` connection: the archive files it needs are
+ATTACHed (read-only, outside any transaction, as SQLite requires), then ONE
+read transaction reads the main database first and the archives after, and
+the rows are merged by seq, newest first, de-duplicated by seq.
+
+Why main first: archival copies rows into the archive, and only later
+deletes them from the main database. A snapshot of the main database taken
+before the delete still has the rows; one taken after it is followed by an
+archive snapshot that is later still, so it has them. Either way no row is
+missed; a row seen in both places (between copy and delete, or after a crash
+there) is returned once.
+
+`includes_archived` on the response: `list_interactions_page` calls
+`mark_includes_archived()`, and `ResponseFlagsInterceptor` sets the field on
+the unary response of the RPC it belongs to (the flag travels in a
+contextvar scoped to that RPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import apsw
+from grpc import aio
+
+from cursor_grpc.config import StorageSettings
+from cursor_grpc.errors import Unavailable
+from cursor_grpc.ops.archive import ArchiveEntry, archive_entries, resolve_archive
+from cursor_grpc.storage import interactions
+from cursor_grpc.storage.connection import open_connection
+from cursor_grpc.storage.records import InteractionRecord
+
+T = TypeVar("T")
+
+# SQLite allows up to SQLITE_MAX_ATTACHED (125 in APSW's build) attached
+# files; keep well below and detach the least recently used.
+MAX_ATTACHED = 64
+
+
+@dataclass
+class HistoryPage:
+    records: list[InteractionRecord]
+    # seqs of the returned records that came from archive files
+    archived: set[int]
+
+    @property
+    def includes_archived(self) -> bool:
+        return bool(self.archived)
+
+
+def needs_archives(records: list[InteractionRecord], limit: int, entries: list[ArchiveEntry]) -> bool:
+    """Whether archives could change a page the main database gave: it is short,
+    or an archive holds seqs above its last row."""
+    if not entries:
+        return False
+    if len(records) < limit:
+        return True
+    last = records[-1].seq
+    return any(e.max_seq > last for e in entries)
+
+
+def main_page(conn: apsw.Connection, reader_id: str | None, type_: str | None, before_seq: int | None,
+              limit: int) -> tuple[list[InteractionRecord], list[ArchiveEntry]]:
+    """The page from the main database and the archives that may matter,
+    from one snapshot (runs on the read pool)."""
+    records = interactions.list_interactions(conn, reader_id, type_, before_seq, limit)
+    return records, archive_entries(conn, before_seq)
+
+
+def _roll_back_hot_journal(path: Path) -> None:
+    """An archive run that crashed mid-copy leaves a hot journal, which a
+    read-only connection cannot roll back (ATTACH fails). Opening the file
+    read-write and reading does it, and is safe: SQLite treats a journal as
+    hot only when no process holds the file's write lock."""
+    recover = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+    try:
+        recover.set_busy_timeout(5000)
+        recover.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    finally:
+        recover.close()
+
+
+class _Attached:
+    """Archive files attached to one connection, least recently used first."""
+
+    def __init__(self) -> None:
+        self.by_file: OrderedDict[str, str] = OrderedDict()
+        self.counter = 0
+
+
+class HistoryReader:
+    """A small pool of read-only connections that ATTACH archive files."""
+
+    def __init__(self, settings: StorageSettings, threads: int = 2) -> None:
+        self._settings = settings
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[apsw.Connection] = []
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cursor-history")
+
+    def _connection(self) -> tuple[apsw.Connection, _Attached]:
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = open_connection(self._settings, readonly=True)
+            self._local.conn = conn
+            self._local.attached = _Attached()
+            with self._lock:
+                self._connections.append(conn)
+        return conn, self._local.attached
+
+    def _attach(self, conn: apsw.Connection, attached: _Attached, files: list[str]) -> dict[str, str]:
+        """Attach `files` (autocommit mode only); return file -> schema alias."""
+        for file in files:
+            if file in attached.by_file:
+                attached.by_file.move_to_end(file)
+                continue
+            while len(attached.by_file) >= MAX_ATTACHED:
+                _, alias = attached.by_file.popitem(last=False)
+                conn.execute("DETACH DATABASE ?", (alias,))
+            path = resolve_archive(Path(self._settings.path), file)
+            if not path.is_file():
+                raise Unavailable(
+                    f"part of this history is in archive file {file}, which is missing; ask an operator to restore it",
+                    reason="ARCHIVE_UNAVAILABLE",
+                )
+            attached.counter += 1
+            alias = f"archive_{attached.counter}"
+            try:
+                if path.with_name(path.name + "-journal").exists():
+                    _roll_back_hot_journal(path)
+                conn.execute("ATTACH DATABASE ? AS ?", (str(path), alias))
+            except apsw.Error as error:
+                raise Unavailable(
+                    f"archive file {file} cannot be opened ({error}); retry shortly",
+                    reason="ARCHIVE_UNAVAILABLE",
+                ) from None
+            attached.by_file[file] = alias
+        return {f: attached.by_file[f] for f in files}
+
+    def _merged(self, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int) -> HistoryPage:
+        conn, attached = self._connection()
+        for _ in range(5):
+            wanted = [e.file for e in archive_entries(conn, before_seq)]
+            aliases = self._attach(conn, attached, wanted)
+            conn.execute("BEGIN")
+            try:
+                # The main database first: see the module docstring.
+                found: dict[int, tuple[InteractionRecord, bool]] = {
+                    r.seq: (r, False)
+                    for r in interactions.list_interactions(conn, reader_id, type_, before_seq, limit)
+                }
+                entries = archive_entries(conn, before_seq)
+                if any(e.file not in aliases for e in entries):
+                    continue  # a new archive file appeared meanwhile: attach it, read again
+                for entry in entries:  # newest history first
+                    if len(found) >= limit and entry.max_seq < sorted(found, reverse=True)[limit - 1]:
+                        break  # this file (and every later one) holds only older rows than the page needs
+                    for record in interactions.list_interactions(
+                        conn, reader_id, type_, before_seq, limit, schema=aliases[entry.file]
+                    ):
+                        found.setdefault(record.seq, (record, True))
+            finally:
+                conn.execute("COMMIT")
+            page = sorted(found.values(), key=lambda item: item[0].seq, reverse=True)[:limit]
+            return HistoryPage([r for r, _ in page], {r.seq for r, archived in page if archived})
+        raise Unavailable("the archive index kept changing while reading history; retry", reason="ARCHIVE_BUSY")
+
+    async def page(self, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int) -> HistoryPage:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._merged, reader_id, type_, before_seq, limit)
+
+    def run_sync(self, fn: Callable[[], T]) -> T:
+        return self._executor.submit(fn).result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+
+# --- includes_archived on responses ------------------------------------------------
+
+
+class ResponseFlags:
+    __slots__ = ("includes_archived",)
+
+    def __init__(self) -> None:
+        self.includes_archived = False
+
+
+_FLAGS: contextvars.ContextVar[ResponseFlags | None] = contextvars.ContextVar("cursor_response_flags", default=None)
+
+
+def mark_includes_archived() -> None:
+    """The page being built includes archived rows (no-op outside an RPC)."""
+    flags = _FLAGS.get()
+    if flags is not None:
+        flags.includes_archived = True
+
+
+def _begin() -> ResponseFlags:
+    flags = ResponseFlags()
+    _FLAGS.set(flags)
+    return flags
+
+
+def _annotate(flags: Any, response: Any) -> None:
+    if isinstance(flags, ResponseFlags) and flags.includes_archived:
+        with contextlib.suppress(AttributeError):  # a response without the field
+            response.includes_archived = True
+
+
+def _no_finish(method: str, started: float, context: Any, error: BaseException | None) -> None:
+    return None
+
+
+class ResponseFlagsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Copies flags raised while handling a unary RPC onto its response."""
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        from cursor_grpc.metrics import wrap_handler
+
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.response_streaming:
+            return handler
+        return wrap_handler(handler, str(handler_call_details.method), _no_finish, _begin, _annotate)

@@ -1,0 +1,552 @@
+"""`cursor-grpc watch`: the model alone, the client against a real server,
+reconnection across a server restart on the same port, and the command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from rich.console import Console
+
+from cursor.v1 import admin_service_pb2 as apb
+from cursor.v1 import auth_service_pb2, auth_service_pb2_grpc, reader_service_pb2_grpc
+from cursor.v1 import consultant_service_pb2 as cpb
+from cursor.v1 import reader_service_pb2 as rpb
+from cursor.v1 import resources_pb2 as pb
+from cursor_grpc import cli
+from cursor_grpc.config import StorageSettings
+from cursor_grpc.storage.store import apply_migrations
+from cursor_grpc.watch_view import WatchClient, WatchModel, WatchView
+from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, Harness, bearer, create_admin
+from tests.procs import ServerProcess
+
+NS = 1_000_000_000
+ME = "consultants/me"
+
+# --------------------------------------------------------------------------
+# Scripted responses for the model
+# --------------------------------------------------------------------------
+
+
+def _event(event_id: int, reader: str, kind: int, at_s: float, summary: str = "", **obj: Any) -> pb.ActivityEvent:
+    event = pb.ActivityEvent(
+        cursor=f"e-{event_id}", event_id=event_id, kind=kind, reader=reader, summary=summary, **obj
+    )
+    event.create_time.FromNanoseconds(int(at_s * NS))
+    return event
+
+
+def interaction(event_id: int, reader: str, type_: str, at_s: float, summary: str = "") -> pb.ActivityEvent:
+    return _event(event_id, reader, pb.EVENT_KIND_INTERACTION_RECORDED, at_s, summary,
+                  interaction=pb.Interaction(type=type_, summary=summary, sequence=event_id))
+
+
+def state(event_id: int, reader: str, at_s: float, progress: float, step: int,
+          status: int = pb.READER_STATUS_ACTIVE) -> pb.ActivityEvent:
+    event = _event(event_id, reader, pb.EVENT_KIND_READER_STATE_CHANGED, at_s, f"{progress:.0%}, step {step}",
+                   state=pb.ReaderState(reader=reader, status=status, progress=progress, current_step=step,
+                                        presence=pb.PRESENCE_READING))
+    event.state.last_seen_time.FromNanoseconds(int(at_s * NS))
+    event.state.update_time.FromNanoseconds(int(at_s * NS))
+    return event
+
+
+def presence(event_id: int, reader: str, at_s: float, now: int, was: int) -> pb.ActivityEvent:
+    return _event(event_id, reader, pb.EVENT_KIND_PRESENCE_CHANGED, at_s,
+                  presence=pb.PresenceChange(presence=now, previous=was))
+
+
+def message(event_id: int, reader: str, at_s: float, direction: int, body: str) -> pb.ActivityEvent:
+    return _event(event_id, reader, pb.EVENT_KIND_MESSAGE_SENT, at_s, body,
+                  message=pb.Message(direction=direction, body=body, sequence=event_id))
+
+
+def read(event_id: int, reader: str, at_s: float, participant: str, upto: int) -> pb.ActivityEvent:
+    return _event(event_id, reader, pb.EVENT_KIND_MESSAGE_READ, at_s, "read",
+                  message_read=pb.MessageRead(reader=reader, participant=participant, last_read_sequence=upto))
+
+
+def snapshot_reader(name: str, display: str, seen_s: float, progress: float = 0.0, step: int = 0,
+                    presence_: int = pb.PRESENCE_ONLINE) -> pb.Reader:
+    reader = pb.Reader(name=name, display_name=display, email=f"{display.lower()}@example.com", active=True,
+                       state=pb.ReaderState(reader=name, status=pb.READER_STATUS_ACTIVE, progress=progress,
+                                            current_step=step, presence=presence_))
+    reader.state.last_seen_time.FromNanoseconds(int(seen_s * NS))
+    reader.state.update_time.FromNanoseconds(int(seen_s * NS))
+    return reader
+
+
+def batch(*events: pb.ActivityEvent) -> cpb.WatchActivityResponse:
+    return cpb.WatchActivityResponse(events=events, cursor=events[-1].cursor)
+
+
+def render_text(view: WatchView, width: int = 140, height: int = 40, now_s: float | None = None) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=width, height=height, force_terminal=False)
+    console.print(view.render(height, None if now_s is None else int(now_s * NS)))
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------
+# (a) The model
+# --------------------------------------------------------------------------
+
+
+def test_model_applies_snapshot_events_and_unread_counts() -> None:
+    model = WatchModel(me=ME)
+    model.begin_snapshot()
+    model.apply(cpb.WatchActivityResponse(snapshot_readers=[
+        snapshot_reader("readers/a", "Ann", 100, 0.25, 2),
+        snapshot_reader("readers/b", "Bob", 90, 0.5, 5, pb.PRESENCE_IDLE),
+    ]))
+    assert model.readers == {}  # the snapshot lands when it is complete
+    model.apply(cpb.WatchActivityResponse(snapshot_complete=True, cursor="e-10"))
+    assert model.snapshot_complete
+    assert model.cursor == "e-10"
+    assert [r.display_name for r in model.most_recent(10)] == ["Ann", "Bob"]
+    model.set_unread_counts([("readers/b", 2), ("readers/z", 1)])
+    assert (model.readers["readers/b"].unread, model.readers["readers/z"].unread) == (2, 1)
+    assert model.take_unresolved(10) == ["readers/z"]  # known only from its count
+
+    model.apply(batch(
+        interaction(11, "readers/b", "answer", 110, "q1 = yes"),
+        state(12, "readers/b", 110, 0.75, 6),
+        presence(13, "readers/b", 110, pb.PRESENCE_READING, pb.PRESENCE_IDLE),
+        interaction(14, "readers/c", "heartbeat", 111),
+        message(15, "readers/a", 112, pb.MESSAGE_DIRECTION_FROM_READER, "help?"),
+        message(16, "readers/a", 113, pb.MESSAGE_DIRECTION_TO_READER, "on my way"),
+        read(17, "readers/b", 114, ME, 14),
+        read(18, "readers/a", 115, "consultants/other", 15),
+    ))
+    assert model.cursor == "e-18"
+    assert model.events_applied == 8
+    b, a, c = model.readers["readers/b"], model.readers["readers/a"], model.readers["readers/c"]
+    assert (b.progress, b.step, b.status, b.presence) == (0.75, 6, pb.READER_STATUS_ACTIVE, pb.PRESENCE_READING)
+    assert b.last_type == "answer"
+    assert b.last_seen_ns == 110 * NS
+    assert b.unread == 0  # read by me
+    assert a.unread == 1  # someone else's read position does not count
+    assert c.last_type == "heartbeat"
+    assert c.last_seen_ns == 111 * NS
+    assert not c.resolved
+    assert [r.name for r in model.most_recent(2)] == ["readers/c", "readers/b"]
+    # Heartbeats stay out of the feed; everything else is in it, in order.
+    assert [line.kind for line in model.feed] == [
+        pb.EVENT_KIND_INTERACTION_RECORDED, pb.EVENT_KIND_READER_STATE_CHANGED, pb.EVENT_KIND_PRESENCE_CHANGED,
+        pb.EVENT_KIND_MESSAGE_SENT, pb.EVENT_KIND_MESSAGE_SENT, pb.EVENT_KIND_MESSAGE_READ,
+        pb.EVENT_KIND_MESSAGE_READ,
+    ]
+    assert model.feed[0].text == "answer: q1 = yes"
+    assert model.feed[3].text == "message from reader: help?"
+
+    # A later message from the reader, then my read position up to the first one only.
+    model.apply(batch(message(19, "readers/a", 116, pb.MESSAGE_DIRECTION_FROM_READER, "still there?")))
+    assert a.unread == 2
+    model.apply(batch(read(20, "readers/a", 117, ME, 15)))
+    assert a.unread == 1
+    # A replayed event is not applied twice.
+    model.apply(batch(message(19, "readers/a", 116, pb.MESSAGE_DIRECTION_FROM_READER, "still there?")))
+    assert (a.unread, model.duplicates) == (1, 1)
+
+    text = render_text(WatchView(model, title="me"), now_s=120)
+    assert "Ann" in text
+    assert "Bob" in text
+    assert "75%" in text
+    assert "still there?" in text
+    assert "readers/c" in text  # not looked up yet: shown by name
+
+
+def test_a_looked_up_profile_does_not_undo_newer_events() -> None:
+    model = WatchModel(me=ME)
+    model.apply(batch(state(5, "readers/n", 200, 0.9, 9)))
+    stale = snapshot_reader("readers/n", "Nia", 150, 0.1, 1)
+    model.apply_profile(stale)
+    row = model.readers["readers/n"]
+    assert (row.display_name, row.progress, row.step, row.last_seen_ns) == ("Nia", 0.9, 9, 200 * NS)
+    assert model.take_unresolved(5) == []
+
+
+def test_a_fresh_snapshot_replaces_the_table_and_keeps_unread_counts() -> None:
+    model = WatchModel(me=ME)
+    model.begin_snapshot()
+    model.apply(cpb.WatchActivityResponse(snapshot_readers=[snapshot_reader("readers/a", "Ann", 10)]))
+    model.apply(cpb.WatchActivityResponse(snapshot_complete=True, cursor="old-3"))
+    model.apply(batch(interaction(3, "readers/gone", "answer", 11),
+                      message(4, "readers/a", 12, pb.MESSAGE_DIRECTION_FROM_READER, "hi")))
+    # Start over (the cursor was out of range): event ids of the new history start low.
+    model.cursor = ""
+    model.begin_snapshot()
+    model.apply(cpb.WatchActivityResponse(snapshot_readers=[snapshot_reader("readers/a", "Ann", 20),
+                                                            snapshot_reader("readers/b", "Bob", 21)]))
+    model.apply(cpb.WatchActivityResponse(snapshot_complete=True, cursor="new-1"))
+    assert sorted(model.readers) == ["readers/a", "readers/b"]
+    assert model.readers["readers/a"].unread == 1
+    model.apply(batch(interaction(2, "readers/b", "open_page", 22)))
+    assert model.readers["readers/b"].last_type == "open_page"
+    assert model.duplicates == 0
+
+
+def test_feed_is_bounded_and_render_shows_what_fits() -> None:
+    model = WatchModel(me=ME, feed_size=200)
+    model.begin_snapshot()
+    model.apply(cpb.WatchActivityResponse(snapshot_readers=[
+        snapshot_reader(f"readers/r{i:04}", f"Reader {i}", 1000 + i) for i in range(300)
+    ]))
+    model.apply(cpb.WatchActivityResponse(snapshot_complete=True, cursor="e-0"))
+    model.apply(batch(*(interaction(i, f"readers/r{i % 300:04}", "answer", 2000 + i) for i in range(1, 1001))))
+    assert len(model.feed) == 200
+    assert model.feed[-1].text == "answer"
+    text = render_text(WatchView(model, title="me"), height=30, now_s=3000)
+    lines = text.splitlines()
+    assert len(lines) == 30
+    assert "more" in text
+    shown = sum(1 for line in lines if "Reader " in line and "answer" in line and "%" in line)
+    more = int(text.split("+", 1)[1].split(" more", 1)[0])
+    assert shown + more == 300
+    # Markup and escape sequences from readers are shown as text, not obeyed.
+    model.apply(batch(interaction(2000, "readers/r0001", "answer", 5000, "[bold red]x[/] \x1b[2J")))
+    text = render_text(WatchView(model, title="me"), height=30, now_s=5000)
+    assert "[bold red]x[/]" in text
+    assert "\x1b" not in text
+
+
+def test_a_thousand_readers_take_a_burst_of_ten_thousand_events_quickly() -> None:
+    model = WatchModel(me=ME)
+    model.begin_snapshot()
+    readers = [snapshot_reader(f"readers/r{i:04}", f"Reader {i}", 1000) for i in range(1000)]
+    for start in range(0, 1000, 200):
+        model.apply(cpb.WatchActivityResponse(snapshot_readers=readers[start:start + 200]))
+    model.apply(cpb.WatchActivityResponse(snapshot_complete=True, cursor="e-0"))
+    makers: list[Callable[[int, str, float], pb.ActivityEvent]] = [
+        lambda i, r, t: interaction(i, r, "answer", t, "q"),
+        lambda i, r, t: state(i, r, t, (i % 100) / 100, i % 9),
+        lambda i, r, t: presence(i, r, t, pb.PRESENCE_READING, pb.PRESENCE_ONLINE),
+        lambda i, r, t: message(i, r, t, pb.MESSAGE_DIRECTION_FROM_READER, "hello"),
+        lambda i, r, t: interaction(i, r, "heartbeat", t),
+    ]
+    events = [makers[i % 5](i, f"readers/r{i % 1000:04}", 2000 + i / 1000) for i in range(1, 10_001)]
+    responses = [batch(*events[i:i + 500]) for i in range(0, 10_000, 500)]
+    view = WatchView(model, title="me")
+    started = time.perf_counter()
+    for response in responses:
+        model.apply(response)
+    applied = time.perf_counter() - started
+    render_text(view, height=50)
+    elapsed = time.perf_counter() - started
+    assert model.events_applied == 10_000
+    assert model.total_unread() == 2000
+    assert elapsed < 3.0, f"10,000 events and one frame took {elapsed:.2f} s (apply {applied:.2f} s)"
+
+
+# --------------------------------------------------------------------------
+# The client in-process against the real server
+# --------------------------------------------------------------------------
+
+
+class Background:
+    """A WatchClient running on its own event loop in a thread."""
+
+    def __init__(self, client: WatchClient) -> None:
+        self.client = client
+        self.loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._started.wait(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            self._task = asyncio.create_task(self.client.run())
+            self._started.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+        self.loop.run_until_complete(main())
+        # Let gRPC deliver its last callbacks before the loop closes.
+        self.loop.run_until_complete(asyncio.sleep(0.05))
+        self.loop.close()
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if condition():
+                    return
+            except RuntimeError:  # the model changed while the test read it
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; client status: {self.client.status}")
+            time.sleep(0.02)
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        if self._thread.is_alive() and self._task is not None:
+            self.loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[[WatchClient], Background]]:
+    started: list[Background] = []
+
+    def start(client: WatchClient) -> Background:
+        started.append(Background(client))
+        return started[-1]
+
+    yield start
+    for item in started:
+        item.stop()
+
+
+def record(client: Client, type_: str = "progress", **payload: Any) -> rpb.RecordInteractionResponse:
+    return client.reader.RecordInteraction(
+        rpb.RecordInteractionRequest(interaction=rpb.NewInteraction(
+            type=type_, payload_json=json.dumps(payload), summary=f"{type_} {payload}"[:100]
+        )),
+        metadata=client.md,
+    )
+
+
+def new_consultant_email(h: Harness, name: str) -> tuple[str, str]:
+    """A consultant with a known email; returns (email, account)."""
+    email = f"{name}@example.com"
+    created = h.anonymous.admin.CreateConsultant(
+        apb.CreateConsultantRequest(email=email, password=PASSWORD, display_name=name,
+                                    role=pb.CONSULTANT_ROLE_CONSULTANT),
+        metadata=h.admin_md(),
+    )
+    return email, created.consultant.name
+
+
+def _profile(model: WatchModel, name: str) -> str:
+    return model.readers[name].display_name
+
+
+def test_client_shows_snapshot_unread_and_live_events_of_every_kind(h: Harness, background: Any) -> None:
+    email, account = new_consultant_email(h, "watcher")
+    ann, bob, cyd = h.new_reader("Ann"), h.new_reader("Bob"), h.new_reader("Cyd")
+    record(ann, "open_page", page=1)
+    record(bob, "progress", percent=0.2, step=2)
+    ann.reader.SendMyMessage(rpb.SendMyMessageRequest(body="a question"), metadata=ann.md)
+
+    model = WatchModel()
+    client = WatchClient(model, h.server.address, email, PASSWORD, max_backoff=0.5)
+    watch = background(client)
+    watch.wait_for(client.synced.is_set, what="the snapshot")
+    assert model.me == account
+    assert sorted(model.readers) == sorted([ann.account, bob.account])
+    assert model.readers[ann.account].unread == 1
+    assert model.readers[bob.account].progress == pytest.approx(0.2)
+
+    # Live: a reader the snapshot did not have, progress, a message, my read position.
+    record(cyd, "progress", percent=0.5, step=3)
+    record(bob, "answer", q=1)
+    bob.reader.SendMyMessage(rpb.SendMyMessageRequest(body="me too"), metadata=bob.md)
+    me = h.anonymous.login(email, kind=pb.ACCOUNT_KIND_CONSULTANT)
+    me.consultant.MarkMessagesRead(cpb.MarkMessagesReadRequest(reader=ann.account), metadata=me.md)
+    watch.wait_for(lambda: model.readers[ann.account].unread == 0 and model.readers[bob.account].unread == 1
+                   and cyd.account in model.readers and _profile(model, cyd.account).startswith("Cyd"),
+                   what="live events and the looked-up name")
+    cyd_row, bob_row = model.readers[cyd.account], model.readers[bob.account]
+    assert (cyd_row.progress, cyd_row.step, cyd_row.presence) == (0.5, 3, pb.PRESENCE_READING)
+    assert bob_row.last_type == "answer"
+    texts = [line.text for line in model.feed]
+    assert any(t.startswith("answer") for t in texts)
+    assert "message from reader: me too" in texts
+    assert "you read the conversation" in texts
+    assert model.duplicates == 0
+    assert client.snapshots == 1
+    frame = render_text(WatchView(model, client, title=email))
+    assert "[live]" in frame
+    for name in ("Ann", "Bob", "Cyd", "me too"):
+        assert name in frame
+
+
+def test_client_starts_over_when_its_cursor_is_out_of_range(h: Harness, background: Any) -> None:
+    email, _ = new_consultant_email(h, "restarter")
+    reader = h.new_reader("Dee")
+    record(reader, "open_page")
+    model = WatchModel()
+    model.cursor = "0123456789abcdef-1"  # from another history of the database
+    client = WatchClient(model, h.server.address, email, PASSWORD, max_backoff=0.5)
+    watch = background(client)
+    watch.wait_for(client.synced.is_set, what="a fresh snapshot")
+    assert client.fresh_starts == 1
+    assert list(client.resume_cursors) == ["0123456789abcdef-1"]
+    assert list(model.readers) == [reader.account]
+    assert model.cursor != "0123456789abcdef-1"
+
+
+def test_client_signs_in_again_once_then_gives_up(h: Harness, background: Any) -> None:
+    email, account = new_consultant_email(h, "relogger")
+    reader = h.new_reader("Eve")
+    model = WatchModel()
+    client = WatchClient(model, h.server.address, email, PASSWORD, max_backoff=0.5)
+    watch = background(client)
+    watch.wait_for(client.synced.is_set, what="the snapshot")
+    first_token = client.token
+    # The session ends under the open stream: the view signs in again and resumes.
+    h.anonymous.auth.Logout(auth_service_pb2.LogoutRequest(), metadata=bearer(first_token))
+    watch.wait_for(lambda: client.logins == 2 and client.connected, what="signing in again")
+    assert client.resume_cursors
+    record(reader, "answer", q=2)
+    watch.wait_for(lambda: model.readers.get(reader.account) is not None
+                   and model.readers[reader.account].last_type == "answer", what="the event after signing in")
+    # The account is switched off: signing in fails, and the view stops with a reason.
+    h.anonymous.admin.SetAccountActive(apb.SetAccountActiveRequest(account=account, active=False),
+                                       metadata=h.admin_md())
+    watch.wait_for(lambda: watch.done, what="giving up")
+    assert client.fatal is not None
+    assert "signing in as relogger@example.com failed" in client.fatal
+    assert "deactivated" in client.fatal
+
+
+# --------------------------------------------------------------------------
+# (c) Reconnection across a server restart on the same port
+# --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_reader(address: str, email: str) -> tuple[grpc.Channel, reader_service_pb2_grpc.ReaderServiceStub,
+                                                      tuple[tuple[str, str]]]:
+    channel = grpc.insecure_channel(address)
+    token = auth_service_pb2_grpc.AuthServiceStub(channel).Login(
+        auth_service_pb2.LoginRequest(email=email, password=PASSWORD, account_kind=pb.ACCOUNT_KIND_READER),
+        timeout=10,
+    ).session.token
+    return channel, reader_service_pb2_grpc.ReaderServiceStub(channel), bearer(token)
+
+
+def answers(address: str, email: str, numbers: range) -> list[str]:
+    """Record one answer per number; returns the feed lines they should make."""
+    channel, stub, md = process_reader(address, email)
+    try:
+        for n in numbers:
+            stub.RecordInteraction(
+                rpb.RecordInteractionRequest(interaction=rpb.NewInteraction(
+                    type="answer", payload_json=json.dumps({"n": n}), summary=f"number {n}"
+                )),
+                metadata=md, timeout=10,
+            )
+    finally:
+        channel.close()
+    return [f"answer: number {n}" for n in numbers]
+
+
+def test_view_resumes_with_its_cursor_after_a_restart_and_sees_every_event_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, background: Any
+) -> None:
+    db = tmp_path / "restart.db"
+    apply_migrations(StorageSettings(path=db))
+    create_admin(db, monkeypatch)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    servers: list[ServerProcess] = []
+    try:
+        servers.append(ServerProcess(db, listen=address))
+        channel = grpc.insecure_channel(address)
+        auth_service_pb2_grpc.AuthServiceStub(channel).RegisterReader(
+            auth_service_pb2.RegisterReaderRequest(email="fay@example.com", password=PASSWORD, display_name="Fay"),
+            timeout=10,
+        )
+        channel.close()
+        names = answers(address, "fay@example.com", range(0, 2))
+
+        model = WatchModel()
+        client = WatchClient(model, address, ADMIN_EMAIL, PASSWORD, initial_backoff=0.1, max_backoff=0.5)
+        watch = background(client)
+        watch.wait_for(client.synced.is_set, what="the snapshot")
+        names += answers(address, "fay@example.com", range(2, 4))
+        watch.wait_for(lambda: _answers_seen(model) == names[2:], what="live events")
+
+        # The server goes down; while the view cannot reach it, another server
+        # on the same database (another port) takes writes.
+        assert servers[0].terminate() == 0
+        watch.wait_for(lambda: not client.connected, what="the disconnect")
+        cursor = model.cursor
+        other = ServerProcess(db)
+        servers.append(other)
+        names += answers(other.address, "fay@example.com", range(4, 7))
+        assert other.terminate() == 0
+        # Back on the same port; more events once it is up.
+        servers.append(ServerProcess(db, listen=address))
+        watch.wait_for(lambda: client.connected, what="the reconnect")
+        names += answers(address, "fay@example.com", range(7, 9))
+        watch.wait_for(lambda: len(_answers_seen(model)) >= len(names) - 2, what="the missed and new events")
+        time.sleep(0.3)
+    finally:
+        for server in servers:
+            server.kill()
+    seen = _answers_seen(model)
+    assert seen == names[2:], "every event after the snapshot, in order, exactly once"
+    assert model.duplicates == 0
+    assert client.snapshots == 1, "resumed, not started over"
+    assert client.fresh_starts == 0
+    assert set(client.resume_cursors) == {cursor}
+    assert client.logins == 1, "the session survived the restart"
+    assert client.fatal is None
+
+
+def _answers_seen(model: WatchModel) -> list[str]:
+    """The feed lines of answers, in the order the view applied them."""
+    return [line.text for line in list(model.feed) if line.text.startswith("answer:")]
+
+
+# --------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------
+
+
+def test_password_is_never_a_flag() -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["watch", "--email", "a@example.com", "--password", "x"])
+
+
+def test_watch_command_prints_a_frame_once_the_snapshot_is_in(h: Harness) -> None:
+    email, _ = new_consultant_email(h, "scripted")
+    reader = h.new_reader("Gus")
+    record(reader, "progress", percent=0.4, step=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CURSOR_")}
+    base = [sys.executable, "-m", "cursor_grpc", "watch", "--server", h.server.address, "--email", email,
+            "--width", "150", "--height", "30"]
+    done = subprocess.run([*base, "--once"], env={**env, "CURSOR_PASSWORD": PASSWORD}, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 30
+    assert "[live]" in lines[0]
+    assert any("Gus" in line and "40%" in line for line in lines)
+    assert PASSWORD not in done.stdout + done.stderr
+    refused = subprocess.run([*base, "--once"], env={**env, "CURSOR_PASSWORD": "not the password at all"},
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert refused.returncode == 1
+    assert "signing in as scripted@example.com failed" in refused.stderr
+    no_password = subprocess.run([*base, "--once"], env=env, capture_output=True, text=True, timeout=60,
+                                 stdin=subprocess.DEVNULL, check=False)
+    assert no_password.returncode == 2
+    assert "CURSOR_PASSWORD" in no_password.stderr

@@ -1,0 +1,1398 @@
+"""Benchmark harness: the real server in a subprocess, load from separate client
+processes, every figure beside a baseline measured in the same run.
+
+    python tools/bench.py            # full run, under 10 minutes
+    python tools/bench.py --quick    # smaller sizes, under 2 minutes
+    python tools/bench.py --ci       # tiny sizes, for the test suite
+    python tools/bench.py --check    # exit 1 when a correctness check fails
+
+Scenarios (see docs/performance.md for a run and how to read it):
+
+1. Unary ingest: RecordInteraction from 1/16/64 readers vs a bare grpc.aio echo
+   server (tools/echo_server.py) with the same messages and the same client.
+2. Batched ingest: RecordInteractions chunks vs raw APSW inserts of the same rows
+   with the same batch size.
+3. Cost as the database grows: ingest rate and consultant queries at 0, 1M and
+   5M interactions over 10k readers, queries with ingest at half its maximum.
+4. Fan-out: 1/10/50 ConsultantService.WatchActivity streams while scenario 1
+   runs at half load: send-to-watcher latency, ingest p99 against no watchers.
+   Reported "not available" when the stubs or the server lack WatchActivity.
+5. Login storm: 20 logins/s beside scenario 1 at half load; p99 of the other
+   RPCs against the same load without the storm.
+6. Memory: server RSS idle (VmRSS), its peak (VmHWM), and per watch stream.
+
+Output: one table on stdout, and `results.json`, `results.md` and `bench.png`
+under `--out` (default bench-results/). The progress bar (rich) and the chart
+(matplotlib) are optional: without them the run is the same, with plain
+progress lines and no PNG. Correctness checks (rows stored == events sent, ...)
+always run and are listed after the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TOOLS = Path(__file__).resolve().parent
+ROOT = TOOLS.parent
+sys.path.insert(0, str(TOOLS))
+
+import bench_db  # noqa: E402 - after the path set-up above
+
+CLIENT = TOOLS / "bench_client.py"
+ECHO = TOOLS / "echo_server.py"
+ADMIN_EMAIL = "bench-admin@example.com"
+READER_EMAIL = "bench-reader-{}@example.com"
+SERVING = re.compile(r"serving on (?P<host>[0-9.]+):(?P<port>\d+)")
+RECORD_PATH = "/cursor.v1.ReaderService/RecordInteraction"
+ECHO_PATH = "/bench.v1.Echo/Echo"
+MiB = 1024 * 1024
+
+# --- plans ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations of one run."""
+
+    name: str
+    warmup_s: float = 1.0
+    measure_s: float = 5.0
+    client_procs: int = 2
+    concurrencies: tuple[int, ...] = (1, 16, 64)
+    # Scenario 1 runs each case this often, echo and RecordInteraction alternating.
+    repeats: int = 2
+    # Scenario 2.
+    stream_workers: int = 4
+    chunk_events: int = 500
+    chunks_per_call: int = 4
+    stream_s: float = 6.0
+    raw_s: float = 5.0
+    # Scenario 3.
+    sizes: tuple[int, ...] = (0, 1_000_000, 5_000_000)
+    growth_readers: int = 10_000
+    growth_sessions: int = 1_000
+    ingest_concurrency: int = 16
+    query_rate: float = 100.0
+    query_measure_s: float = 6.0
+    # Scenario 5.
+    storm_logins_per_s: float = 20.0
+    storm_concurrency: int = 16
+    # Scenario 4.
+    fanout_watchers: tuple[int, ...] = (1, 10, 50)
+    fanout_drain_s: float = 2.0
+    # Limits of the whole run.
+    budget_s: float = 600.0
+
+
+PLANS = {
+    "default": Plan("default"),
+    "quick": Plan(
+        "quick", warmup_s=0.5, measure_s=2.0, repeats=1, stream_s=3.0, raw_s=2.0, sizes=(0, 100_000),
+        query_measure_s=3.0, fanout_watchers=(1, 10), budget_s=120.0,
+    ),
+    # For the test suite: proves every path end to end on 2 cores in well under a minute.
+    "ci": Plan(
+        "ci", warmup_s=0.2, measure_s=0.6, concurrencies=(1, 4), repeats=1, stream_workers=2, chunk_events=100,
+        chunks_per_call=2, stream_s=0.8, raw_s=0.5, sizes=(0, 2_000), growth_readers=200, growth_sessions=20,
+        ingest_concurrency=4, query_rate=50.0, query_measure_s=0.8, storm_logins_per_s=10.0,
+        storm_concurrency=4, fanout_watchers=(1, 3), fanout_drain_s=1.0, budget_s=60.0,
+    ),
+}
+
+# --- small helpers ---------------------------------------------------------------
+
+
+def percentile(values: list[int], q: float) -> float:
+    """Nearest-rank percentile of microsecond samples, in milliseconds."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[min(len(ordered), rank) - 1] / 1000.0
+
+
+def summarize(latencies_us: list[int]) -> dict[str, float]:
+    return {
+        "n": len(latencies_us),
+        "p50_ms": percentile(latencies_us, 0.50),
+        "p90_ms": percentile(latencies_us, 0.90),
+        "p99_ms": percentile(latencies_us, 0.99),
+        "max_ms": max(latencies_us) / 1000.0 if latencies_us else float("nan"),
+    }
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated runs of one case: mean rate and server load, pooled latencies."""
+    latencies = [v for r in runs for v in r["latencies_us"]]
+    errors: dict[str, int] = {}
+    for r in runs:
+        for code, n in r["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+    return {
+        "rate": sum(r["rate"] for r in runs) / len(runs),
+        "rates": [r["rate"] for r in runs],
+        "ok_total": sum(r["ok_total"] for r in runs),
+        "errors": errors,
+        "server_cores": sum(r.get("server_cores", 0.0) for r in runs) / len(runs),
+        # Server CPU (all threads) per call: steadier than the rate on a shared machine.
+        "server_us_per_call": sum(r.get("server_cores", 0.0) / r["rate"] * 1e6 if r["rate"] else 0.0
+                                  for r in runs) / len(runs),
+        "client_cpu_s": sum(r["client_cpu_s"] for r in runs) / len(runs),
+        **summarize(latencies),
+        "latencies_us": latencies,
+    }
+
+
+def proc_status(pid: int, field_name: str) -> int:
+    """A `kB` field of /proc/<pid>/status, in bytes (0 when not readable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_s() -> tuple[float, float, float]:
+    """(process time, interrupt time, steal) CPU seconds of the whole machine
+    since boot, from /proc/stat. Interrupt time is kept apart: loopback
+    traffic is processed in softirq context and is charged to no process, so
+    most of it is this benchmark's own."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system) / tick, (irq + softirq) / tick, steal / tick
+
+
+def fmt_rate(value: float, unit: str) -> str:
+    return "n/a" if value != value else f"{value:,.0f} {unit}"
+
+
+def fmt_ms(value: float) -> str:
+    return "n/a" if value != value else f"{value:.2f} ms"
+
+
+def fmt_size(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:g}M"
+    if n >= 1_000:
+        return f"{n / 1_000:g}k"
+    return str(n)
+
+
+def machine_info() -> dict[str, Any]:
+    import apsw
+    import grpc
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_total = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_total = int(line.split()[1]) * 1024
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem_total / 1024**3, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "sqlite": apsw.sqlite_lib_version(),
+        "apsw": apsw.apsw_version(),
+    }
+
+
+# --- progress ------------------------------------------------------------------------
+
+
+class Progress:
+    """A rich progress bar when rich is installed, plain lines otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._started = time.monotonic()
+        if enabled:
+            try:
+                from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            except ImportError:
+                pass
+            else:
+                self._bar = Progress(
+                    TextColumn("[bold]{task.description:<46}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), transient=False,
+                )
+                self._bar.start()
+                self._task = self._bar.add_task("starting", total=total)
+
+    def step(self, description: str) -> None:
+        """A new step starts (the previous one is done)."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=description)
+        else:
+            print(f"[{time.monotonic() - self._started:6.1f}s] {description}", file=sys.stderr, flush=True)
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# --- processes ---------------------------------------------------------------------
+
+
+class ServerProcess:
+    """A server subprocess (the real one or the echo one); its stderr is drained
+    by a thread, which also finds the `serving on HOST:PORT` line."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], name: str, log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("a", encoding="utf-8")
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.port: int | None = None
+        self._ready = threading.Event()
+        self.slow_queries = 0
+        self.errors = 0
+        self._thread = threading.Thread(target=self._drain, name=f"{name}-stderr", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(60) or self.port is None:
+            self.stop()
+            tail = self.log_path.read_text(encoding="utf-8")[-2000:]
+            raise RuntimeError(f"{name} did not report its port; log:\n{tail}")
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._log.write(line)
+            if self.port is None and (match := SERVING.search(line)):
+                self.port = int(match["port"])
+                self._ready.set()
+            elif "slow query" in line:
+                self.slow_queries += 1
+            elif " ERROR " in line or "Traceback" in line:
+                self.errors += 1
+        self._ready.set()
+        self._log.flush()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def rss(self) -> int:
+        return proc_status(self.pid, "VmRSS")
+
+    def peak_rss(self) -> int:
+        return proc_status(self.pid, "VmHWM")
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.pid)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait (graceful shutdown commits and closes), SIGKILL if stuck."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._thread.join(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+class ClientProcess:
+    """One tools/bench_client.py process: spec in, READY, GO, RESULT out."""
+
+    def __init__(self, spec: dict[str, Any], log_path: Path) -> None:
+        self._log = log_path.open("a", encoding="utf-8")
+        self.proc = subprocess.Popen([sys.executable, str(CLIENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True, cwd=ROOT)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        self._send(json.dumps(spec))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, prefix: str, deadline: float) -> str:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"client did not say {prefix} in time")
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"client exited (code {self.proc.wait(10)}) before {prefix}; see {self._log.name}")
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def go(self) -> None:
+        self._send("GO")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    scenario: str
+    case: str
+    target: str
+    measured: str
+    baseline: str = ""
+    ratio: float | None = None
+    verdict: str = "info"  # pass | miss | info | n/a | noisy
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    out: Path
+    work: Path
+    progress: Progress
+    profile_with: str | None = None
+    rows: list[Row] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    main_db: Path = Path()
+    servers: list[ServerProcess] = field(default_factory=list)
+    foreign: list[float] = field(default_factory=list)
+    # Scenarios to run; 1 always runs (4 and 5 take their load from it), 6 comes with the rest.
+    only: set[int] = field(default_factory=lambda: {1, 2, 3, 4, 5, 6})
+    _client_n: int = 0
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, bool(ok), detail))
+
+    def server_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CURSOR_")}
+        # Every client talks from 127.0.0.1: lift the per-peer login limit.
+        env["CURSOR_PEER_LOGIN_BURST"] = "1000000"
+        env["CURSOR_PEER_LOGIN_PER_MINUTE"] = "100000000"
+        return env
+
+    def new_database(self, name: str) -> Path:
+        path = self.work / f"{name}.db"
+        bench_db.create_database(path)
+        env = self.server_env()
+        env["CURSOR_ADMIN_PASSWORD"] = bench_db.BENCH_PASSWORD
+        subprocess.run(
+            [sys.executable, "-m", "cursor_grpc", "--log-level", "WARNING", "create-admin", "--db", str(path),
+             "--email", ADMIN_EMAIL],
+            env=env, cwd=ROOT, check=True, capture_output=True, timeout=120,
+        )
+        return path
+
+    def start_server(self, db: Path, name: str) -> ServerProcess:
+        server = ServerProcess(
+            [sys.executable, "-m", "cursor_grpc", "serve", "--listen", "127.0.0.1:0", "--db", str(db), "--grace", "5"],
+            self.server_env(), name, self.work,
+        )
+        self.servers.append(server)
+        return server
+
+    def start_echo(self, reply: bytes) -> ServerProcess:
+        server = ServerProcess([sys.executable, str(ECHO), "--listen", "127.0.0.1:0", "--reply-hex", reply.hex()],
+                               self.server_env(), "echo", self.work)
+        self.servers.append(server)
+        return server
+
+    def run_clients(self, specs: list[dict[str, Any]], server: ServerProcess | None = None,
+                    during: Callable[[], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """Start every client, wait until all are READY, send GO to all, collect
+        their results. Returns (results, server usage during the run)."""
+        clients = []
+        for spec in specs:
+            self._client_n += 1
+            clients.append(ClientProcess(spec, self.work / f"client-{self._client_n}-{spec['mode']}.log"))
+        usage: dict[str, float] = {}
+        try:
+            ready_by = time.monotonic() + 120
+            for client in clients:
+                client.expect("READY", ready_by)
+            live = [s for s in self.servers if s.proc.poll() is None]
+            ours0 = [s.cpu_s() for s in live]
+            cpu0, wall0 = (server.cpu_s() if server else 0.0), time.monotonic()
+            machine0, irq0, steal0 = machine_cpu_s()
+            self0 = time.process_time()
+            for client in clients:
+                client.go()
+            if during is not None:
+                during()
+            longest = max(s.get("warmup_s", 0) + s.get("measure_s", 0) for s in specs)
+            result_by = time.monotonic() + longest + 120
+            results = [json.loads(client.expect("RESULT", result_by)) for client in clients]
+            wall = time.monotonic() - wall0
+            machine1, irq1, steal1 = machine_cpu_s()
+            # CPU the machine spent on anything but this run: other people's work
+            # on a shared machine skews every figure, so it is measured too.
+            ours = sum(s.cpu_s() - c for s, c in zip(live, ours0, strict=True)) + time.process_time() - self0 \
+                + sum(r.get("cpu_s", 0.0) for r in results)
+            usage = {"wall_s": wall, "foreign_cores": max(0.0, (machine1 - machine0 - ours) / wall) if wall else 0.0,
+                     "irq_cores": (irq1 - irq0) / wall if wall else 0.0,
+                     "steal_cores": (steal1 - steal0) / wall if wall else 0.0}
+            self.foreign.append(usage["foreign_cores"])
+            if server is not None:
+                usage["server_cpu_s"] = server.cpu_s() - cpu0
+                usage["server_cores"] = usage["server_cpu_s"] / wall if wall else 0.0
+        finally:
+            for client in clients:
+                client.close()
+        for result in results:
+            if "fatal" in result:
+                raise RuntimeError(f"client failed: {result['fatal']}")
+        return results, usage
+
+    def run_setup_client(self, spec: dict[str, Any]) -> dict[str, Any]:
+        self._client_n += 1
+        client = ClientProcess(spec, self.work / f"client-{self._client_n}-{spec['mode']}.log")
+        try:
+            result = json.loads(client.expect("RESULT", time.monotonic() + 300))
+        finally:
+            client.close()
+        if "fatal" in result:
+            raise RuntimeError(f"{spec['mode']} failed: {result['fatal']}")
+        return result
+
+    def timing(self) -> dict[str, float]:
+        return {"warmup_s": self.plan.warmup_s, "measure_s": self.plan.measure_s}
+
+    def split(self, items: list[Any], parts: int) -> list[list[Any]]:
+        return [items[i::parts] for i in range(parts) if items[i::parts]]
+
+    def unary_specs(self, address: str, path: str, tokens: list[list[str]], requests: list[bytes],
+                    rate: float | None, measure_s: float | None = None) -> list[dict[str, Any]]:
+        """Specs for `len(tokens)` workers spread over the client processes."""
+        procs = self.split(tokens, min(self.plan.client_procs, len(tokens)))
+        specs = []
+        for worker_tokens in procs:
+            share = rate * len(worker_tokens) / len(tokens) if rate else None
+            specs.append({
+                "mode": "unary", "address": address, "path": path, "tokens": worker_tokens,
+                "channels": len(worker_tokens), "requests_hex": [r.hex() for r in requests], "rate": share,
+                **self.timing(), **({"measure_s": measure_s} if measure_s else {}),
+            })
+        return specs
+
+    @staticmethod
+    def merge(results: list[dict[str, Any]], key: str | None = None) -> dict[str, Any]:
+        """Sum counts over client processes; rate from the in-window count."""
+        latencies: list[int] = []
+        errors: dict[str, int] = {}
+        for r in results:
+            for k, values in r["latencies_us"].items():
+                if key is None or k == key:
+                    latencies.extend(values)
+            for code, n in r["errors"].items():
+                errors[code] = errors.get(code, 0) + n
+        window = max(r["measure_s"] for r in results)
+        ok_window = sum(r["ok_window"] for r in results)
+        merged = {
+            "ok_total": sum(r["ok_total"] + r.get("warm_ok", 0) for r in results),
+            "ok_window": ok_window,
+            "rate": ok_window / window if window else 0.0,
+            "errors": errors,
+            "error_samples": [s for r in results for s in r["error_samples"]],
+            "client_cpu_s": sum(r["cpu_s"] for r in results),
+            **summarize(latencies),
+        }
+        merged["latencies_us"] = latencies
+        return merged
+
+    @staticmethod
+    def public(run: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in run.items() if k != "latencies_us"}
+
+    # --- requests ----------------------------------------------------------------
+
+    @staticmethod
+    def interaction_requests() -> list[bytes]:
+        """What a reader app sends most: progress, heartbeats, answers, page opens."""
+        from cursor.v1 import reader_service_pb2 as rpb
+
+        requests = []
+        for n in range(8):
+            kind = bench_db.INTERACTION_TYPES[n % 4]
+            payload, _, _ = bench_db.payload_for(kind, n * 7)
+            requests.append(rpb.RecordInteractionRequest(interaction=rpb.NewInteraction(
+                type=kind, payload_json=payload, summary="chapter 3" if kind == "progress" else "",
+            )).SerializeToString())
+        return requests
+
+    def stream_chunk(self) -> bytes:
+        from cursor.v1 import reader_service_pb2 as rpb
+
+        chunk = rpb.RecordInteractionsRequest()
+        for n in range(self.plan.chunk_events):
+            kind = bench_db.INTERACTION_TYPES[n % 4]
+            payload, _, _ = bench_db.payload_for(kind, n)
+            chunk.interactions.add(type=kind, payload_json=payload)
+        return chunk.SerializeToString()
+
+    # --- scenarios -----------------------------------------------------------------
+
+    def create_readers(self, server: ServerProcess, count: int) -> list[dict[str, str]]:
+        emails = [READER_EMAIL.format(n) for n in range(count)]
+        result = self.run_setup_client({
+            "mode": "accounts", "address": server.address, "emails": emails, "password": bench_db.BENCH_PASSWORD,
+            "parallel": 8,
+        })
+        accounts: list[dict[str, str]] = result["accounts"]
+        self.check("accounts: every RegisterReader+Login returned a session",
+                   len(accounts) == count and all(a["token"] for a in accounts), f"{len(accounts)}/{count}")
+        return accounts
+
+    def consultant_token(self, server: ServerProcess) -> str:
+        result = self.run_setup_client({"mode": "consultant_login", "address": server.address, "email": ADMIN_EMAIL,
+                                        "password": bench_db.BENCH_PASSWORD})
+        return str(result["token"])
+
+    @staticmethod
+    def sample_response(server: ServerProcess, token: str, request: bytes) -> bytes:
+        """One real RecordInteractionResponse, for the echo server to answer with."""
+        import grpc
+
+        with grpc.insecure_channel(server.address) as channel:
+            call = channel.unary_unary(RECORD_PATH, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            reply: bytes = call(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+        return reply
+
+    def scenario_unary(self, server: ServerProcess, db: Path, accounts: list[dict[str, str]]) -> None:
+        """1. RecordInteraction vs the bare echo server, same client, same messages."""
+        requests = self.interaction_requests()
+        reply = self.sample_response(server, accounts[0]["token"], requests[0])
+        echo = self.start_echo(reply)
+        runs: dict[str, Any] = {"reply_bytes": len(reply), "request_bytes": [len(r) for r in requests]}
+        try:
+            for conc in self.plan.concurrencies:
+                tokens = [[a["token"]] for a in accounts[:conc]]
+                echo_runs: list[dict[str, Any]] = []
+                cursor_runs: list[dict[str, Any]] = []
+                for rep in range(self.plan.repeats):
+                    # Alternate the order (echo, cursor, cursor, echo, ...) so drift hits both alike.
+                    for target in ("echo", "cursor") if rep % 2 == 0 else ("cursor", "echo"):
+                        if target == "echo":
+                            self.progress.step(f"1. unary x{conc}: bare echo ({rep + 1}/{self.plan.repeats})")
+                            results, usage = self.run_clients(
+                                self.unary_specs(echo.address, ECHO_PATH, tokens, requests, None), echo)
+                            echo_runs.append(self.merge(results) | usage)
+                        else:
+                            self.progress.step(f"1. unary x{conc}: RecordInteraction ({rep + 1}/{self.plan.repeats})")
+                            before = bench_db.count_rows(db, "interactions")
+                            results, usage = self.run_clients(
+                                self.unary_specs(server.address, RECORD_PATH, tokens, requests, None), server)
+                            run = self.merge(results) | usage
+                            cursor_runs.append(run)
+                            stored = bench_db.count_rows(db, "interactions") - before
+                            self.check(f"1. x{conc} run {rep + 1}: rows stored == RecordInteraction OKs, no errors",
+                                       stored == run["ok_total"] and not run["errors"],
+                                       f"stored {stored}, ok {run['ok_total']}, errors {run['errors'] or 0}")
+                        self.progress.advance()
+                e, c = combine(echo_runs), combine(cursor_runs)
+                self.check(f"1. x{conc}: no errors from the echo server", not e["errors"], f"{e['errors'] or 0}")
+                ratio = c["rate"] / e["rate"] if e["rate"] else float("nan")
+                self.rows.append(Row(
+                    "1 unary ingest", f"RecordInteraction, {conc} reader{'s' if conc > 1 else ''}",
+                    ">= 0.8x echo RPC/s",
+                    f"{fmt_rate(c['rate'], 'RPC/s')}, p50 {fmt_ms(c['p50_ms'])}, p99 {fmt_ms(c['p99_ms'])}, "
+                    f"server CPU {c['server_us_per_call']:.0f} us/RPC",
+                    f"echo {fmt_rate(e['rate'], 'RPC/s')}, p50 {fmt_ms(e['p50_ms'])}, p99 {fmt_ms(e['p99_ms'])}, "
+                    f"server CPU {e['server_us_per_call']:.0f} us/RPC",
+                    ratio, "pass" if ratio >= 0.8 else "miss",
+                ))
+                runs[str(conc)] = {"echo": self.public(e), "cursor": self.public(c)}
+        finally:
+            echo.stop()
+        self.data["unary"] = runs
+        if self.profile_with:
+            self.profile_unary(server, accounts, requests)
+
+    def scenario_storm(self, server: ServerProcess, accounts: list[dict[str, str]]) -> None:
+        """5. Scenario 1 at half load, with and without 20 logins/s beside it."""
+        conc = self.plan.storm_concurrency
+        unary = self.data["unary"]
+        max_rate = unary.get(str(conc), unary[str(max(self.plan.concurrencies))])["cursor"]["rate"]
+        rate = max_rate / 2
+        tokens = [[a["token"]] for a in accounts[:conc]]
+        requests = self.interaction_requests()
+        storm_spec = {
+            "mode": "logins", "address": server.address, "emails": [a["email"] for a in accounts],
+            "password": bench_db.BENCH_PASSWORD, "rate": self.plan.storm_logins_per_s, **self.timing(),
+        }
+        calm_runs: list[dict[str, Any]] = []
+        storm_runs: list[dict[str, Any]] = []
+        login_runs: list[dict[str, Any]] = []
+        for rep in range(self.plan.repeats):
+            # Alternate (calm, storm, storm, calm, ...) so drift hits both alike.
+            for stormy in (False, True) if rep % 2 == 0 else (True, False):
+                specs = self.unary_specs(server.address, RECORD_PATH, tokens, requests, rate)
+                if not stormy:
+                    self.progress.step(f"5. half load ({rate:,.0f} RPC/s), no logins")
+                    results, usage = self.run_clients(specs, server)
+                    calm_runs.append(self.merge(results) | usage)
+                else:
+                    self.progress.step(f"5. half load + {self.plan.storm_logins_per_s:g} logins/s")
+                    sessions_before = bench_db.count_rows(self.main_db, "sessions")
+                    results, usage = self.run_clients([*specs, storm_spec], server)
+                    sessions_added = bench_db.count_rows(self.main_db, "sessions") - sessions_before
+                    storm_runs.append(self.merge(results[:-1]) | usage)
+                    logins = self.merge(results[-1:])
+                    login_runs.append(logins)
+                    self.check(f"5. run {rep + 1}: every login of the storm succeeded and made one session",
+                               not logins["errors"] and sessions_added == logins["ok_total"],
+                               f"{logins['ok_total']} logins, {sessions_added} sessions, "
+                               f"errors {logins['errors'] or 0}")
+                self.progress.advance()
+        a, b, logins = combine(calm_runs), combine(storm_runs), combine(login_runs)
+        self.check("5. no RecordInteraction errors at half load", not a["errors"] and not b["errors"],
+                   f"{a['errors'] or 0} / {b['errors'] or 0}")
+        ratio = b["p99_ms"] / a["p99_ms"] if a["p99_ms"] else float("nan")
+        self.rows.append(Row(
+            "5 login storm", f"RecordInteraction p99 at {rate:,.0f} RPC/s during {logins['rate']:.0f} logins/s",
+            "<= 1.5x p99 without", f"p99 {fmt_ms(b['p99_ms'])}, p50 {fmt_ms(b['p50_ms'])}",
+            f"p99 {fmt_ms(a['p99_ms'])}, p50 {fmt_ms(a['p50_ms'])}", ratio, "pass" if ratio <= 1.5 else "miss",
+        ))
+        self.rows.append(Row(
+            "5 login storm", "Login latency during the storm", "report",
+            f"p50 {fmt_ms(logins['p50_ms'])}, p99 {fmt_ms(logins['p99_ms'])}",
+        ))
+        self.data["storm"] = {"rate": rate, "without": self.public(a), "with": self.public(b),
+                              "logins": self.public(logins)}
+
+    def scenario_batched(self, server: ServerProcess, db: Path, accounts: list[dict[str, str]]) -> None:
+        """2. RecordInteractions chunks vs raw APSW with the same batch size."""
+        plan = self.plan
+        self.progress.step(f"2. batched ingest, {plan.stream_workers} streams")
+        before = bench_db.count_rows(db, "interactions")
+        tokens = [a["token"] for a in accounts[:plan.stream_workers]]
+        chunk = self.stream_chunk()
+        specs = [{
+            "mode": "stream", "address": server.address, "tokens": part, "chunk_hex": chunk.hex(),
+            "chunk_events": plan.chunk_events, "chunks_per_call": plan.chunks_per_call, "measure_s": plan.stream_s,
+            "warmup_s": 0.0,
+        } for part in self.split(tokens, min(plan.client_procs, len(tokens)))]
+        results, usage = self.run_clients(specs, server)
+        self.progress.advance()
+        stored_db = bench_db.count_rows(db, "interactions") - before
+        sent = sum(r["events_sent"] for r in results)
+        stored = sum(r["events_stored"] for r in results)
+        measured = sum(r["measured_events"] for r in results)
+        span = max(r["end_wall"] for r in results) - min(r["start_wall"] for r in results)
+        rate = measured / span if span else 0.0
+        calls = self.merge(results)
+        self.check("2. batched: rows in the database == events sent == stored_count",
+                   stored_db == sent == stored and not calls["errors"],
+                   f"sent {sent}, stored_count {stored}, rows {stored_db}, errors {calls['errors'] or 0}")
+        self.check("2. batched: nothing rejected or duplicate",
+                   not any(r["events_rejected"] or r["duplicates"] for r in results), "")
+
+        self.progress.step(f"2. raw APSW, batches of {plan.chunk_events}")
+        raw_db = self.work / "raw.db"
+        raw_spec = {"path": str(raw_db), "readers": plan.stream_workers, "batch": plan.chunk_events,
+                    "seconds": plan.raw_s, "max_events": 5_000_000}
+        done = subprocess.run([sys.executable, str(TOOLS / "bench_db.py"), "raw", json.dumps(raw_spec)],
+                              cwd=ROOT, check=True, capture_output=True, text=True, timeout=plan.raw_s * 10 + 120)
+        raw = json.loads(done.stdout)
+        self.progress.advance()
+        self.check("2. raw: rows in the database == rows inserted", raw["db_count"] == raw["events"],
+                   f"{raw['db_count']} / {raw['events']}")
+        ratio = rate / raw["events_per_s"] if raw["events_per_s"] else float("nan")
+        self.rows.append(Row(
+            "2 batched ingest", f"RecordInteractions, {plan.stream_workers} streams, chunks of {plan.chunk_events}",
+            ">= 0.75x raw APSW", fmt_rate(rate, "ev/s"), f"raw APSW {fmt_rate(raw['events_per_s'], 'ev/s')}",
+            ratio, "pass" if ratio >= 0.75 else "miss",
+        ))
+        self.rows.append(Row(
+            "2 batched ingest", "RecordInteractions events/s", ">= 15,000 ev/s", fmt_rate(rate, "ev/s"),
+            verdict="pass" if rate >= 15_000 else "miss",
+        ))
+        raw_batches = raw.pop("batch_ns")
+        self.data["batched"] = {
+            "events_per_s": rate, "events": measured, "seconds": span, "calls": self.public(calls) | usage,
+            "raw": raw | {"batch_ms": summarize([n // 1000 for n in raw_batches])},
+        }
+
+    def scenario_growth(self) -> None:
+        """3. Ingest and consultant queries as the interactions table grows."""
+        plan = self.plan
+        self.progress.step(f"3. pre-fill {fmt_size(plan.growth_readers)} readers")
+        db = self.new_database("growth")
+        readers = bench_db.prefill_readers(db, plan.growth_readers, plan.growth_sessions)
+        self.check("3. pre-fill: readers and states",
+                   bench_db.count_rows(db, "users") == plan.growth_readers
+                   == bench_db.count_rows(db, "reader_states"), "")
+        workers = plan.ingest_concurrency
+        # Each ingest worker rotates over its share of the readers' sessions.
+        tokens = self.split(readers.tokens, workers)
+        requests = self.interaction_requests()
+        stages: dict[str, Any] = {}
+        for size in plan.sizes:
+            have = bench_db.count_rows(db, "interactions")
+            if size > have:
+                self.progress.step(f"3. pre-fill to {fmt_size(size)} interactions")
+                added = bench_db.prefill_interactions(db, readers.ids, size - have)
+                self.check(f"3. pre-fill to {fmt_size(size)}: every row counted",
+                           bench_db.count_rows(db, "interactions") == have + added, f"{have} + {added}")
+            self.progress.advance()
+            at = bench_db.count_rows(db, "interactions")
+            server = self.start_server(db, f"server-{fmt_size(size)}")
+            try:
+                stages[fmt_size(size)] = self.growth_stage(server, db, size, at, tokens, requests, readers.ids)
+            finally:
+                server.stop()
+                self.data.setdefault("slow_queries", {})[fmt_size(size)] = server.slow_queries
+        self.data["growth"] = stages
+        first, last = stages[fmt_size(plan.sizes[0])], stages[fmt_size(plan.sizes[-1])]
+        for size in plan.sizes:
+            stage = stages[fmt_size(size)]
+            ratio = stage["max"]["rate"] / first["max"]["rate"] if first["max"]["rate"] else float("nan")
+            is_last = size == plan.sizes[-1]
+            self.rows.append(Row(
+                "3 growth", f"ingest max at {fmt_size(size)} interactions ({workers} readers' workers)",
+                ">= 0.7x rate at 0" if is_last else "report",
+                f"{fmt_rate(stage['max']['rate'], 'RPC/s')}, p99 {fmt_ms(stage['max']['p99_ms'])}",
+                f"at {fmt_size(plan.sizes[0])}: {fmt_rate(first['max']['rate'], 'RPC/s')}", ratio,
+                ("pass" if ratio >= 0.7 else "miss") if is_last else "info",
+            ))
+        for size in plan.sizes:
+            stage = stages[fmt_size(size)]
+            is_last = size == plan.sizes[-1]
+            for name, q in stage["queries"].items():
+                alone = stage["queries_alone"][name]
+                self.rows.append(Row(
+                    "3 growth", f"{name} at {fmt_size(size)}, ingest {stage['half']['rate']:,.0f} RPC/s",
+                    "p99 <= 10 ms" if is_last else "report", f"p99 {fmt_ms(q['p99_ms'])}, p50 {fmt_ms(q['p50_ms'])}",
+                    f"no ingest: p99 {fmt_ms(alone['p99_ms'])}, p50 {fmt_ms(alone['p50_ms'])}",
+                    q["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else None,
+                    verdict=("pass" if q["p99_ms"] <= 10.0 else "miss") if is_last else "info",
+                ))
+        self.rows.append(Row("6 memory", f"server RSS idle after load at {fmt_size(plan.sizes[-1])}", "report",
+                             f"{last['rss_idle'] / MiB:.0f} MiB (peak {last['rss_peak'] / MiB:.0f} MiB)"))
+
+    def growth_stage(self, server: ServerProcess, db: Path, size: int, at: int, tokens: list[list[str]],
+                     requests: list[bytes], reader_ids: list[str]) -> dict[str, Any]:
+        from cursor.v1 import consultant_service_pb2 as cpb
+
+        label = fmt_size(size)
+        consultant = self.consultant_token(server)
+        self.progress.step(f"3. at {label}: ingest at its maximum")
+        before = bench_db.count_rows(db, "interactions")
+        results, usage = self.run_clients(self.unary_specs(server.address, RECORD_PATH, tokens, requests, None),
+                                          server)
+        self.progress.advance()
+        top = self.merge(results)
+        half_rate = top["rate"] / 2
+        self.progress.step(f"3. at {label}: queries, ingest at {half_rate:,.0f} RPC/s")
+        sample = reader_ids[:: max(1, len(reader_ids) // 50)][:50]
+        queries = [
+            {"name": "ListActiveReaders", "path": "/cursor.v1.ConsultantService/ListActiveReaders",
+             "requests_hex": [cpb.ListActiveReadersRequest().SerializeToString().hex()]},
+            {"name": "ListInteractions readers/-", "path": "/cursor.v1.ConsultantService/ListInteractions",
+             "requests_hex": [cpb.ListInteractionsRequest(parent="readers/-").SerializeToString().hex()]},
+            {"name": "ListInteractions one reader", "path": "/cursor.v1.ConsultantService/ListInteractions",
+             "requests_hex": [cpb.ListInteractionsRequest(parent=f"readers/{r}").SerializeToString().hex()
+                              for r in sample]},
+        ]
+        measure = self.plan.query_measure_s
+        query_spec = {"mode": "queries", "address": server.address, "token": consultant, "queries": queries,
+                      "rate": self.plan.query_rate, "warmup_s": self.plan.warmup_s, "measure_s": measure}
+        self.progress.step(f"3. at {label}: queries alone (baseline)")
+        (alone,), alone_usage = self.run_clients([query_spec], server)
+        self.progress.advance()
+        self.progress.step(f"3. at {label}: queries, ingest at {half_rate:,.0f} RPC/s")
+        results2, usage2 = self.run_clients(
+            [*self.unary_specs(server.address, RECORD_PATH, tokens, requests, half_rate, measure), query_spec],
+            server)
+        self.progress.advance()
+        half = self.merge(results2[:-1])
+        query_result = results2[-1]
+        stored = bench_db.count_rows(db, "interactions") - before
+        self.check(f"3. at {label}: queries answered without errors",
+                   not query_result["errors"] and not alone["errors"],
+                   f"{query_result['errors'] or alone['errors'] or 0}")
+        self.check(f"3. at {label}: rows stored == RecordInteraction OKs, no errors",
+                   stored == top["ok_total"] + half["ok_total"] and not top["errors"] and not half["errors"]
+                   and not query_result["errors"],
+                   f"stored {stored}, ok {top['ok_total'] + half['ok_total']}, "
+                   f"errors {top['errors'] or half['errors'] or query_result['errors'] or 0}")
+        time.sleep(1.0)
+        return {
+            "interactions": at, "max": self.public(top) | usage, "half": self.public(half) | usage2,
+            "queries": {q["name"]: summarize(query_result["latencies_us"].get(q["name"], [])) for q in queries},
+            "queries_alone": {q["name"]: summarize(alone["latencies_us"].get(q["name"], [])) for q in queries},
+            "queries_alone_usage": alone_usage,
+            "query_errors": query_result["errors"] or alone["errors"],
+            "rss_idle": server.rss(), "rss_peak": server.peak_rss(),
+        }
+
+    def scenario_fanout(self, server: ServerProcess, accounts: list[dict[str, str]]) -> None:
+        """4. FAN-OUT: ConsultantService.WatchActivity to many watchers.
+
+        Runs only when both the generated stubs and the running server (asked
+        by reflection) have WatchActivity; otherwise it is reported as "not
+        available". W watch streams (all readers, all kinds, snapshot first)
+        are open before the ingest starts; ingest then runs exactly as the
+        calm half-load run of scenario 5 (same rate, same readers), with each
+        request's summary stamped with its send time, so each watcher measures
+        send -> receipt. Every watcher must see every stamped interaction
+        exactly once. Also gives scenario 6 its RSS per watch stream.
+        """
+        available, why = watch_activity_available(server.address)
+        self.data["fanout"] = {"available": available, "why": why}
+        if not available:
+            self.rows.append(Row("4 fan-out", "WatchActivity to many watchers", "report", "not available",
+                                 baseline=why, verdict="n/a"))
+            self.rows.append(Row("6 memory", "server RSS per watch stream", "report", "not available", verdict="n/a"))
+            for _ in self.plan.fanout_watchers:
+                self.progress.advance()
+            return
+        plan = self.plan
+        consultant = self.consultant_token(server)
+        storm = self.data["storm"]
+        rate = storm["rate"]
+        tokens = [[a["token"]] for a in accounts[:plan.storm_concurrency]]
+        requests = self.interaction_requests()
+        time.sleep(0.5)
+        rss_before = server.rss()
+        runs: dict[str, Any] = {"rate": rate, "rss_before": rss_before}
+        for watchers in plan.fanout_watchers:
+            self.progress.step(f"4. fan-out: {watchers} watcher(s), ingest {rate:,.0f} RPC/s")
+            ingest = self.unary_specs(server.address, RECORD_PATH, tokens, requests, rate)
+            for spec in ingest:
+                spec["stamp"] = True
+            watch = [{
+                "mode": "watch", "address": server.address, "token": consultant, "streams": n, "channels": n,
+                "drain_s": plan.fanout_drain_s, "sample_every": max(1, watchers // 10), **self.timing(),
+            } for n in self.split_count(watchers, plan.client_procs)]
+            rss_open: list[int] = []
+
+            def sample_rss(into: list[int] = rss_open) -> None:
+                time.sleep(plan.warmup_s)
+                into.append(server.rss())
+
+            results, usage = self.run_clients([*ingest, *watch], server, during=sample_rss)
+            self.progress.advance()
+            fed, seen = results[:len(ingest)], results[len(ingest):]
+            sent = sum(r["ok_total"] for r in fed)
+            per_stream = [n for r in seen for n in r["stamped_per_stream"]]
+            duplicates = sum(r["duplicates"] for r in seen)
+            ingest_run = self.merge(fed)
+            delivery = self.merge(seen, "delivery")
+            self.check(f"4. {watchers} watcher(s): every stream saw every stamped interaction once",
+                       len(per_stream) == watchers and all(n == sent for n in per_stream) and not duplicates
+                       and not delivery["errors"] and not ingest_run["errors"],
+                       f"sent {sent}, seen per stream {sorted(set(per_stream))}, duplicates {duplicates}, "
+                       f"errors {delivery['errors'] or ingest_run['errors'] or 0}")
+            label = f"{watchers} watcher{'s' if watchers > 1 else ''}"
+            self.rows.append(Row(
+                "4 fan-out", f"{label}: event delivery send -> watcher, ingest {rate:,.0f} RPC/s", "report",
+                f"p50 {fmt_ms(delivery['p50_ms'])}, p99 {fmt_ms(delivery['p99_ms'])}",
+            ))
+            ratio = ingest_run["p99_ms"] / storm["without"]["p99_ms"] if storm["without"]["p99_ms"] else None
+            self.rows.append(Row(
+                "4 fan-out", f"{label}: RecordInteraction p99", "report",
+                f"p99 {fmt_ms(ingest_run['p99_ms'])}, {fmt_rate(ingest_run['rate'], 'RPC/s')}",
+                f"no watchers (5.): p99 {fmt_ms(storm['without']['p99_ms'])}", ratio,
+            ))
+            runs[str(watchers)] = {"ingest": self.public(ingest_run) | usage, "delivery": self.public(delivery),
+                                   "rss_open": rss_open[0] if rss_open else 0, "events_per_stream": sent,
+                                   "events_total": sum(r["events_total"] for r in seen)}
+        self.data["fanout"].update(runs)
+        most = max(plan.fanout_watchers)
+        per_stream_rss = (runs[str(most)]["rss_open"] - rss_before) / most
+        self.rows.append(Row("6 memory", f"server RSS per watch stream ({most} open)", "report",
+                             f"{per_stream_rss / 1024:,.0f} KiB "
+                             f"({runs[str(most)]['rss_open'] / MiB:.0f} MiB with {most} open)",
+                             f"{rss_before / MiB:.0f} MiB before"))
+
+    @staticmethod
+    def split_count(total: int, parts: int) -> list[int]:
+        """`total` spread over at most `parts` processes, none empty."""
+        parts = max(1, min(parts, total))
+        return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+    # --- profiling (optional, for docs/performance.md) ------------------------------
+
+    def profile_unary(self, server: ServerProcess, accounts: list[dict[str, str]], requests: list[bytes]) -> None:
+        """An extra scenario-1 run (not in the table: sampling slows the server)
+        with py-spy recording the server, native frames included, and only
+        the thread that holds the GIL: the server is one process with one GIL,
+        so that is where its unary throughput goes."""
+        conc = max(c for c in self.plan.concurrencies if c <= 16)
+        seconds = max(2, math.ceil(self.plan.warmup_s + self.plan.measure_s))
+        raw = self.out / f"profile-unary-x{conc}.txt"
+        self.progress.step(f"profile: py-spy on RecordInteraction x{conc}")
+        spy: subprocess.Popen[bytes] | None = None
+
+        def start_spy() -> None:
+            nonlocal spy
+            spy = subprocess.Popen(
+                [str(self.profile_with), "record", "--pid", str(server.pid), "--duration", str(seconds), "--rate",
+                 "200", "--format", "raw", "--native", "--gil", "--threads", "--output", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+
+        tokens = [[a["token"]] for a in accounts[:conc]]
+        results, usage = self.run_clients(self.unary_specs(server.address, RECORD_PATH, tokens, requests, None),
+                                          server, during=start_spy)
+        if spy is not None:
+            try:
+                _, err = spy.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                _, err = spy.communicate()
+            if spy.returncode != 0:
+                print(f"py-spy failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
+        profiled = self.merge(results)
+        self.data["profile"] = {"concurrency": conc, "rate_while_sampled": profiled["rate"], "raw": raw.name} | usage
+        if raw.exists():
+            summary = summarize_profile(raw.read_text(encoding="utf-8"))
+            (self.out / f"profile-unary-x{conc}-summary.txt").write_text(summary, encoding="utf-8")
+
+    # --- the whole run ----------------------------------------------------------------
+
+    def run(self) -> None:
+        plan = self.plan
+        self.data["machine"] = machine_info()
+        self.data["plan"] = dataclasses.asdict(plan)
+        self.progress.step("setup: database, admin, server")
+        self.main_db = self.new_database("main")
+        server = self.start_server(self.main_db, "server-main")
+        try:
+            time.sleep(1.0)
+            rss_start = server.rss()
+            self.progress.advance()
+            readers = max(max(plan.concurrencies), plan.stream_workers, plan.storm_concurrency)
+            self.progress.step(f"setup: {readers} readers (RegisterReader + Login)")
+            accounts = self.create_readers(server, readers)
+            self.progress.advance()
+            self.scenario_unary(server, self.main_db, accounts)
+            if {4, 5} & self.only:
+                self.scenario_storm(server, accounts)
+            if 4 in self.only:
+                self.scenario_fanout(server, accounts)
+            if 2 in self.only:
+                self.scenario_batched(server, self.main_db, accounts)
+            time.sleep(2.0)
+            rss_after = server.rss()
+            rss_peak = server.peak_rss()
+            self.rows.append(Row("6 memory", "server RSS idle, fresh start", "report", f"{rss_start / MiB:.0f} MiB"))
+            self.rows.append(Row("6 memory", "server RSS idle after scenarios 1, 2, 4, 5", "report",
+                                 f"{rss_after / MiB:.0f} MiB (peak {rss_peak / MiB:.0f} MiB)"))
+            self.data["memory"] = {"rss_start": rss_start, "rss_after_load": rss_after, "rss_peak": rss_peak}
+        finally:
+            code = server.stop()
+            self.check("server-main shut down cleanly (exit 0, no errors logged)", code == 0 and server.errors == 0,
+                       f"exit {code}, {server.errors} error lines")
+            self.data.setdefault("slow_queries", {})["main"] = server.slow_queries
+        if 3 in self.only:
+            self.scenario_growth()
+        self.progress.step("done")
+        self.progress.advance()
+        if self.foreign:
+            mean = sum(self.foreign) / len(self.foreign)
+            self.data["foreign_cores"] = {"mean": mean, "max": max(self.foreign), "runs": self.foreign}
+            self.rows.append(Row(
+                "- machine", "CPU used by other processes while measuring", "~0 (a quiet machine)",
+                f"mean {mean:.2f} cores, max {max(self.foreign):.2f} cores over {len(self.foreign)} runs",
+                verdict="info" if max(self.foreign) < 0.2 else "noisy",
+            ))
+
+
+def _frame_parts(frame: str) -> tuple[str, str]:
+    """`function (dir/file.py:123)` -> (`function`, `dir/file.py`)."""
+    name, _, where = frame.partition(" (")
+    return name, where.rstrip(")").rsplit(":", 1)[0]
+
+
+# Where a sample's innermost frame lives, by a piece of its file name; first match wins.
+BUCKETS = (
+    ("cursor_grpc/", "Cursor code (cursor_grpc)"),
+    ("cygrpc", "gRPC core + Cython (cygrpc)"),
+    ("grpc/", "gRPC Python (grpc)"),
+    ("_message.abi3", "protobuf (upb)"),
+    ("protobuf", "protobuf (Python)"),
+    ("apsw", "APSW + SQLite"),
+    ("loop.c", "uvloop"),
+    ("uvloop", "uvloop"),
+    ("asyncio", "asyncio"),
+    ("libc.so", "libc (syscalls: I/O, futex)"),
+    ("libpython", "CPython interpreter"),
+    (".py", "other Python (stdlib, ...)"),
+)
+
+
+def summarize_profile(raw: str, top: int = 25) -> str:
+    """py-spy's raw (collapsed) output, summed up: samples per thread, self
+    time by library, self time by frame, and inclusive time of Cursor's own
+    functions (what each RPC step costs, its callees included)."""
+    threads: dict[str, int] = {}
+    own: dict[str, int] = {}
+    buckets: dict[str, int] = {}
+    ours: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        thread, *frames = stack.split(";")
+        total += count
+        thread_name = thread.split(": ", 1)[-1]
+        threads[thread_name] = threads.get(thread_name, 0) + count
+        if not frames:
+            continue
+        name, where = _frame_parts(frames[-1])
+        label = f"{name} ({where.rsplit('/', 1)[-1]})" if where else name
+        own[label] = own.get(label, 0) + count
+        bucket = next((b for key, b in BUCKETS if key in where), "other native code")
+        buckets[bucket] = buckets.get(bucket, 0) + count
+        seen = set()
+        for frame in frames:
+            name, where = _frame_parts(frame)
+            if where.startswith("cursor_grpc/") and (name, where) not in seen:
+                seen.add((name, where))
+                key = f"{name} ({where})"
+                ours[key] = ours.get(key, 0) + count
+    if not total:
+        return "no samples\n"
+
+    def block(title: str, table: dict[str, int], n: int) -> list[str]:
+        rows = sorted(table.items(), key=lambda kv: -kv[1])[:n]
+        return [title, *(f"{100 * c / total:6.1f}%  {name}" for name, c in rows), ""]
+
+    out = [f"{total} samples", ""]
+    out += block("Samples per thread:", threads, 12)
+    out += block("Self time by library (innermost frame):", buckets, 20)
+    out += block("Self time by frame:", own, top)
+    out += block("Inclusive time of Cursor's functions:", ours, top)
+    return "\n".join(out)
+
+
+def watch_activity_available(address: str) -> tuple[bool, str]:
+    """Whether both the generated stubs and the running server know
+    ConsultantService.WatchActivity (the latter through server reflection)."""
+    from cursor.v1 import consultant_service_pb2
+
+    service = consultant_service_pb2.DESCRIPTOR.services_by_name["ConsultantService"]
+    if "WatchActivity" not in service.methods_by_name:
+        return False, "the generated stubs have no ConsultantService.WatchActivity"
+    import grpc
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            pool = DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+            served = pool.FindServiceByName(service.full_name)
+        except (grpc.RpcError, KeyError) as error:
+            return False, f"reflection failed: {error}"
+    if "WatchActivity" not in served.methods_by_name:
+        return False, "the server (by reflection) has no ConsultantService.WatchActivity"
+    return True, ""
+
+
+# --- output -----------------------------------------------------------------------------
+
+COLUMNS = ("Scenario", "Case", "Target", "Measured", "Baseline", "Ratio", "Result")
+
+
+def row_cells(row: Row) -> list[str]:
+    ratio = "" if row.ratio is None or row.ratio != row.ratio else f"{row.ratio:.2f}x"
+    return [row.scenario, row.case, row.target, row.measured, row.baseline, ratio, row.verdict]
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [c.replace("|", "\\|") for c in row_cells(row)]
+        cells[-1] = f"**{cells[-1]}**" if cells[-1] in {"pass", "miss"} else cells[-1]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plain_table(rows: list[Row]) -> str:
+    cells = [list(COLUMNS), *[row_cells(r) for r in rows]]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    out = []
+    for n, line in enumerate(cells):
+        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def print_table(rows: list[Row], checks: list[Check]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(plain_table(rows))
+        print()
+        for c in checks:
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name} {c.detail}")
+        return
+    console = Console(width=max(160, shutil.get_terminal_size().columns))
+    table = Table(title="Cursor benchmark", show_lines=False)
+    for name in COLUMNS:
+        table.add_column(name, overflow="fold")
+    colours = {"pass": "green", "miss": "red", "n/a": "yellow", "noisy": "yellow"}
+    for row in rows:
+        cells = row_cells(row)
+        colour = colours.get(row.verdict)
+        cells[-1] = f"[{colour}]{cells[-1]}[/]" if colour else cells[-1]
+        table.add_row(*cells)
+    console.print(table)
+    for c in checks:
+        console.print(f"{'[green]ok[/]  ' if c.ok else '[red]FAIL[/]'} {c.name} {c.detail}", highlight=False)
+
+
+def draw_chart(data: dict[str, Any], path: Path) -> bool:
+    """Latency percentiles and throughput, one PNG. False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    unary = {k: v for k, v in data.get("unary", {}).items() if k.isdigit()}
+    concs = list(unary)
+    x = range(len(concs))
+    ax = axes[0][0]
+    width = 0.38
+    ax.bar([i - width / 2 for i in x], [unary[c]["echo"]["rate"] for c in concs], width, label="bare echo")
+    ax.bar([i + width / 2 for i in x], [unary[c]["cursor"]["rate"] for c in concs], width, label="RecordInteraction")
+    ax.set_xticks(list(x), [f"{c} reader{'s' if c != '1' else ''}" for c in concs])
+    ax.set_ylabel("RPC/s")
+    ax.set_title("1. Unary ingest throughput")
+    ax.legend()
+
+    ax = axes[0][1]
+    for target, style in (("echo", "--"), ("cursor", "-")):
+        for pct, marker in (("p50_ms", "o"), ("p90_ms", "s"), ("p99_ms", "^")):
+            ax.plot(concs, [unary[c][target][pct] for c in concs], style, marker=marker,
+                    label=f"{'echo' if target == 'echo' else 'RecordInteraction'} {pct[:3]}")
+    storm = data.get("storm")
+    if storm:
+        ax.axhline(storm["with"]["p99_ms"], color="red", lw=0.9, ls=":",
+                   label="5. RecordInteraction p99, half load + login storm")
+        ax.axhline(storm["without"]["p99_ms"], color="black", lw=0.9, ls=":",
+                   label="5. RecordInteraction p99, half load")
+    ax.set_yscale("log")
+    ax.set_ylabel("latency (ms)")
+    ax.set_xlabel("concurrent readers")
+    ax.set_title("1/5. Unary latency percentiles")
+    ax.legend(fontsize=7)
+
+    ax = axes[1][0]
+    labels, values, colours = [], [], []
+    batched = data.get("batched")
+    if batched:
+        labels += ["batched\nRecordInteractions", "raw APSW\nsame batches"]
+        values += [batched["events_per_s"], batched["raw"]["events_per_s"]]
+        colours += ["tab:blue", "tab:gray"]
+    for size, stage in data.get("growth", {}).items():
+        labels.append(f"unary max\nat {size}")
+        values.append(stage["max"]["rate"])
+        colours.append("tab:orange")
+    bars = ax.bar(range(len(values)), values, color=colours)
+    ax.bar_label(bars, [f"{v:,.0f}" for v in values], fontsize=8)
+    ax.set_xticks(range(len(values)), labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("events/s (log)")
+    ax.set_title("2/3. Ingest throughput")
+
+    ax = axes[1][1]
+    growth = data.get("growth", {})
+    sizes = list(growth)
+    if sizes:
+        palette = ["tab:blue", "tab:green", "tab:purple", "tab:brown"]
+        for n, name in enumerate(next(iter(growth.values()))["queries"]):
+            colour = palette[n % len(palette)]
+            ax.plot(sizes, [growth[s]["queries"][name]["p99_ms"] for s in sizes], marker="o", color=colour,
+                    label=f"{name} p99")
+            ax.plot(sizes, [growth[s]["queries"][name]["p50_ms"] for s in sizes], marker=".", ls="--",
+                    color=colour, label=f"{name} p50")
+        ax.axhline(10.0, color="red", lw=0.8, ls=":", label="target p99 10 ms")
+    ax.set_xlabel("interactions in the database")
+    ax.set_ylabel("latency (ms)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("3. Consultant queries, ingest at half its maximum")
+    ax.legend(fontsize=7)
+    machine = data.get("machine", {})
+    fig.suptitle(f"Cursor benchmark ({data.get('plan', {}).get('name', '')}): {machine.get('nproc')} cores "
+                 f"{machine.get('cpu', '')}, Python {machine.get('python')}, grpcio {machine.get('grpcio')}, "
+                 f"SQLite {machine.get('sqlite')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(bench: Bench, chart: bool) -> None:
+    bench.out.mkdir(parents=True, exist_ok=True)
+    elapsed = time.monotonic() - bench.started
+    bench.data["elapsed_s"] = elapsed
+    bench.data["rows"] = [dataclasses.asdict(r) for r in bench.rows]
+    bench.data["checks"] = [dataclasses.asdict(c) for c in bench.checks]
+    (bench.out / "results.json").write_text(json.dumps(bench.data, indent=2, default=str), encoding="utf-8")
+    checks = "\n".join(f"- {'ok' if c.ok else 'FAIL'}: {c.name} {c.detail}".rstrip() for c in bench.checks)
+    (bench.out / "results.md").write_text(markdown_table(bench.rows) + "\n\nChecks:\n\n" + checks + "\n",
+                                          encoding="utf-8")
+    if chart and not draw_chart(bench.data, bench.out / "bench.png"):
+        print("matplotlib is not installed: no chart (pip install '.[bench]')", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def work_dir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="cursor-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"kept the databases and logs in {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Cursor benchmark: real server, separate client processes.")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and shorter runs (under 2 minutes)")
+    parser.add_argument("--ci", action="store_true",
+                        help="tiny sizes, to prove the harness end to end (under a minute); wins over --quick")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a correctness check fails")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="where results go")
+    parser.add_argument("--no-progress", action="store_true", help="plain progress lines instead of a bar")
+    parser.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    parser.add_argument("--keep", action="store_true", help="keep the temp databases and logs")
+    parser.add_argument("--only", metavar="N,N", default="1,2,3,4,5,6",
+                        help="run only these scenarios (1 always runs: 4 and 5 take their load from it)")
+    parser.add_argument("--py-spy", metavar="PATH",
+                        help="also profile the server in an extra scenario-1 run with this py-spy executable")
+    args = parser.parse_args(argv)
+    plan = PLANS["ci" if args.ci else "quick" if args.quick else "default"]
+    steps = 2 + 2 * len(plan.concurrencies) * plan.repeats + 2 * plan.repeats + len(plan.fanout_watchers) + 2 \
+        + 4 * len(plan.sizes) + 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError, ValueError):
+        load = float(Path("/proc/loadavg").read_text().split()[0])
+        if load > 0.5:
+            print(f"warning: load average {load:.2f} before the start; other work on this machine skews "
+                  "every figure (see the 'machine' row)", file=sys.stderr)
+    progress = Progress(steps, enabled=not args.no_progress)
+    with work_dir(args.keep) as work:
+        bench = Bench(plan, args.out, work, progress, profile_with=args.py_spy,
+                      only={int(n) for n in args.only.split(",") if n.strip()})
+        failure: BaseException | None = None
+        try:
+            bench.run()
+        except (Exception, KeyboardInterrupt) as error:
+            failure = error
+        finally:
+            progress.stop()
+        if failure is not None:
+            for log in sorted(work.glob("*.log")):
+                tail = log.read_text(encoding="utf-8", errors="replace")[-1500:]
+                if tail.strip():
+                    print(f"--- {log.name} (tail)\n{tail}", file=sys.stderr)
+            if isinstance(failure, KeyboardInterrupt):
+                raise failure
+            raise RuntimeError(f"the benchmark failed: {failure}") from failure
+        logs = args.out / "logs"
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir()
+        for log in work.glob("*.log"):
+            if log.name.startswith(("server-", "echo")):
+                shutil.copy(log, logs / log.name)
+        write_outputs(bench, chart=not args.no_chart)
+    print_table(bench.rows, bench.checks)
+    elapsed = time.monotonic() - bench.started
+    print(f"\n{plan.name} run in {elapsed:.0f} s (budget {plan.budget_s:.0f} s); results in {args.out}")
+    failed = [c for c in bench.checks if not c.ok]
+    if failed:
+        print(f"{len(failed)} correctness check(s) failed", file=sys.stderr)
+        return 1 if args.check else 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
