@@ -223,34 +223,39 @@ class MetricsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrap_handler(handler, method, _record)
 
 
+_REQUEST_CHILDREN: dict[tuple[str, str], Any] = {}
+_SECONDS_CHILDREN: dict[str, Any] = {}
+
+
 def _record(method: str, started: float, context: Any, error: BaseException | None) -> None:
-    RPC_REQUESTS.labels(method, _code_of(context, error)).inc()
-    RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+    # Labelled children are cached: `labels()` takes a lock and builds a key on every call.
+    key = (method, _code_of(context, error))
+    requests = _REQUEST_CHILDREN.get(key)
+    if requests is None:
+        requests = _REQUEST_CHILDREN[key] = RPC_REQUESTS.labels(*key)
+    requests.inc()
+    seconds = _SECONDS_CHILDREN.get(method)
+    if seconds is None:
+        seconds = _SECONDS_CHILDREN[method] = RPC_SECONDS.labels(method)
+    seconds.observe(time.perf_counter() - started)
 
 
 Finish = Callable[[str, float, Any, "BaseException | None"], None]
 
 
-def wrap_handler(handler: Any, method: str, finish: Finish,
-                 before: Callable[[], Any] | None = None,
-                 after: Callable[[Any, Any], Any] | None = None) -> Any:
+def wrap_handler(handler: Any, method: str, finish: Finish) -> Any:
     """A copy of `handler` whose behaviour calls `finish(method, started,
-    context, error)` when the RPC ends. `before()` runs first in the RPC's
-    task and its result is handed to `after(token, response)` for unary
-    responses (used to annotate responses)."""
+    context, error)` when the RPC ends."""
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: Any) -> Any:
             started = time.perf_counter()
-            token = before() if before else None
             try:
                 response = await inner_uu(request, context)
             except BaseException as error:
                 finish(method, started, context, error)
                 raise
-            if after is not None:
-                after(token, response)
             finish(method, started, context, None)
             return response
 
@@ -261,14 +266,11 @@ def wrap_handler(handler: Any, method: str, finish: Finish,
 
         async def stream_unary(request_iterator: Any, context: Any) -> Any:
             started = time.perf_counter()
-            token = before() if before else None
             try:
                 response = await inner_su(request_iterator, context)
             except BaseException as error:
                 finish(method, started, context, error)
                 raise
-            if after is not None:
-                after(token, response)
             finish(method, started, context, None)
             return response
 

@@ -109,11 +109,10 @@ class RunningServer:
 
 
 def _interceptors() -> list[aio.ServerInterceptor]:  # type: ignore[type-arg]
-    """RPC counts and latencies (metrics), and includes_archived on history pages."""
+    """RPC counts and latencies for the metrics endpoint."""
     from cursor_grpc.metrics import MetricsInterceptor
-    from cursor_grpc.ops.history import ResponseFlagsInterceptor
 
-    return [MetricsInterceptor(), ResponseFlagsInterceptor()]
+    return [MetricsInterceptor()]
 
 
 async def start_server(settings: Settings) -> RunningServer:

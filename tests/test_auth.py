@@ -475,3 +475,24 @@ def test_only_a_hash_of_the_token_is_stored(h: Harness) -> None:
     # Nor does the token appear anywhere in the database files.
     for path in h.db_path.parent.glob(h.db_path.name + "*"):
         assert token.encode() not in path.read_bytes(), path.name
+
+
+def test_rotation_keeps_the_absolute_expiry(h: Harness) -> None:
+    reader = h.new_reader()
+    first = reader.auth.RotateSession(pb.RotateSessionRequest(), metadata=reader.md).session
+    time.sleep(0.05)
+    second = reader.auth.RotateSession(pb.RotateSessionRequest(), metadata=bearer(first.token)).session
+    assert second.token != first.token
+    assert second.expire_time == first.expire_time, "rotating must not extend a session's life"
+
+
+def test_change_password_guesses_are_throttled(h: Harness) -> None:
+    reader = h.new_reader()
+    wrong = pb.ChangePasswordRequest(current_password="not the password", new_password="another long password")
+    for _ in range(5):
+        error = rpc_error(lambda: reader.auth.ChangePassword(wrong, metadata=reader.md))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    error = rpc_error(lambda: reader.auth.ChangePassword(wrong, metadata=reader.md))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(error) == "LOGIN_THROTTLED"
+    assert retry_delay(error) is not None

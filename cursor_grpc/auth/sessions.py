@@ -114,10 +114,13 @@ class SessionManager:
 
     async def replace(self, caller: Principal, reason: str, *, new_password_hash: str | None = None,
                       end_other_sessions: bool = False) -> IssuedSession:
-        """End the caller's session and start a fresh one (new token, new expiry)."""
+        """End the caller's session and start its successor with a new token.
+        The successor keeps the absolute expiry: rotating must not let a
+        session (or a stolen token) live for ever."""
         token, token_hash = self.new_token()
         now = time.time_ns()
         principal = self._principal("", caller.kind, caller.account_id, caller.role, token_hash, now, now)
+        principal.expires_ns = min(principal.expires_ns, caller.expires_ns)
         principal.session_id, _ = await self._store.replace_session(
             caller.session_id, caller.kind, caller.account_id, token_hash, iso_from_ns(principal.expires_ns),
             reason, new_password_hash=new_password_hash, end_other_sessions=end_other_sessions,

@@ -11,6 +11,7 @@ from typing import Any
 
 from grpc import aio
 
+from cursor_grpc import metrics
 from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, ResourceExhausted, Unauthenticated
@@ -46,6 +47,9 @@ async def run_stream(
 
     async def send(chunks: list[bytes], seq: int, heartbeat: bool = False) -> None:
         data = b"".join(chunks) + tail(broadcaster.cursor(seq), heartbeat)
+        if chunks:
+            metrics.events_delivered(len(chunks))
+        metrics.stream_lag(max(0, broadcaster.head - seq))
         try:
             await asyncio.wait_for(context.write(data), settings.stall_seconds)
         except TimeoutError:
@@ -55,6 +59,7 @@ async def run_stream(
                 reason="STREAM_STALLED", metadata={"cursor": broadcaster.cursor(delivered)},
             ) from None
 
+    metrics.stream_opened()
     try:
         # The first message says the stream is open and where it stands,
         # so a client never waits a heartbeat interval to learn its cursor.
@@ -89,6 +94,7 @@ async def run_stream(
                 await send([], delivered, heartbeat=True)
     finally:
         broadcaster.unsubscribe(subscription)
+        metrics.stream_closed()
 
 
 def _with_cursor(error: CursorError, cursor: str) -> CursorError:

@@ -15,27 +15,22 @@ archive snapshot that is later still, so it has them. Either way no row is
 missed; a row seen in both places (between copy and delete, or after a crash
 there) is returned once.
 
-`includes_archived` on the response: `list_interactions_page` calls
-`mark_includes_archived()`, and `ResponseFlagsInterceptor` sets the field on
-the unary response of the RPC it belongs to (the flag travels in a
-contextvar scoped to that RPC).
+Pages say which of their rows came from archives; `list_interactions_page`
+turns that into `includes_archived` on the response.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import apsw
-from grpc import aio
 
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import Unavailable
@@ -192,51 +187,3 @@ class HistoryReader:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
-
-
-# --- includes_archived on responses ------------------------------------------------
-
-
-class ResponseFlags:
-    __slots__ = ("includes_archived",)
-
-    def __init__(self) -> None:
-        self.includes_archived = False
-
-
-_FLAGS: contextvars.ContextVar[ResponseFlags | None] = contextvars.ContextVar("cursor_response_flags", default=None)
-
-
-def mark_includes_archived() -> None:
-    """The page being built includes archived rows (no-op outside an RPC)."""
-    flags = _FLAGS.get()
-    if flags is not None:
-        flags.includes_archived = True
-
-
-def _begin() -> ResponseFlags:
-    flags = ResponseFlags()
-    _FLAGS.set(flags)
-    return flags
-
-
-def _annotate(flags: Any, response: Any) -> None:
-    if isinstance(flags, ResponseFlags) and flags.includes_archived:
-        with contextlib.suppress(AttributeError):  # a response without the field
-            response.includes_archived = True
-
-
-def _no_finish(method: str, started: float, context: Any, error: BaseException | None) -> None:
-    return None
-
-
-class ResponseFlagsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Copies flags raised while handling a unary RPC onto its response."""
-
-    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        from cursor_grpc.metrics import wrap_handler
-
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.response_streaming:
-            return handler
-        return wrap_handler(handler, str(handler_call_details.method), _no_finish, _begin, _annotate)

@@ -115,10 +115,17 @@ class AuthService(pb_grpc.AuthServiceServicer):
     async def ChangePassword(self, request: pb.ChangePasswordRequest, context: Context,
                              caller: Principal) -> pb.ChangePasswordResponse:
         check_password_rules(request.new_password, "new_password")
+        # Guesses of the current password are throttled like logins, keyed by
+        # the account name, so a stolen session cannot guess at full speed.
+        peer = peer_address(context.peer())
+        self.app.throttle.check(caller.name, peer)
         credential = await self.app.store.credential_by_id(caller.kind, caller.account_id)
         matches, _ = await self.app.passwords.verify(credential.password_hash, request.current_password)
         if not matches:
+            self.app.throttle.failed(caller.name, peer)
+            log.warning("wrong current password for %s from %s", caller.name, peer)
             raise PermissionDenied("current_password is incorrect", reason="BAD_CREDENTIALS")
+        self.app.throttle.succeeded(caller.name, peer)
         new_hash = await self.app.passwords.hash(request.new_password)
         issued = await self.sessions.replace(caller, "password changed", new_password_hash=new_hash,
                                              end_other_sessions=True)

@@ -96,10 +96,10 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         else:
             reader_id = validation.resource_id(request.parent, "readers", "parent")
             await self.app.store.get_reader(reader_id)  # NOT_FOUND for an unknown reader
-        items, token = await list_interactions_page(
+        items, token, archived = await list_interactions_page(
             self.app, reader_id, request.type, request.page_size, request.page_token
         )
-        return pb.ListInteractionsResponse(interactions=items, next_page_token=token)
+        return pb.ListInteractionsResponse(interactions=items, next_page_token=token, includes_archived=archived)
 
     @rpc(Access.CONSULTANT)
     async def WatchActivity(self, request: pb.WatchActivityRequest, context: Context, caller: Principal) -> None:

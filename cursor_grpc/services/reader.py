@@ -19,7 +19,6 @@ from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.errors import AlreadyExists, CursorError, InvalidArgument, PermissionDenied
 from cursor_grpc.live.streams import Tail, run_stream
-from cursor_grpc.ops.history import mark_includes_archived
 from cursor_grpc.services import convert
 from cursor_grpc.storage.consents import ConsentRecord
 from cursor_grpc.storage.events import KIND_INTERACTION, KIND_PRESENCE, KIND_STATE, EventFilter
@@ -35,8 +34,9 @@ UPLOAD_CHUNKS_IN_FLIGHT = 4
 
 async def list_interactions_page(
     app: App, reader_id: str | None, type_filter: str, page_size: int, page_token: str
-) -> tuple[list[Any], str]:
-    """One newest-first page of interactions; shared by readers and consultants."""
+) -> tuple[list[Any], str, bool]:
+    """One newest-first page of interactions, its next token, and whether it
+    reached into archive files; shared by readers and consultants."""
     type_ = validation.interaction_type(type_filter) if type_filter else None
     limit = paging.page_size(page_size, app.settings.limits)
     request_fingerprint = paging.fingerprint("interactions", reader_id, type_)
@@ -46,17 +46,15 @@ async def list_interactions_page(
         if len(key) != 1 or not isinstance(key[0], int):
             raise InvalidArgument("page_token is not a token this server issued", field="page_token")
         before = key[0]
-    # Walks into archive files when the page reaches archived history; the
-    # response's includes_archived is set by ResponseFlagsInterceptor.
+    # Walks into archive files when the page reaches archived history.
     page = await app.store.list_interaction_history(reader_id, type_, before, limit + 1)
     records = page.records
     next_token = ""
     if len(records) > limit:
         records = records[:limit]
         next_token = paging.encode_token([records[-1].seq], request_fingerprint)
-    if any(r.seq in page.archived for r in records):
-        mark_includes_archived()
-    return [convert.interaction(r) for r in records], next_token
+    archived = any(r.seq in page.archived for r in records)
+    return [convert.interaction(r) for r in records], next_token, archived
 
 
 class ReaderService(pb_grpc.ReaderServiceServicer):
@@ -152,10 +150,10 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
     @rpc(Access.READER)
     async def ListMyInteractions(self, request: pb.ListMyInteractionsRequest, context: Context,
                                  caller: Principal) -> pb.ListMyInteractionsResponse:
-        items, token = await list_interactions_page(
+        items, token, archived = await list_interactions_page(
             self.app, caller.account_id, request.type, request.page_size, request.page_token
         )
-        return pb.ListMyInteractionsResponse(interactions=items, next_page_token=token)
+        return pb.ListMyInteractionsResponse(interactions=items, next_page_token=token, includes_archived=archived)
 
     @rpc(Access.READER)
     async def SendMyMessage(self, request: pb.SendMyMessageRequest, context: Context,
@@ -260,13 +258,15 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
                                      caller: Principal) -> pb.ListSharedInteractionsResponse:
         granter_id = validation.resource_id(request.parent, "readers", "parent")
         await self.app.store.require_consent(granter_id, caller.account_id, interactions=True)
-        items, token = await list_interactions_page(
+        items, token, archived = await list_interactions_page(
             self.app, granter_id, request.type, request.page_size, request.page_token
         )
         # Checked again after the read: a revocation that committed before the
         # read's snapshot is seen here, so nothing read is returned after it.
         await self.app.store.require_consent(granter_id, caller.account_id, interactions=True)
-        return pb.ListSharedInteractionsResponse(interactions=items, next_page_token=token)
+        return pb.ListSharedInteractionsResponse(
+            interactions=items, next_page_token=token, includes_archived=archived
+        )
 
     @rpc(Access.READER)
     async def WatchSharedActivity(self, request: pb.WatchSharedActivityRequest, context: Context,

@@ -90,12 +90,14 @@ class Store:
         return self.seqs.last
 
     def close(self) -> None:
-        """Commit what is queued, then close every connection. Idempotent."""
-        self.writer.close()
+        """Commit what is queued, then close every connection. Idempotent.
+        Read connections close first, so the writer's is the last one and
+        SQLite checkpoints and removes the WAL file on a clean shutdown."""
         self.reads.close()
         history = self.__dict__.pop("_history", None)
         if history is not None:
             history.close()
+        self.writer.close()
 
     # --- accounts ------------------------------------------------------------
 
