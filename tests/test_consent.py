@@ -5,7 +5,6 @@ also for an open WatchSharedActivity stream."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2 as pb
 from tests.conftest import Client, Harness
 from tests.helpers import error_reason, rpc_error
+from tests.streams import StreamReader
 from tests.test_audit import audit_rows, details
 
 STATE = pb.CONSENT_SCOPE_STATE
@@ -59,39 +59,7 @@ def denied(call: Any) -> str:
     return error_reason(error)
 
 
-class Stream:
-    """A server stream read on a background thread."""
-
-    def __init__(self, call: Any) -> None:
-        self.call = call
-        self.responses: list[Any] = []
-        self.error: grpc.RpcError | None = None
-        self.ended_at: float | None = None
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for response in self.call:
-                self.responses.append(response)
-        except grpc.RpcError as error:
-            self.error = error
-        self.ended_at = time.monotonic()
-
-    @property
-    def events(self) -> list[pb.ActivityEvent]:
-        return [e for r in list(self.responses) for e in r.events]
-
-    def wait_for(self, condition: Any, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out; events={self.events}, error={self.error}")
-            time.sleep(0.01)
-
-    def cancel(self) -> None:
-        self.call.cancel()
-        self._thread.join(5)
+Stream = StreamReader
 
 
 def watch_shared(grantee: Client, granter: Client, after: str = "") -> Stream:

@@ -26,6 +26,7 @@ from cursor_grpc.storage.connection import open_connection
 from tests.conftest import PASSWORD, Client
 from tests.helpers import rpc_error
 from tests.ops_support import WriteLoad, new_reader, record, run_cli, start_server
+from tests.streams import collect
 
 ADMIN = "ops-admin@example.com"
 
@@ -111,7 +112,7 @@ def test_metrics_endpoint_under_load(tmp_path: Path) -> None:
         watcher = Client(channel).login(ADMIN, kind=resources_pb2.ACCOUNT_KIND_CONSULTANT)
         watch = watcher.consultant.WatchActivity(cpb.WatchActivityRequest(), metadata=watcher.md)
         watched: list[Any] = []
-        threading.Thread(target=_drain, args=(watch, watched), daemon=True).start()
+        threading.Thread(target=collect, args=(watch, watched), daemon=True).start()
         _wait_log(server, "verified")  # a scheduled backup
         _wait_log(server, "archived")  # a scheduled archive run
         for _ in range(2):
@@ -146,14 +147,6 @@ def test_metrics_endpoint_under_load(tmp_path: Path) -> None:
     assert code == 0
     for line in server.log:
         assert isinstance(json.loads(line), dict), line  # one JSON object per line
-
-
-def _drain(stream: Any, into: list[Any]) -> None:
-    try:
-        for message in stream:
-            into.append(message)
-    except grpc.RpcError:
-        pass  # cancelled at the end
 
 
 def test_stream_metrics_move_with_watch_activity(make_harness: Any) -> None:

@@ -20,6 +20,7 @@ from cursor_grpc.auth.access import Access, check_access
 from cursor_grpc.errors import PermissionDenied
 from tests.conftest import PASSWORD, Client, Harness
 from tests.helpers import error_details, error_reason, rpc_error
+from tests.streams import collect
 from tests.test_access import declared, principal
 from tests.test_audit import audit_rows, details
 
@@ -87,7 +88,7 @@ def test_admin_updates_a_reader_and_the_reader_is_told(h: Harness) -> None:
     reader = h.new_reader()
     watch = reader.reader.WatchMyMessages(rpb.WatchMyMessagesRequest(), metadata=reader.md)
     got: list[rpb.WatchMyMessagesResponse] = []
-    thread = threading.Thread(target=_collect, args=(watch, got), daemon=True)
+    thread = threading.Thread(target=collect, args=(watch, got), daemon=True)
     thread.start()
     _wait_for_streams(h, 1)
     updated = admin_update(admin, reader.account, ["display_name", "email"], display_name="Renamed",
@@ -265,14 +266,6 @@ def test_email_stays_unique(h: Harness) -> None:
     assert update_mine(ann, ["email"], email=own).email == own
     error = rpc_error(lambda: update_mine(bob, ["email"], email=own))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
-
-
-def _collect(call: Any, into: list[Any]) -> None:
-    try:
-        for response in call:
-            into.append(response)
-    except grpc.RpcError:
-        pass
 
 
 def _wait(condition: Any, timeout: float = 5.0) -> None:

@@ -14,6 +14,7 @@ from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2 as pb
 from tests.conftest import Client, Harness
 from tests.helpers import error_reason, rpc_error
+from tests.streams import StreamReader, collect
 
 
 def record(client: Client, type_: str = "progress", **payload: Any) -> rpb.RecordInteractionResponse:
@@ -23,40 +24,11 @@ def record(client: Client, type_: str = "progress", **payload: Any) -> rpb.Recor
     )
 
 
-class Watcher:
+def Watcher(client: Client, request: cpb.WatchActivityRequest | None = None) -> StreamReader:
     """A WatchActivity stream read on a background thread."""
-
-    def __init__(self, client: Client, request: cpb.WatchActivityRequest | None = None) -> None:
-        self.call = client.consultant.WatchActivity(request or cpb.WatchActivityRequest(), metadata=client.md)
-        self.responses: list[cpb.WatchActivityResponse] = []
-        self.error: grpc.RpcError | None = None
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for response in self.call:
-                self.responses.append(response)
-        except grpc.RpcError as error:
-            self.error = error
-
-    @property
-    def events(self) -> list[pb.ActivityEvent]:
-        return [e for r in list(self.responses) for e in r.events]
-
-    def wait_for(self, condition: Any, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out; have {len(self.events)} events, error={self.error}")
-            time.sleep(0.01)
-
-    def cursor(self) -> str:
-        return next(r.cursor for r in reversed(list(self.responses)) if r.cursor)
-
-    def cancel(self) -> None:
-        self.call.cancel()
-        self._thread.join(5)
+    return StreamReader(
+        client.consultant.WatchActivity(request or cpb.WatchActivityRequest(), metadata=client.md)
+    )
 
 
 def test_live_event_reaches_watcher_with_full_object(h: Harness) -> None:
@@ -212,7 +184,7 @@ def test_reader_message_stream_live_and_after_resume(h: Harness) -> None:
     consultant, reader = h.new_consultant(), h.new_reader()
     call = reader.reader.WatchMyMessages(rpb.WatchMyMessagesRequest(), metadata=reader.md)
     got: list[rpb.WatchMyMessagesResponse] = []
-    thread = threading.Thread(target=_collect, args=(call, got), daemon=True)
+    thread = threading.Thread(target=collect, args=(call, got), daemon=True)
     thread.start()
     time.sleep(0.2)
     consultant.consultant.SendMessage(
@@ -231,10 +203,3 @@ def test_reader_message_stream_live_and_after_resume(h: Harness) -> None:
     assert [e.message.body for e in replayed.events] == ["while away"]
     resumed.cancel()
 
-
-def _collect(call: Any, into: list[Any]) -> None:
-    try:
-        for response in call:
-            into.append(response)
-    except grpc.RpcError:
-        pass

@@ -22,10 +22,7 @@ turns that into `includes_archived` on the response.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -36,7 +33,7 @@ from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import Unavailable
 from cursor_grpc.ops.archive import ArchiveEntry, archive_entries, resolve_archive
 from cursor_grpc.storage import interactions
-from cursor_grpc.storage.connection import open_connection
+from cursor_grpc.storage.reads import ReadPool
 from cursor_grpc.storage.records import InteractionRecord
 
 T = TypeVar("T")
@@ -97,25 +94,16 @@ class _Attached:
         self.counter = 0
 
 
-class HistoryReader:
+class HistoryReader(ReadPool):
     """A small pool of read-only connections that ATTACH archive files."""
 
     def __init__(self, settings: StorageSettings, threads: int = 2) -> None:
-        self._settings = settings
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[apsw.Connection] = []
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cursor-history")
+        super().__init__(settings, threads, name="cursor-history")
 
-    def _connection(self) -> tuple[apsw.Connection, _Attached]:
-        conn: apsw.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = open_connection(self._settings, readonly=True)
-            self._local.conn = conn
-            self._local.attached = _Attached()
-            with self._lock:
-                self._connections.append(conn)
-        return conn, self._local.attached
+    def _attached_connection(self) -> tuple[apsw.Connection, _Attached]:
+        conn = self._connection()
+        attached: _Attached = self._local.__dict__.setdefault("attached", _Attached())
+        return conn, attached
 
     def _attach(self, conn: apsw.Connection, attached: _Attached, files: list[str]) -> dict[str, str]:
         """Attach `files` (autocommit mode only); return file -> schema alias."""
@@ -147,7 +135,7 @@ class HistoryReader:
         return {f: attached.by_file[f] for f in files}
 
     def _merged(self, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int) -> HistoryPage:
-        conn, attached = self._connection()
+        conn, attached = self._attached_connection()
         for _ in range(5):
             wanted = [e.file for e in archive_entries(conn, before_seq)]
             aliases = self._attach(conn, attached, wanted)
@@ -177,13 +165,3 @@ class HistoryReader:
     async def page(self, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int) -> HistoryPage:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._merged, reader_id, type_, before_seq, limit)
-
-    def run_sync(self, fn: Callable[[], T]) -> T:
-        return self._executor.submit(fn).result()
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()

@@ -19,12 +19,14 @@ T = TypeVar("T")
 
 
 class ReadPool:
-    def __init__(self, settings: StorageSettings) -> None:
+    def __init__(self, settings: StorageSettings, threads: int | None = None, name: str = "cursor-read") -> None:
         self._settings = settings
         self._local = threading.local()
         self._connections: list[apsw.Connection] = []
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=settings.read_connections, thread_name_prefix="cursor-read")
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads or settings.read_connections, thread_name_prefix=name
+        )
 
     def _connection(self) -> apsw.Connection:
         conn: apsw.Connection | None = getattr(self._local, "conn", None)
