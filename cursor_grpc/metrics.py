@@ -22,21 +22,17 @@ The live-stream API, for the WatchActivity implementation:
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import ipaddress
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
-import grpc
-from grpc import aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -194,42 +190,15 @@ def unbind_store(store: Store) -> None:
 # --- RPC interceptor ----------------------------------------------------------------
 
 
-def _code_of(context: Any, error: BaseException | None) -> str:
-    code = None
-    with contextlib.suppress(Exception):  # older grpc: no code() on the context
-        code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    if error is None:
-        return "OK"
-    if isinstance(error, aio.AbortError):
-        return "UNKNOWN"
-    if isinstance(error, BaseException) and error.__class__.__name__ == "CancelledError":
-        return "CANCELLED"
-    return "UNKNOWN"
-
-
-class MetricsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts every RPC by method and status code and times it."""
-
-    def __init__(self, known_methods: Callable[[str], bool] | None = None) -> None:
-        self._known = known_methods
-
-    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        handler = await continuation(handler_call_details)
-        method = str(handler_call_details.method)
-        if handler is None or (self._known is not None and not self._known(method)):
-            return handler
-        return wrap_handler(handler, method, _record)
-
-
 _REQUEST_CHILDREN: dict[tuple[str, str], Any] = {}
 _SECONDS_CHILDREN: dict[str, Any] = {}
 
 
-def _record(method: str, started: float, context: Any, error: BaseException | None) -> None:
-    # Labelled children are cached: `labels()` takes a lock and builds a key on every call.
-    key = (method, _code_of(context, error))
+def rpc_finished(method: str, code: str, started: float) -> None:
+    """Count and time one RPC of a cursor.v1 service (called by the `@rpc`
+    wrapper). Labelled children are cached: `labels()` takes a lock and
+    builds a key on every call."""
+    key = (method, code)
     requests = _REQUEST_CHILDREN.get(key)
     if requests is None:
         requests = _REQUEST_CHILDREN[key] = RPC_REQUESTS.labels(*key)
@@ -238,71 +207,6 @@ def _record(method: str, started: float, context: Any, error: BaseException | No
     if seconds is None:
         seconds = _SECONDS_CHILDREN[method] = RPC_SECONDS.labels(method)
     seconds.observe(time.perf_counter() - started)
-
-
-Finish = Callable[[str, float, Any, "BaseException | None"], None]
-
-
-def wrap_handler(handler: Any, method: str, finish: Finish) -> Any:
-    """A copy of `handler` whose behaviour calls `finish(method, started,
-    context, error)` when the RPC ends."""
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request: Any, context: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                response = await inner_uu(request, context)
-            except BaseException as error:
-                finish(method, started, context, error)
-                raise
-            finish(method, started, context, None)
-            return response
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer)
-    if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(request_iterator: Any, context: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                response = await inner_su(request_iterator, context)
-            except BaseException as error:
-                finish(method, started, context, error)
-                raise
-            finish(method, started, context, None)
-            return response
-
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer)
-    streaming = handler.unary_stream or handler.stream_stream
-    make = (grpc.unary_stream_rpc_method_handler if handler.unary_stream is not None
-            else grpc.stream_stream_rpc_method_handler)
-    if inspect.iscoroutinefunction(streaming):  # a handler that writes with context.write()
-
-        async def writes(request: Any, context: Any) -> None:
-            started = time.perf_counter()
-            try:
-                await streaming(request, context)
-            except BaseException as error:
-                finish(method, started, context, error)
-                raise
-            finish(method, started, context, None)
-
-        return make(writes, handler.request_deserializer, handler.response_serializer)
-
-    async def stream(request: Any, context: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            async for item in streaming(request, context):
-                yield item
-        except BaseException as error:
-            finish(method, started, context, error)
-            raise
-        finish(method, started, context, None)
-
-    return make(stream, handler.request_deserializer, handler.response_serializer)
 
 
 # --- the HTTP endpoint -------------------------------------------------------------------

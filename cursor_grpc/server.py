@@ -108,17 +108,10 @@ class RunningServer:
         await self.app.close()
 
 
-def _interceptors() -> list[aio.ServerInterceptor]:  # type: ignore[type-arg]
-    """RPC counts and latencies for the metrics endpoint."""
-    from cursor_grpc.metrics import MetricsInterceptor
-
-    return [MetricsInterceptor()]
-
-
 async def start_server(settings: Settings) -> RunningServer:
     """Start serving `settings.listen` (port 0 picks a free port)."""
     app = App(settings)
-    server = aio.server(options=server_options(settings), interceptors=_interceptors())
+    server = aio.server(options=server_options(settings))
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(app), server)
     streaming = cast(aio.Server, _PreEncodedStreams(server))
     reader_service_pb2_grpc.add_ReaderServiceServicer_to_server(ReaderService(app), streaming)
