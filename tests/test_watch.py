@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 import grpc
+import pytest
 
+from cursor.v1 import admin_service_pb2, auth_service_pb2
 from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2 as pb
@@ -166,18 +168,33 @@ def test_idle_is_announced_on_time(make_harness: Any) -> None:
     watcher.cancel()
 
 
-def test_logout_ends_open_stream_within_a_second(h: Harness) -> None:
-    consultant = h.new_consultant()
-    watcher = Watcher(consultant)
-    time.sleep(0.2)
-    from cursor.v1 import auth_service_pb2
+@pytest.mark.parametrize("ending", ["logout", "rotation", "deactivation"])
+def test_ending_the_session_ends_its_open_streams_within_a_second(h: Harness, ending: str) -> None:
 
+
+    consultant, reader = h.new_consultant(), h.new_reader()
+    watcher = Watcher(consultant)
+    messages = StreamReader(reader.reader.WatchMyMessages(rpb.WatchMyMessagesRequest(), metadata=reader.md))
+    watcher.wait_for(lambda: bool(watcher.responses))
+    messages.wait_for(lambda: bool(messages.responses))
     started = time.monotonic()
-    consultant.auth.Logout(auth_service_pb2.LogoutRequest(), metadata=consultant.md)
-    watcher.wait_for(lambda: watcher.error is not None, timeout=1.0)
+    if ending == "logout":
+        consultant.auth.Logout(auth_service_pb2.LogoutRequest(), metadata=consultant.md)
+        reader.auth.Logout(auth_service_pb2.LogoutRequest(), metadata=reader.md)
+    elif ending == "rotation":
+        consultant.auth.RotateSession(auth_service_pb2.RotateSessionRequest(), metadata=consultant.md)
+        reader.auth.RotateSession(auth_service_pb2.RotateSessionRequest(), metadata=reader.md)
+    else:
+        admin = h.admin()
+        for account in (consultant.account, reader.account):
+            admin.admin.SetAccountActive(
+                admin_service_pb2.SetAccountActiveRequest(account=account, active=False), metadata=admin.md
+            )
+    for stream in (watcher, messages):
+        stream.wait_for(lambda s=stream: s.error is not None, timeout=1.0)
+        assert stream.error is not None
+        assert stream.error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert time.monotonic() - started < 1.0
-    assert watcher.error is not None
-    assert watcher.error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_reader_message_stream_live_and_after_resume(h: Harness) -> None:
