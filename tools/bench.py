@@ -97,7 +97,7 @@ class Plan:
     storm_logins_per_s: float = 20.0
     storm_concurrency: int = 16
     # Scenario 4.
-    fanout_watchers: tuple[int, ...] = (1, 10, 50)
+    fanout_watchers: tuple[int, ...] = (1, 20, 100)
     fanout_drain_s: float = 2.0
     # Limits of the whole run.
     budget_s: float = 600.0
@@ -409,6 +409,8 @@ class Row:
     baseline: str = ""
     ratio: float | None = None
     verdict: str = "info"  # pass | miss | info | n/a | noisy
+    # Most CPU other processes used (cores) during the runs behind this row.
+    noise: float | None = None
 
 
 @dataclass
@@ -437,6 +439,10 @@ class Bench:
     _client_n: int = 0
 
     # --- plumbing ---------------------------------------------------------------
+
+    def noise_since(self, mark: int) -> float | None:
+        """Most CPU used by other processes in the runs since `len(self.foreign)` was `mark`."""
+        return max(self.foreign[mark:], default=None)
 
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append(Check(name, bool(ok), detail))
@@ -468,9 +474,12 @@ class Bench:
         self.servers.append(server)
         return server
 
-    def start_echo(self, reply: bytes) -> ServerProcess:
-        server = ServerProcess([sys.executable, str(ECHO), "--listen", "127.0.0.1:0", "--reply-hex", reply.hex()],
-                               self.server_env(), "echo", self.work)
+    def start_echo(self, reply: bytes, handoff: bool = False) -> ServerProcess:
+        server = ServerProcess(
+            [sys.executable, str(ECHO), "--listen", "127.0.0.1:0", "--reply-hex", reply.hex(),
+             *(["--handoff"] if handoff else [])],
+            self.server_env(), "echo-handoff" if handoff else "echo", self.work,
+        )
         self.servers.append(server)
         return server
 
@@ -645,6 +654,7 @@ class Bench:
                 tokens = [[a["token"]] for a in accounts[:conc]]
                 echo_runs: list[dict[str, Any]] = []
                 cursor_runs: list[dict[str, Any]] = []
+                mark = len(self.foreign)
                 for rep in range(self.plan.repeats):
                     # Alternate the order (echo, cursor, cursor, echo, ...) so drift hits both alike.
                     for target in ("echo", "cursor") if rep % 2 == 0 else ("cursor", "echo"):
@@ -675,14 +685,46 @@ class Bench:
                     f"server CPU {c['server_us_per_call']:.0f} us/RPC",
                     f"echo {fmt_rate(e['rate'], 'RPC/s')}, p50 {fmt_ms(e['p50_ms'])}, p99 {fmt_ms(e['p99_ms'])}, "
                     f"server CPU {e['server_us_per_call']:.0f} us/RPC",
-                    ratio, "pass" if ratio >= 0.8 else "miss",
+                    ratio, "pass" if ratio >= 0.8 else "miss", self.noise_since(mark),
                 ))
                 runs[str(conc)] = {"echo": self.public(e), "cursor": self.public(c)}
+                if conc == self.plan.storm_concurrency:
+                    runs["handoff"] = self.handoff_baseline(reply, tokens, requests, e)
         finally:
             echo.stop()
         self.data["unary"] = runs
         if self.profile_with:
             self.profile_unary(server, accounts, requests)
+
+    def handoff_baseline(self, reply: bytes, tokens: list[list[str]], requests: list[bytes],
+                         echo_run: dict[str, Any]) -> dict[str, Any]:
+        """The echo server again, but each call first awaits a future resolved by
+        another thread (the store's writer hand-off, no database): how much of
+        the gap to the bare echo is that suspension alone."""
+        server = self.start_echo(reply, handoff=True)
+        mark = len(self.foreign)
+        try:
+            handoff_runs = []
+            for rep in range(self.plan.repeats):
+                self.progress.step(f"1. unary x{len(tokens)}: echo + thread hand-off ({rep + 1}/{self.plan.repeats})")
+                results, usage = self.run_clients(
+                    self.unary_specs(server.address, ECHO_PATH, tokens, requests, None), server)
+                handoff_runs.append(self.merge(results) | usage)
+                self.progress.advance()
+        finally:
+            server.stop()
+        h = combine(handoff_runs)
+        self.check(f"1. x{len(tokens)}: no errors from the echo server with hand-off", not h["errors"],
+                   f"{h['errors'] or 0}")
+        self.rows.append(Row(
+            "1 unary ingest", f"bare echo + writer-style thread hand-off, {len(tokens)} readers (diagnostic)",
+            "report",
+            f"{fmt_rate(h['rate'], 'RPC/s')}, p50 {fmt_ms(h['p50_ms'])}, p99 {fmt_ms(h['p99_ms'])}, "
+            f"server CPU {h['server_us_per_call']:.0f} us/RPC",
+            f"echo {fmt_rate(echo_run['rate'], 'RPC/s')}, server CPU {echo_run['server_us_per_call']:.0f} us/RPC",
+            h["rate"] / echo_run["rate"] if echo_run["rate"] else None, noise=self.noise_since(mark),
+        ))
+        return self.public(h)
 
     def scenario_storm(self, server: ServerProcess, accounts: list[dict[str, str]]) -> None:
         """5. Scenario 1 at half load, with and without 20 logins/s beside it."""
@@ -696,6 +738,7 @@ class Bench:
             "mode": "logins", "address": server.address, "emails": [a["email"] for a in accounts],
             "password": bench_db.BENCH_PASSWORD, "rate": self.plan.storm_logins_per_s, **self.timing(),
         }
+        mark = len(self.foreign)
         calm_runs: list[dict[str, Any]] = []
         storm_runs: list[dict[str, Any]] = []
         login_runs: list[dict[str, Any]] = []
@@ -728,10 +771,11 @@ class Bench:
             "5 login storm", f"RecordInteraction p99 at {rate:,.0f} RPC/s during {logins['rate']:.0f} logins/s",
             "<= 1.5x p99 without", f"p99 {fmt_ms(b['p99_ms'])}, p50 {fmt_ms(b['p50_ms'])}",
             f"p99 {fmt_ms(a['p99_ms'])}, p50 {fmt_ms(a['p50_ms'])}", ratio, "pass" if ratio <= 1.5 else "miss",
+            self.noise_since(mark),
         ))
         self.rows.append(Row(
             "5 login storm", "Login latency during the storm", "report",
-            f"p50 {fmt_ms(logins['p50_ms'])}, p99 {fmt_ms(logins['p99_ms'])}",
+            f"p50 {fmt_ms(logins['p50_ms'])}, p99 {fmt_ms(logins['p99_ms'])}", noise=self.noise_since(mark),
         ))
         self.data["storm"] = {"rate": rate, "without": self.public(a), "with": self.public(b),
                               "logins": self.public(logins)}
@@ -743,6 +787,7 @@ class Bench:
         before = bench_db.count_rows(db, "interactions")
         tokens = [a["token"] for a in accounts[:plan.stream_workers]]
         chunk = self.stream_chunk()
+        mark = len(self.foreign)
         specs = [{
             "mode": "stream", "address": server.address, "tokens": part, "chunk_hex": chunk.hex(),
             "chunk_events": plan.chunk_events, "chunks_per_call": plan.chunks_per_call, "measure_s": plan.stream_s,
@@ -777,11 +822,11 @@ class Bench:
         self.rows.append(Row(
             "2 batched ingest", f"RecordInteractions, {plan.stream_workers} streams, chunks of {plan.chunk_events}",
             ">= 0.75x raw APSW", fmt_rate(rate, "ev/s"), f"raw APSW {fmt_rate(raw['events_per_s'], 'ev/s')}",
-            ratio, "pass" if ratio >= 0.75 else "miss",
+            ratio, "pass" if ratio >= 0.75 else "miss", self.noise_since(mark),
         ))
         self.rows.append(Row(
             "2 batched ingest", "RecordInteractions events/s", ">= 15,000 ev/s", fmt_rate(rate, "ev/s"),
-            verdict="pass" if rate >= 15_000 else "miss",
+            verdict="pass" if rate >= 15_000 else "miss", noise=self.noise_since(mark),
         ))
         raw_batches = raw.pop("batch_ns")
         self.data["batched"] = {
@@ -829,7 +874,7 @@ class Bench:
                 ">= 0.7x rate at 0" if is_last else "report",
                 f"{fmt_rate(stage['max']['rate'], 'RPC/s')}, p99 {fmt_ms(stage['max']['p99_ms'])}",
                 f"at {fmt_size(plan.sizes[0])}: {fmt_rate(first['max']['rate'], 'RPC/s')}", ratio,
-                ("pass" if ratio >= 0.7 else "miss") if is_last else "info",
+                ("pass" if ratio >= 0.7 else "miss") if is_last else "info", stage["noise_max"],
             ))
         for size in plan.sizes:
             stage = stages[fmt_size(size)]
@@ -842,6 +887,7 @@ class Bench:
                     f"no ingest: p99 {fmt_ms(alone['p99_ms'])}, p50 {fmt_ms(alone['p50_ms'])}",
                     q["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else None,
                     verdict=("pass" if q["p99_ms"] <= 10.0 else "miss") if is_last else "info",
+                    noise=stage["noise_queries"],
                 ))
         self.rows.append(Row("6 memory", f"server RSS idle after load at {fmt_size(plan.sizes[-1])}", "report",
                              f"{last['rss_idle'] / MiB:.0f} MiB (peak {last['rss_peak'] / MiB:.0f} MiB)"))
@@ -852,6 +898,7 @@ class Bench:
 
         label = fmt_size(size)
         consultant = self.consultant_token(server)
+        mark = len(self.foreign)
         self.progress.step(f"3. at {label}: ingest at its maximum")
         before = bench_db.count_rows(db, "interactions")
         results, usage = self.run_clients(self.unary_specs(server.address, RECORD_PATH, tokens, requests, None),
@@ -881,6 +928,8 @@ class Bench:
             [*self.unary_specs(server.address, RECORD_PATH, tokens, requests, half_rate, measure), query_spec],
             server)
         self.progress.advance()
+        noise_max = self.noise_since(mark)
+        mark = len(self.foreign) - 2
         half = self.merge(results2[:-1])
         query_result = results2[-1]
         stored = bench_db.count_rows(db, "interactions") - before
@@ -898,6 +947,7 @@ class Bench:
             "queries": {q["name"]: summarize(query_result["latencies_us"].get(q["name"], [])) for q in queries},
             "queries_alone": {q["name"]: summarize(alone["latencies_us"].get(q["name"], [])) for q in queries},
             "queries_alone_usage": alone_usage,
+            "noise_max": noise_max, "noise_queries": self.noise_since(mark),
             "query_errors": query_result["errors"] or alone["errors"],
             "rss_idle": server.rss(), "rss_peak": server.peak_rss(),
         }
@@ -942,6 +992,7 @@ class Bench:
                 "drain_s": plan.fanout_drain_s, "sample_every": max(1, watchers // 10), **self.timing(),
             } for n in self.split_count(watchers, plan.client_procs)]
             rss_open: list[int] = []
+            mark = len(self.foreign)
 
             def sample_rss(into: list[int] = rss_open) -> None:
                 time.sleep(plan.warmup_s)
@@ -963,17 +1014,19 @@ class Bench:
             label = f"{watchers} watcher{'s' if watchers > 1 else ''}"
             self.rows.append(Row(
                 "4 fan-out", f"{label}: event delivery send -> watcher, ingest {rate:,.0f} RPC/s", "report",
-                f"p50 {fmt_ms(delivery['p50_ms'])}, p99 {fmt_ms(delivery['p99_ms'])}",
+                f"p50 {fmt_ms(delivery['p50_ms'])}, p99 {fmt_ms(delivery['p99_ms'])}", noise=self.noise_since(mark),
             ))
             ratio = ingest_run["p99_ms"] / storm["without"]["p99_ms"] if storm["without"]["p99_ms"] else None
             self.rows.append(Row(
                 "4 fan-out", f"{label}: RecordInteraction p99", "report",
                 f"p99 {fmt_ms(ingest_run['p99_ms'])}, {fmt_rate(ingest_run['rate'], 'RPC/s')}",
-                f"no watchers (5.): p99 {fmt_ms(storm['without']['p99_ms'])}", ratio,
+                f"no watchers (5.): p99 {fmt_ms(storm['without']['p99_ms'])}", ratio, noise=self.noise_since(mark),
             ))
             runs[str(watchers)] = {"ingest": self.public(ingest_run) | usage, "delivery": self.public(delivery),
                                    "rss_open": rss_open[0] if rss_open else 0, "events_per_stream": sent,
-                                   "events_total": sum(r["events_total"] for r in seen)}
+                                   "events_total": sum(r["events_total"] for r in seen),
+                                   "messages_total": sum(r["messages_total"] for r in seen),
+                                   "watch_client_cpu_s": sum(r["cpu_s"] for r in seen)}
         self.data["fanout"].update(runs)
         most = max(plan.fanout_watchers)
         per_stream_rss = (runs[str(most)]["rss_open"] - rss_before) / most
@@ -1012,6 +1065,7 @@ class Bench:
         tokens = [[a["token"]] for a in accounts[:conc]]
         results, usage = self.run_clients(self.unary_specs(server.address, RECORD_PATH, tokens, requests, None),
                                           server, during=start_spy)
+        self.foreign.pop()  # py-spy itself is the "other process" of this run
         if spy is not None:
             try:
                 _, err = spy.communicate(timeout=120)
@@ -1171,19 +1225,20 @@ def watch_activity_available(address: str) -> tuple[bool, str]:
 
 # --- output -----------------------------------------------------------------------------
 
-COLUMNS = ("Scenario", "Case", "Target", "Measured", "Baseline", "Ratio", "Result")
+COLUMNS = ("Scenario", "Case", "Target", "Measured", "Baseline", "Ratio", "Result", "Other CPU")
 
 
 def row_cells(row: Row) -> list[str]:
     ratio = "" if row.ratio is None or row.ratio != row.ratio else f"{row.ratio:.2f}x"
-    return [row.scenario, row.case, row.target, row.measured, row.baseline, ratio, row.verdict]
+    noise = "" if row.noise is None else f"{row.noise:.2f}"
+    return [row.scenario, row.case, row.target, row.measured, row.baseline, ratio, row.verdict, noise]
 
 
 def markdown_table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         cells = [c.replace("|", "\\|") for c in row_cells(row)]
-        cells[-1] = f"**{cells[-1]}**" if cells[-1] in {"pass", "miss"} else cells[-1]
+        cells[-2] = f"**{cells[-2]}**" if cells[-2] in {"pass", "miss"} else cells[-2]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -1217,7 +1272,7 @@ def print_table(rows: list[Row], checks: list[Check]) -> None:
     for row in rows:
         cells = row_cells(row)
         colour = colours.get(row.verdict)
-        cells[-1] = f"[{colour}]{cells[-1]}[/]" if colour else cells[-1]
+        cells[-2] = f"[{colour}]{cells[-2]}[/]" if colour else cells[-2]
         table.add_row(*cells)
     console.print(table)
     for c in checks:
@@ -1350,7 +1405,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also profile the server in an extra scenario-1 run with this py-spy executable")
     args = parser.parse_args(argv)
     plan = PLANS["ci" if args.ci else "quick" if args.quick else "default"]
-    steps = 2 + 2 * len(plan.concurrencies) * plan.repeats + 2 * plan.repeats + len(plan.fanout_watchers) + 2 \
+    steps = 2 + 2 * len(plan.concurrencies) * plan.repeats + plan.repeats + 2 * plan.repeats \
+        + len(plan.fanout_watchers) + 2 \
         + 4 * len(plan.sizes) + 1
     args.out.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError, ValueError):

@@ -442,6 +442,7 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
     seen: list[set[int]] = [set() for _ in range(count)]
     duplicates = [0] * count
     events_total = [0] * count
+    messages = [0] * count
     latencies: list[int] = []
     errors: Counter[str] = Counter()
 
@@ -463,6 +464,7 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
             async for response in calls[i]:
                 now = time.time_ns()
                 last_stamped[0] = time.perf_counter_ns()
+                messages[i] += 1
                 for event in response.events:
                     events_total[i] += 1
                     if event.kind != recorded or not event.summary.startswith(STAMP):
@@ -507,7 +509,8 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
         await ch.close()
     return {
         "stamped_per_stream": [len(s) for s in seen], "duplicates": sum(duplicates),
-        "events_total": sum(events_total), "errors": dict(errors), "error_samples": [],
+        "events_total": sum(events_total), "messages_total": sum(messages), "errors": dict(errors),
+        "error_samples": [],
         "latencies_us": {"delivery": latencies}, "ok_total": 0, "ok_window": 0, "measure_s": spec["measure_s"],
         "cpu_s": time.process_time() - _cpu_at_go,
     }
