@@ -7,6 +7,9 @@ logins use the spare core without queueing behind reads or the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher, Type
@@ -28,6 +31,13 @@ def check_password_rules(password: str, field: str = "password") -> None:
         raise InvalidArgument(f"{field} must be at most {MAX_PASSWORD} characters", field=field)
 
 
+def _lower_priority() -> None:
+    """Hashing threads yield the CPU to the event loop and the writer: a
+    login storm makes logins slower, not every other RPC."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 class Passwords:
     def __init__(self, settings: AuthSettings, workers: int = 2) -> None:
         self._hasher = PasswordHasher(
@@ -36,7 +46,9 @@ class Passwords:
             parallelism=settings.argon2_parallelism,
             type=Type.ID,
         )
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cursor-argon2")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="cursor-argon2", initializer=_lower_priority
+        )
         # Verified against when an email is unknown, so that case costs the
         # same time as a wrong password.
         self._dummy_hash = self._hasher.hash("not a real password, only here to spend time")
