@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +19,7 @@ import apsw
 import pytest
 
 from cursor_grpc.storage.migrations import load_migrations
+from tests.procs import ServerProcess
 
 BIN = Path(sys.executable).parent
 GRPCURL = BIN / "grpcurl"
@@ -68,80 +66,14 @@ def write(db: Path, sql: str, params: tuple[Any, ...] = ()) -> None:
         conn.close()
 
 
-class Served:
-    """`cursor-grpc serve` in a subprocess, its stderr collected by a thread."""
-
-    def __init__(self, cwd: Path, db: Path, *extra: str) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(
-            [*cli_command(), "serve", "--db", str(db), "--listen", "127.0.0.1:0", "--grace", "2", *extra],
-            cwd=cwd, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
-        )
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        self.port = 0
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def wait_serving(self, timeout: float = 30) -> Served:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                raise AssertionError(f"serve exited ({self.proc.wait(5)}) before serving:\n{self.stderr}")
-            found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                self.port = int(found.group(1))
-                assert self.port > 0
-                return self
-        raise AssertionError(f"serve did not report its port within {timeout} s:\n{self.stderr}")
-
-    def exit_code(self, timeout: float = 30) -> int:
-        """For a serve that is expected to refuse: its exit status."""
-        code = self.proc.wait(timeout)
-        self._thread.join(5)
-        return code
-
-    def terminate(self, timeout: float = 10) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self._thread.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        if self.proc.stderr is not None:
-            self._thread.join(5)
-            self.proc.stderr.close()
-
-
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Any]:
     """Factory of served subprocesses; each is killed at the end whatever happened."""
-    started: list[Served] = []
+    started: list[ServerProcess] = []
 
-    def start(db: Path, *extra: str) -> Served:
-        served = Served(tmp_path, db, *extra)
+    def start(db: Path, *extra: str) -> ServerProcess:
+        served = ServerProcess(db, args=("--grace", "2", *extra), command=cli_command(), cwd=tmp_path,
+                               base_env=clean_env(), wait=False)
         started.append(served)
         return served
 
