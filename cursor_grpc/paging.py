@@ -11,10 +11,13 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cursor_grpc.config import LimitSettings
 from cursor_grpc.errors import InvalidArgument
+
+T = TypeVar("T")
 
 
 def page_size(requested: int, limits: LimitSettings) -> int:
@@ -34,8 +37,10 @@ def encode_token(key: list[Any], request_fingerprint: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(token: str, request_fingerprint: str) -> list[Any] | None:
-    """The key of the previous page's last item; None for the first page."""
+def decode_token(token: str, request_fingerprint: str, *shape: type) -> list[Any] | None:
+    """The key of the previous page's last item; None for the first page.
+    `shape` gives the type of each key part, checked so a forged token is
+    an INVALID_ARGUMENT rather than a wrong query."""
     if not token:
         return None
     try:
@@ -49,6 +54,19 @@ def decode_token(token: str, request_fingerprint: str) -> list[Any] | None:
             "page_token belongs to a request with other parameters; repeat them exactly, or start without a token",
             field="page_token",
         )
-    if not isinstance(key, list):
+    if not isinstance(key, list) or (
+        shape and (len(key) != len(shape) or not all(isinstance(k, t) for k, t in zip(key, shape, strict=True)))
+    ):
         raise InvalidArgument("page_token is not a token this server issued", field="page_token")
     return key
+
+
+def cut(
+    records: list[T], limit: int, key_of: Callable[[T], list[Any]], request_fingerprint: str
+) -> tuple[list[T], str]:
+    """Given up to `limit + 1` records, the page and its next token (empty on
+    the last page): fetching one more than asked says whether more exist."""
+    if len(records) <= limit:
+        return records, ""
+    page = records[:limit]
+    return page, encode_token(key_of(page[-1]), request_fingerprint)

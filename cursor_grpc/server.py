@@ -144,15 +144,20 @@ async def start_server(settings: Settings) -> RunningServer:
     return RunningServer(server, app, health_servicer, port)
 
 
-async def serve_forever(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    running = await start_server(settings)
+async def wait_for_stop_signal() -> None:
+    """Return once SIGTERM or SIGINT arrives."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+
+
+async def serve_forever(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(settings)
+    await wait_for_stop_signal()
     log.info("shutting down (grace %.1f s)", settings.grace_seconds)
     await running.stop(settings.grace_seconds)
     log.info("stopped; database closed")

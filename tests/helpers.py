@@ -49,9 +49,15 @@ def retry_delay(error: grpc.RpcError) -> float | None:
     return None
 
 
-def table_count(db_path: Path, table: str) -> int:
-    conn = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
+def db_rows(db: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """All rows of one query on a database file (or a harness's), through a
+    read-only connection of the test's own."""
+    conn = apsw.Connection(str(getattr(db, "db_path", db)), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def table_count(db_path: Path, table: str) -> int:
+    return int(db_rows(db_path, f"SELECT count(*) FROM {table}")[0][0])

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import apsw
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -25,7 +24,7 @@ from cursor_grpc.config import StorageSettings
 from cursor_grpc.storage.store import apply_migrations
 from tests import conftest
 from tests.conftest import PASSWORD, Client, Harness, bearer
-from tests.helpers import error_details, error_reason, retry_delay, rpc_error, table_count
+from tests.helpers import db_rows, error_details, error_reason, retry_delay, rpc_error, table_count
 
 READER = resources_pb2.ACCOUNT_KIND_READER
 CONSULTANT = resources_pb2.ACCOUNT_KIND_CONSULTANT
@@ -69,14 +68,6 @@ def rejected(h: Harness, token: str) -> str:
     error = rpc_error(state_call(h, token))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
     return error_reason(error)
-
-
-def db_rows(h: Harness, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    conn = apsw.Connection(str(h.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def field_violations(error: grpc.RpcError) -> list[str]:

@@ -19,6 +19,7 @@ import apsw
 import pytest
 
 from cursor_grpc.storage.migrations import load_migrations
+from tests.helpers import db_rows
 from tests.procs import ServerProcess
 
 BIN = Path(sys.executable).parent
@@ -47,14 +48,6 @@ def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: f
         [*cli_command(), *args], cwd=cwd, env=env or clean_env(), capture_output=True, text=True,
         timeout=timeout, stdin=stdin, check=False,
     )
-
-
-def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def write(db: Path, sql: str, params: tuple[Any, ...] = ()) -> None:
@@ -117,16 +110,16 @@ def test_migrate_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
     assert [line for line in first.stdout.splitlines() if line.startswith("applied ")] == [
         f"applied {n}" for n in names
     ]
-    ledger = rows(db, "SELECT name, checksum, applied_at FROM schema_migrations ORDER BY name")
-    schema = rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    ledger = db_rows(db, "SELECT name, checksum, applied_at FROM schema_migrations ORDER BY name")
+    schema = db_rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
     assert [r[0] for r in ledger] == names
     time.sleep(0.01)  # a rewritten applied_at would differ
     second = run_cli(tmp_path, "migrate", "--db", str(db))
     assert second.returncode == 0, second.stderr
     assert "schema is up to date" in second.stdout
     assert "applied" not in second.stdout
-    assert rows(db, "SELECT name, checksum, applied_at FROM schema_migrations ORDER BY name") == ledger
-    assert rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
+    assert db_rows(db, "SELECT name, checksum, applied_at FROM schema_migrations ORDER BY name") == ledger
+    assert db_rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
 
 
 # --- serve, grpcurl, restart ---------------------------------------------------------------------------------
@@ -202,7 +195,7 @@ def test_serve_refuses_a_database_with_an_unknown_migration(tmp_path: Path, serv
     result = run_cli(tmp_path, "migrate", "--db", str(db))
     assert result.returncode != 0
     assert "9999_from_the_future.sql" in result.stderr
-    assert rows(db, "SELECT count(*) FROM schema_migrations WHERE name = '9999_from_the_future.sql'") == [(1,)]
+    assert db_rows(db, "SELECT count(*) FROM schema_migrations WHERE name = '9999_from_the_future.sql'") == [(1,)]
 
 
 def test_serve_refuses_a_database_whose_migration_changed(tmp_path: Path, serve: Any) -> None:
@@ -238,7 +231,7 @@ def test_serve_refuses_pending_migrations_unless_told_to_migrate(tmp_path: Path,
     served = serve(fresh, "--migrate").wait_serving()
     assert grpcurl_json(served.address, "grpc.health.v1.Health/Check") == {"status": "SERVING"}
     assert served.terminate() == 0, served.stderr
-    assert [r[0] for r in rows(fresh, "SELECT name FROM schema_migrations ORDER BY name")] == [
+    assert [r[0] for r in db_rows(fresh, "SELECT name FROM schema_migrations ORDER BY name")] == [
         m.name for m in load_migrations()
     ]
 
@@ -255,23 +248,23 @@ def test_create_admin(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert re.search(r"created admin consultants/[0-9a-f-]{36} <root@example.com>", first.stdout)
     assert ADMIN_PASSWORD not in first.stdout + first.stderr
-    [(cid, role, name, password_hash)] = rows(db, "SELECT id, role, display_name, password_hash FROM consultants")
+    [(cid, role, name, password_hash)] = db_rows(db, "SELECT id, role, display_name, password_hash FROM consultants")
     assert (role, name) == ("admin", "Root")
     assert password_hash.startswith("$argon2id$")
     assert ADMIN_PASSWORD not in password_hash
-    assert rows(db, "SELECT actor_type, actor_id, action, target_id FROM audit_logs") == [
+    assert db_rows(db, "SELECT actor_type, actor_id, action, target_id FROM audit_logs") == [
         ("system", None, "consultant.create", cid)
     ]
 
     second = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "second@example.com", env=with_password)
     assert second.returncode != 0
     assert "--additional" in second.stderr
-    assert rows(db, "SELECT count(*) FROM consultants") == [(1,)]
+    assert db_rows(db, "SELECT count(*) FROM consultants") == [(1,)]
 
     extra = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "second@example.com", "--additional",
                     env=with_password)
     assert extra.returncode == 0, extra.stderr
-    assert rows(db, "SELECT count(*) FROM consultants WHERE role = 'admin'") == [(2,)]
+    assert db_rows(db, "SELECT count(*) FROM consultants WHERE role = 'admin'") == [(2,)]
 
     # No password in the environment and no terminal to ask on: refused, nothing written.
     no_password = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "third@example.com", "--additional")
@@ -285,8 +278,8 @@ def test_create_admin(tmp_path: Path) -> None:
                         env=with_password)
     assert duplicate.returncode != 0
     assert "already exists" in duplicate.stderr
-    assert rows(db, "SELECT count(*) FROM consultants") == [(2,)]
-    assert rows(db, "SELECT count(*) FROM audit_logs") == [(2,)]
+    assert db_rows(db, "SELECT count(*) FROM consultants") == [(2,)]
+    assert db_rows(db, "SELECT count(*) FROM audit_logs") == [(2,)]
 
 
 def test_create_admin_refuses_an_unmigrated_database(tmp_path: Path) -> None:

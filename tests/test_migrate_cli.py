@@ -20,6 +20,7 @@ from cursor_grpc.ops.files import sha256_file
 from cursor_grpc.ops.rebuild import TableRebuild, rebuild_table
 from cursor_grpc.storage.connection import open_connection
 from cursor_grpc.storage.migrations import load_migrations, migrate
+from tests.helpers import db_rows
 from tests.ops_support import run_cli
 
 KNOWN = [m.name for m in load_migrations()]
@@ -43,14 +44,6 @@ def old_database(path: Path, upto: str = "0004_archive_index.sql", interactions:
     conn.execute("UPDATE interactions SET processed = 1 WHERE id = 'i5'")
     conn.execute("COMMIT")
     conn.close()
-
-
-def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return [tuple(r) for r in conn.execute(sql)]
-    finally:
-        conn.close()
 
 
 def test_status_and_dry_run_change_nothing(tmp_path: Path) -> None:
@@ -90,8 +83,8 @@ def test_status_and_dry_run_change_nothing(tmp_path: Path) -> None:
 def test_migrate_takes_a_verified_backup_first_and_rebuilds_in_chunks(tmp_path: Path) -> None:
     db = tmp_path / "prod.db"
     old_database(db)
-    before = {t: rows(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("users", "interactions")}
-    content = rows(db, "SELECT seq, id, user_id, type, payload, summary, processed, created_at FROM interactions "
+    before = {t: db_rows(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("users", "interactions")}
+    content = db_rows(db, "SELECT seq, id, user_id, type, payload, summary, processed, created_at FROM interactions "
                        "ORDER BY seq")
 
     done = run_cli("migrate", "--db", str(db))
@@ -105,13 +98,13 @@ def test_migrate_takes_a_verified_backup_first_and_rebuilds_in_chunks(tmp_path: 
     assert {t: manifest["tables"][t] for t in before} == before
 
     # The rebuilt table: same rows, same counter, same indexes and trigger, new constraint.
-    assert rows(db, "SELECT seq, id, user_id, type, payload, summary, processed, created_at FROM interactions "
+    assert db_rows(db, "SELECT seq, id, user_id, type, payload, summary, processed, created_at FROM interactions "
                     "ORDER BY seq") == content
-    assert rows(db, "SELECT seq FROM sqlite_sequence WHERE name = 'interactions'") == [(1200,)]
-    names = {r[0] for r in rows(db, "SELECT name FROM sqlite_master WHERE tbl_name = 'interactions'")}
+    assert db_rows(db, "SELECT seq FROM sqlite_sequence WHERE name = 'interactions'") == [(1200,)]
+    names = {r[0] for r in db_rows(db, "SELECT name FROM sqlite_master WHERE tbl_name = 'interactions'")}
     assert {"idx_interactions_user_seq", "idx_interactions_type_seq", "interactions_append_only"} <= names
     assert not any("rebuild" in n for n in names)
-    assert not rows(db, "SELECT 1 FROM sqlite_master WHERE name = 'cursor_rebuild_progress'")
+    assert not db_rows(db, "SELECT 1 FROM sqlite_master WHERE name = 'cursor_rebuild_progress'")
     conn = apsw.Connection(str(db))
     with pytest.raises(apsw.ConstraintError):
         conn.execute("INSERT INTO interactions(id, user_id, type, payload, created_at) "
@@ -146,12 +139,12 @@ def test_a_migration_that_cannot_apply_changes_nothing(tmp_path: Path) -> None:
     conn.execute("INSERT INTO interactions(id, user_id, type, payload, created_at) "
                  "VALUES ('arr', 'u1', 'answer', '[1]', '2026-01-01T00:00:00.000Z')")
     conn.close()
-    schema_before = rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    schema_before = db_rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
     failed = run_cli("migrate", "--db", str(db), "--no-backup")
     assert failed.returncode == 3
     assert f"{REBUILD} failed and changed nothing" in failed.stderr
     assert "CHECK constraint failed" in failed.stderr
-    assert rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema_before
+    assert db_rows(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema_before
 
 
 _REBUILD_SCRIPT = """

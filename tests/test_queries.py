@@ -19,7 +19,7 @@ from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
 from tests.conftest import PASSWORD, Client, Harness
-from tests.helpers import rpc_error, table_count
+from tests.helpers import db_rows, rpc_error, table_count
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "queries.md"
 NAMES = {"active_readers", "recent_interactions", "reader_interactions", "promote_reader"}
@@ -58,14 +58,6 @@ def write(h: Harness, sql: str, params: dict[str, Any] | tuple[Any, ...] = ()) -
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(sql, params)
         assert conn.getautocommit(), "the statement left a transaction open"
-    finally:
-        conn.close()
-
-
-def rows(h: Harness, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    conn = apsw.Connection(str(h.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
 
@@ -109,7 +101,7 @@ def test_active_readers_query(h: Harness) -> None:
 
     found = read(h, "active_readers")
     assert [r[0] for r in found] == [rid(bob), rid(ann)], "most recently seen first, stale and idle ones left out"
-    emails = dict(rows(h, "SELECT id, email FROM users"))
+    emails = dict(db_rows(h, "SELECT id, email FROM users"))
     for row in found:
         user_id, email, display_name, status, progress, step, last_interaction_id, last_seen_at = row
         name = f"readers/{user_id}"
@@ -143,7 +135,7 @@ def test_server_timestamps_are_in_the_stored_format(h: Harness) -> None:
     record(h.new_reader())
     for table, column in [("users", "created_at"), ("reader_states", "last_seen_at"),
                           ("interactions", "created_at"), ("sessions", "expires_at"), ("audit_logs", "created_at")]:
-        values = [v for (v,) in rows(h, f"SELECT {column} FROM {table}")]
+        values = [v for (v,) in db_rows(h, f"SELECT {column} FROM {table}")]
         assert values
         assert all(ISO.match(v) for v in values), (table, column, values)
 
@@ -201,19 +193,19 @@ def login(h: Harness, email: str, kind: Any) -> Any:
 
 def test_promote_query(h: Harness) -> None:
     reader = h.new_reader("pat")
-    [(email, password_hash, display_name)] = rows(
+    [(email, password_hash, display_name)] = db_rows(
         h, "SELECT email, password_hash, display_name FROM users WHERE id = ?", (rid(reader),))
     consultants, audits = table_count(h.db_path, "consultants"), table_count(h.db_path, "audit_logs")
 
     consultant_id = promote(h, rid(reader), "supervisor")
-    assert rows(h, "SELECT email, password_hash, display_name, role, user_id, is_active FROM consultants "
+    assert db_rows(h, "SELECT email, password_hash, display_name, role, user_id, is_active FROM consultants "
                    "WHERE id = ?", (consultant_id,)) == [(email, password_hash, display_name, "supervisor",
                                                           rid(reader), 1)]
-    [(created_at, updated_at)] = rows(h, "SELECT created_at, updated_at FROM consultants WHERE id = ?",
+    [(created_at, updated_at)] = db_rows(h, "SELECT created_at, updated_at FROM consultants WHERE id = ?",
                                       (consultant_id,))
     assert ISO.match(created_at)
     assert created_at == updated_at
-    [audit] = rows(h, "SELECT actor_type, actor_id, action, target_type, target_id, details FROM audit_logs "
+    [audit] = db_rows(h, "SELECT actor_type, actor_id, action, target_type, target_id, details FROM audit_logs "
                       "WHERE action = 'reader.promote'")
     assert audit[:5] == ("system", None, "reader.promote", "reader", rid(reader))
     assert json.loads(audit[5]) == {"consultant_id": consultant_id, "role": "supervisor", "via": "sql"}
@@ -227,9 +219,9 @@ def test_promote_query(h: Harness) -> None:
     promoted = Client(h.channel, as_consultant.token, as_consultant.account)
     assert promoted.consultant.GetReader(cpb.GetReaderRequest(name=reader.account), metadata=promoted.md)
     # Defect 1: the consultant's session is stored, and every foreign key holds.
-    assert rows(h, "SELECT actor_type FROM sessions WHERE actor_id = ?", (consultant_id,)) == [("consultant",)]
-    assert rows(h, "PRAGMA foreign_key_list(sessions)") == []
-    assert rows(h, "PRAGMA foreign_key_check") == []
+    assert db_rows(h, "SELECT actor_type FROM sessions WHERE actor_id = ?", (consultant_id,)) == [("consultant",)]
+    assert db_rows(h, "PRAGMA foreign_key_list(sessions)") == []
+    assert db_rows(h, "PRAGMA foreign_key_check") == []
 
     # A second promotion, of any role, does nothing, and audits nothing; also
     # when the same statement is simply run again.
@@ -254,12 +246,12 @@ def test_promote_query_inserts_nothing_when_it_must_not(h: Harness, case: str) -
         h.anonymous.admin.SetAccountActive(apb.SetAccountActiveRequest(account=reader.account, active=False),
                                            metadata=h.admin_md())
     else:
-        [(email,)] = rows(h, "SELECT email FROM users WHERE id = ?", (user_id,))
+        [(email,)] = db_rows(h, "SELECT email FROM users WHERE id = ?", (user_id,))
         h.anonymous.admin.CreateConsultant(apb.CreateConsultantRequest(
             email=email, password=PASSWORD, display_name="Namesake", role=resources_pb2.CONSULTANT_ROLE_CONSULTANT,
         ), metadata=h.admin_md())
     consultants, audits = table_count(h.db_path, "consultants"), table_count(h.db_path, "audit_logs")
     consultant_id = promote(h, user_id, "consultant")
-    assert rows(h, "SELECT count(*) FROM consultants WHERE id = ?", (consultant_id,)) == [(0,)]
+    assert db_rows(h, "SELECT count(*) FROM consultants WHERE id = ?", (consultant_id,)) == [(0,)]
     assert table_count(h.db_path, "consultants") == consultants
     assert table_count(h.db_path, "audit_logs") == audits

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import queue
-import signal
 import sys
 import threading
 
@@ -27,7 +25,7 @@ import grpc
 from grpc import aio
 
 from cursor_grpc.config import Settings
-from cursor_grpc.server import server_options
+from cursor_grpc.server import server_options, wait_for_stop_signal
 
 SERVICE = "bench.v1.Echo"
 METHOD = f"/{SERVICE}/Echo"
@@ -64,12 +62,7 @@ async def serve(listen: str, reply: bytes | None, handoff: bool = False) -> None
     await server.start()
     host = listen.rsplit(":", 1)[0]
     print(f"echo serving on {host}:{port}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     await server.stop(1.0)
 
 

@@ -104,14 +104,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
         limit = paging.page_size(request.page_size, self.app.settings.limits)
         request_fingerprint = paging.fingerprint("audit", query.actor_type, query.actor_id, query.action,
                                                  query.target_type, query.target_id, query.start, query.end)
-        key = paging.decode_token(request.page_token, request_fingerprint)
-        if key is not None and (len(key) != 2 or not all(isinstance(k, str) for k in key)):
-            raise InvalidArgument("page_token is not a token this server issued", field="page_token")
+        key = paging.decode_token(request.page_token, request_fingerprint, str, str)
         records = await self.app.store.list_audit_logs(query, (key[0], key[1]) if key else None, limit + 1)
-        token = ""
-        if len(records) > limit:
-            records = records[:limit]
-            token = paging.encode_token([records[-1].created_at, records[-1].id], request_fingerprint)
+        records, token = paging.cut(records, limit, lambda r: [r.created_at, r.id], request_fingerprint)
         return pb.ListAuditLogsResponse(audit_logs=[convert.audit_log(r) for r in records], next_page_token=token)
 
 

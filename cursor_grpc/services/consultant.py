@@ -28,10 +28,6 @@ SNAPSHOT_READERS_PER_MESSAGE = 200
 SETTABLE_STATUS = {resources_pb2.READER_STATUS_ACTIVE: "active", resources_pb2.READER_STATUS_PAUSED: "paused"}
 
 
-def _bad_token() -> InvalidArgument:
-    return InvalidArgument("page_token is not a token this server issued", field="page_token")
-
-
 class ConsultantService(pb_grpc.ConsultantServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
@@ -45,23 +41,17 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         window = request.window_seconds or self.app.settings.limits.active_window_seconds
         limit = paging.page_size(request.page_size, self.app.settings.limits)
         request_fingerprint = paging.fingerprint("active", window)
-        key = paging.decode_token(request.page_token, request_fingerprint)
+        key = paging.decode_token(request.page_token, request_fingerprint, str, str, str)
         if key is None:
             # The window is fixed at the first page, so later pages don't shift.
             since = iso_from_ns(time.time_ns() - window * 1_000_000_000)
             after = None
         else:
-            if len(key) != 3 or not all(isinstance(k, str) for k in key):
-                raise _bad_token()
             since, after = key[0], (key[1], key[2])
         records = await self.app.store.list_active_readers(since, after, limit + 1)
-        token = ""
-        if len(records) > limit:
-            records = records[:limit]
-            last = records[-1]
-            assert last.state is not None
-            assert last.state.last_seen_at is not None
-            token = paging.encode_token([since, last.state.last_seen_at, last.id], request_fingerprint)
+        records, token = paging.cut(
+            records, limit, lambda r: [since, r.state.last_seen_at if r.state else "", r.id], request_fingerprint
+        )
         return pb.ListActiveReadersResponse(readers=[convert.reader(r) for r in records], next_page_token=token)
 
     @rpc(Access.CONSULTANT)
@@ -72,14 +62,9 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         status = convert.STATUS_NAME.get(request.status)
         limit = paging.page_size(request.page_size, self.app.settings.limits)
         request_fingerprint = paging.fingerprint("readers", status)
-        key = paging.decode_token(request.page_token, request_fingerprint)
-        if key is not None and (len(key) != 1 or not isinstance(key[0], str)):
-            raise _bad_token()
+        key = paging.decode_token(request.page_token, request_fingerprint, str)
         records = await self.app.store.list_readers(status, key[0] if key else None, limit + 1)
-        token = ""
-        if len(records) > limit:
-            records = records[:limit]
-            token = paging.encode_token([records[-1].id], request_fingerprint)
+        records, token = paging.cut(records, limit, lambda r: [r.id], request_fingerprint)
         return pb.ListReadersResponse(readers=[convert.reader(r) for r in records], next_page_token=token)
 
     @rpc(Access.CONSULTANT)

@@ -40,19 +40,10 @@ async def list_interactions_page(
     type_ = validation.interaction_type(type_filter) if type_filter else None
     limit = paging.page_size(page_size, app.settings.limits)
     request_fingerprint = paging.fingerprint("interactions", reader_id, type_)
-    key = paging.decode_token(page_token, request_fingerprint)
-    before = None
-    if key is not None:
-        if len(key) != 1 or not isinstance(key[0], int):
-            raise InvalidArgument("page_token is not a token this server issued", field="page_token")
-        before = key[0]
+    key = paging.decode_token(page_token, request_fingerprint, int)
     # Walks into archive files when the page reaches archived history.
-    page = await app.store.list_interaction_history(reader_id, type_, before, limit + 1)
-    records = page.records
-    next_token = ""
-    if len(records) > limit:
-        records = records[:limit]
-        next_token = paging.encode_token([records[-1].seq], request_fingerprint)
+    page = await app.store.list_interaction_history(reader_id, type_, key[0] if key else None, limit + 1)
+    records, next_token = paging.cut(page.records, limit, lambda r: [r.seq], request_fingerprint)
     archived = any(r.seq in page.archived for r in records)
     return [convert.interaction(r) for r in records], next_token, archived
 
@@ -234,16 +225,11 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         limit = paging.page_size(request.page_size, self.app.settings.limits)
         request_fingerprint = paging.fingerprint("consents", caller.account_id, request.received,
                                                  request.show_revoked)
-        key = paging.decode_token(request.page_token, request_fingerprint)
-        if key is not None and (len(key) != 1 or not isinstance(key[0], str)):
-            raise InvalidArgument("page_token is not a token this server issued", field="page_token")
+        key = paging.decode_token(request.page_token, request_fingerprint, str)
         records = await self.app.store.list_consents(
             caller.account_id, request.received, request.show_revoked, key[0] if key else None, limit + 1
         )
-        token = ""
-        if len(records) > limit:
-            records = records[:limit]
-            token = paging.encode_token([records[-1].id], request_fingerprint)
+        records, token = paging.cut(records, limit, lambda r: [r.id], request_fingerprint)
         return pb.ListConsentsResponse(consents=[convert.consent(r) for r in records], next_page_token=token)
 
     @rpc(Access.READER)
@@ -294,15 +280,9 @@ async def list_messages_page(app: App, reader_id: str, page_size: int, page_toke
     """One newest-first page of a conversation; shared by both sides."""
     limit = paging.page_size(page_size, app.settings.limits)
     request_fingerprint = paging.fingerprint("messages", reader_id)
-    key = paging.decode_token(page_token, request_fingerprint)
-    if key is not None and (len(key) != 1 or not isinstance(key[0], int)):
-        raise InvalidArgument("page_token is not a token this server issued", field="page_token")
+    key = paging.decode_token(page_token, request_fingerprint, int)
     records = await app.store.list_messages(reader_id, key[0] if key else None, limit + 1)
-    token = ""
-    if len(records) > limit:
-        records = records[:limit]
-        token = paging.encode_token([records[-1].seq], request_fingerprint)
-    return records, token
+    return paging.cut(records, limit, lambda r: [r.seq], request_fingerprint)
 
 
 async def open_stream(
