@@ -29,7 +29,7 @@ class App:
         self.passwords = Passwords(settings.auth)
         self.throttle = LoginThrottle(settings.auth)
         self.sessions = SessionManager(self.store, settings.auth)
-        self.broadcaster = Broadcaster(self.store, asyncio.get_running_loop())
+        self.broadcaster = Broadcaster(self.store, asyncio.get_running_loop(), settings.live)
         self.presence = PresenceSweeper(self.store, settings.live)
         self.sessions.on_revoked(self._end_streams)
         # Metrics endpoint, scheduled backups, archival, WAL housekeeping.

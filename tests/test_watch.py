@@ -145,9 +145,6 @@ def test_failed_write_produces_no_event(h: Harness) -> None:
 
 
 def test_idle_is_announced_on_time(make_harness: Any) -> None:
-    from cursor_grpc.config import LiveSettings
-
-    del LiveSettings
     h = make_harness()
     # Shorten presence times on the running server's settings.
     live = h.server.app.settings.live
@@ -166,6 +163,30 @@ def test_idle_is_announced_on_time(make_harness: Any) -> None:
     assert [e.presence.presence for e in watcher.events] == [pb.PRESENCE_READING, pb.PRESENCE_IDLE]
     assert 0.6 <= elapsed < 2.5
     watcher.cancel()
+
+
+def test_commits_within_one_fanout_interval_go_out_as_one_message(h: Harness) -> None:
+    """Pacing batches commits into one message per stream, and a heartbeat
+    sent while events wait for the flush never claims a cursor past them."""
+    live = h.server.app.settings.live
+    object.__setattr__(live, "heartbeat_seconds", 0.05)
+    h.server.app.broadcaster.min_interval = 0.6
+    consultant, reader = h.new_consultant(), h.new_reader()
+    watcher = Watcher(consultant, cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_INTERACTION_RECORDED]))
+    watcher.wait_for(lambda: len(watcher.responses) >= 1)
+    time.sleep(0.7)  # a quiet spell: the next commit goes out at once
+    first = record(reader, "answer", n=0).interaction.sequence
+    watcher.wait_for(lambda: len(watcher.events) >= 1, timeout=0.5)
+    burst = [record(reader, "answer", n=i).interaction.sequence for i in range(1, 4)]
+    watcher.wait_for(lambda: len(watcher.events) >= 4, timeout=5)
+    watcher.cancel()
+    assert [e.event_id for e in watcher.events] == [first, *burst]
+    carrying = [r for r in watcher.responses if r.events]
+    assert [len(r.events) for r in carrying] == [1, 3]
+    # Heartbeats between the two messages stand before the burst.
+    between = watcher.responses[watcher.responses.index(carrying[0]) + 1:watcher.responses.index(carrying[1])]
+    assert between, "heartbeats were expected while the burst waited"
+    assert all(r.heartbeat and int(r.cursor.rpartition("-")[2]) < burst[0] for r in between)
 
 
 @pytest.mark.parametrize("ending", ["logout", "rotation", "deactivation"])

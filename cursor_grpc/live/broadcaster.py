@@ -1,9 +1,12 @@
 """Fan-out of committed events to open streams.
 
 The writer calls `Broadcaster.from_writer` after each commit; the events
-cross to the event loop with one `call_soon_threadsafe` per commit. Each
-event is converted and serialized once, as the bytes of one `events` entry,
-and shared by every stream that wants it. Each stream has a bounded buffer;
+cross to the event loop with one `call_soon_threadsafe` per commit and wait
+there for the next flush (paced by `LiveSettings.fanout_*`), so one stream
+message carries what several commits wrote instead of one message per
+commit per stream. Each event is converted and serialized once, as the
+bytes of one `events` entry, and shared by every stream that wants it.
+Each stream has a bounded buffer;
 a stream whose buffer would overflow drops it and catches up from the
 database instead, so memory stays bounded and nothing is lost.
 """
@@ -17,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, InvalidArgument, OutOfRange
 from cursor_grpc.services import convert
 from cursor_grpc.storage.events import Event, EventFilter
@@ -109,20 +113,29 @@ class Subscription:
             return True
         self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         except TimeoutError:
             return False
         return True
 
 
 class Broadcaster:
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, settings: LiveSettings) -> None:
         self._loop = loop
         self.epoch = store.epoch
-        # Highest seq published; everything at or below it is committed.
+        # Highest seq handed to the streams; everything at or below it is
+        # committed, and every stream has it in its buffer or has caught up
+        # past it. Committed events waiting for the flush are above it.
         self.head = store.last_seq
         self._subscriptions: set[Subscription] = set()
         self.published = 0
+        self._pending: list[Event] = []
+        self._flush_at: asyncio.Handle | None = None
+        self._last_flush = 0.0
+        # Pacing (see LiveSettings); plain attributes, so they can be tuned live.
+        self.min_interval = settings.fanout_interval_seconds
+        self.messages_per_second = settings.fanout_messages_per_second
         store.on_events(self.from_writer)
 
     # --- cursors -----------------------------------------------------------
@@ -164,8 +177,28 @@ class Broadcaster:
                        _EVENTS_TAG + _varint(len(body)) + body)
 
     def publish(self, events: list[Event]) -> None:
-        self.head = max(self.head, events[-1].seq)
+        """Loop: queue one commit's events for the next flush."""
         self.published += len(events)
+        if not self._subscriptions and not self._pending:
+            self.head = max(self.head, events[-1].seq)
+            return
+        self._pending.extend(events)
+        if self._flush_at is None:
+            wait = self.flush_interval() - (self._loop.time() - self._last_flush)
+            self._flush_at = (self._loop.call_later(wait, self.flush) if wait > 0
+                              else self._loop.call_soon(self.flush))
+
+    def flush_interval(self) -> float:
+        return max(self.min_interval, len(self._subscriptions) / self.messages_per_second)
+
+    def flush(self) -> None:
+        """Hand everything committed since the last flush to the streams."""
+        self._flush_at = None
+        self._last_flush = self._loop.time()
+        events, self._pending = self._pending, []
+        if not events:
+            return
+        self.head = max(self.head, events[-1].seq)
         if not self._subscriptions:
             return
         encoded = [self.encode(event) for event in events]

@@ -51,7 +51,10 @@ async def run_stream(
             metrics.events_delivered(len(chunks))
         metrics.stream_lag(max(0, broadcaster.head - seq))
         try:
-            await asyncio.wait_for(context.write(data), settings.stall_seconds)
+            # asyncio.timeout arms a timer on this task; wait_for would start
+            # a task per message.
+            async with asyncio.timeout(settings.stall_seconds):
+                await context.write(data)
         except TimeoutError:
             raise ResourceExhausted(
                 f"the stream made no progress for {settings.stall_seconds:.0f} s and was ended; "
