@@ -12,7 +12,6 @@ import calendar
 import os
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -91,7 +90,9 @@ class _UUIDv7:
             counter = self._counter
         rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
         value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
-        return str(uuid.UUID(int=value))
+        # str(uuid.UUID(int=value)), without building the object (a third of the cost).
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 new_id = _UUIDv7()

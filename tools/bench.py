@@ -62,6 +62,7 @@ ECHO = TOOLS / "echo_server.py"
 ADMIN_EMAIL = "bench-admin@example.com"
 READER_EMAIL = "bench-reader-{}@example.com"
 SERVING = re.compile(r"serving on (?P<host>[0-9.]+):(?P<port>\d+)")
+METRICS = re.compile(r"metrics on (?P<url>http://[0-9.]+:\d+/metrics)")
 RECORD_PATH = "/cursor.v1.ReaderService/RecordInteraction"
 ECHO_PATH = "/bench.v1.Echo/Echo"
 MiB = 1024 * 1024
@@ -96,9 +97,21 @@ class Plan:
     # Scenario 5.
     storm_logins_per_s: float = 20.0
     storm_concurrency: int = 16
-    # Scenario 4.
-    fanout_watchers: tuple[int, ...] = (1, 20, 100)
+    # Scenario 4: the ingest rate of the watcher and polling cases (stamped events/s).
+    fanout_rate: float = 1000.0
+    fanout_watchers: tuple[int, ...] = (1, 20, 100, 200)
+    # Watchers of the target row and of the maximum-rate case; pollers of the polling baseline.
+    fanout_reference: int = 20
     fanout_drain_s: float = 2.0
+    poll_interval_s: float = 0.5
+    # Scenario 6: idle streams held open, and streams opened and cancelled.
+    idle_streams: int = 1000
+    streams_per_channel: int = 100
+    hold_s: float = 2.0
+    churn_cycles: int = 20_000
+    churn_warmup_cycles: int = 1_000
+    churn_workers: int = 32
+    churn_limit_s: float = 180.0
     # Limits of the whole run.
     budget_s: float = 600.0
 
@@ -107,14 +120,17 @@ PLANS = {
     "default": Plan("default"),
     "quick": Plan(
         "quick", warmup_s=0.5, measure_s=2.0, repeats=1, stream_s=3.0, raw_s=2.0, sizes=(0, 100_000),
-        query_measure_s=3.0, fanout_watchers=(1, 10), budget_s=120.0,
+        query_measure_s=3.0, fanout_watchers=(1, 20), fanout_drain_s=1.0, churn_cycles=5_000, churn_limit_s=60.0,
+        budget_s=120.0,
     ),
     # For the test suite: proves every path end to end on 2 cores in well under a minute.
     "ci": Plan(
         "ci", warmup_s=0.2, measure_s=0.6, concurrencies=(1, 4), repeats=1, stream_workers=2, chunk_events=100,
         chunks_per_call=2, stream_s=0.8, raw_s=0.5, sizes=(0, 2_000), growth_readers=200, growth_sessions=20,
         ingest_concurrency=4, query_rate=50.0, query_measure_s=0.8, storm_logins_per_s=10.0,
-        storm_concurrency=4, fanout_watchers=(1, 3), fanout_drain_s=1.0, budget_s=60.0,
+        storm_concurrency=4, fanout_rate=100.0, fanout_watchers=(1, 3), fanout_reference=3, fanout_drain_s=1.0,
+        idle_streams=50, hold_s=0.5, churn_cycles=500, churn_warmup_cycles=100, churn_workers=8, churn_limit_s=30.0,
+        budget_s=60.0,
     ),
 }
 
@@ -292,6 +308,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, cwd=ROOT)
         self.port: int | None = None
+        self.metrics_url: str | None = None
         self._ready = threading.Event()
         self.slow_queries = 0
         self.errors = 0
@@ -309,6 +326,8 @@ class ServerProcess:
             if self.port is None and (match := SERVING.search(line)):
                 self.port = int(match["port"])
                 self._ready.set()
+            elif self.metrics_url is None and (match := METRICS.search(line)):
+                self.metrics_url = match["url"]
             elif "slow query" in line:
                 self.slow_queries += 1
             elif " ERROR " in line or "Traceback" in line:
@@ -332,6 +351,24 @@ class ServerProcess:
 
     def cpu_s(self) -> float:
         return proc_cpu_s(self.pid)
+
+    def streams_open(self) -> int | None:
+        """Live streams open in the server (its `cursor_streams_open` gauge);
+        None when it serves no metrics or does not say."""
+        if self.metrics_url is None:
+            return None
+        import urllib.request
+
+        try:
+            # A loopback http:// URL from the server's own log line.
+            with urllib.request.urlopen(self.metrics_url, timeout=10) as reply:  # noqa: S310
+                text = reply.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("cursor_streams_open "):
+                return int(float(line.split()[1]))
+        return None
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, wait (graceful shutdown commits and closes), SIGKILL if stuck."""
@@ -434,7 +471,8 @@ class Bench:
     main_db: Path = Path()
     servers: list[ServerProcess] = field(default_factory=list)
     foreign: list[float] = field(default_factory=list)
-    # Scenarios to run; 1 always runs (4 and 5 take their load from it), 6 comes with the rest.
+    # Scenarios to run; 1 always runs (it makes the readers; 5 takes its load from it). 6's idle
+    # streams and churn run with 6; its other RSS rows come with the scenarios they follow.
     only: set[int] = field(default_factory=lambda: {1, 2, 3, 4, 5, 6})
     _client_n: int = 0
 
@@ -466,9 +504,11 @@ class Bench:
         )
         return path
 
-    def start_server(self, db: Path, name: str) -> ServerProcess:
+    def start_server(self, db: Path, name: str, metrics: bool = False) -> ServerProcess:
+        """The real server; with `metrics`, its Prometheus endpoint on a free loopback port too."""
         server = ServerProcess(
-            [sys.executable, "-m", "cursor_grpc", "serve", "--listen", "127.0.0.1:0", "--db", str(db), "--grace", "5"],
+            [sys.executable, "-m", "cursor_grpc", "serve", "--listen", "127.0.0.1:0", "--db", str(db), "--grace", "5",
+             *(["--metrics-listen", "127.0.0.1:0"] if metrics else [])],
             self.server_env(), name, self.work,
         )
         self.servers.append(server)
@@ -957,83 +997,281 @@ class Bench:
 
         Runs only when both the generated stubs and the running server (asked
         by reflection) have WatchActivity; otherwise it is reported as "not
-        available". W watch streams (all readers, all kinds, snapshot first)
-        are open before the ingest starts; ingest then runs exactly as the
-        calm half-load run of scenario 5 (same rate, same readers), with each
-        request's summary stamped with its send time, so each watcher measures
-        send -> receipt. Every watcher must see every stamped interaction
-        exactly once. Also gives scenario 6 its RSS per watch stream.
+        available". Ingest is RecordInteraction at a fixed `fanout_rate`
+        events/s from scenario 5's readers, each request's summary stamped
+        with its send time, so each consumer measures send -> receipt. Cases,
+        in order: no watchers (the baseline of the ingest rows), each count of
+        W watch streams (all readers, all kinds, snapshot first, open before
+        the ingest starts), the reference count of watchers with the ingest
+        back to back (the highest rate the server sustains), and as many
+        consultants polling ListInteractions every `poll_interval_s` instead
+        (the design's fallback). Every watcher and poller must see every
+        stamped interaction exactly once. Also gives scenario 6 its RSS per
+        watch stream.
         """
+        plan = self.plan
+        ref = plan.fanout_reference
+        counts = sorted({*plan.fanout_watchers, ref})
         available, why = watch_activity_available(server.address)
         self.data["fanout"] = {"available": available, "why": why}
         if not available:
             self.rows.append(Row("4 fan-out", "WatchActivity to many watchers", "report", "not available",
                                  baseline=why, verdict="n/a"))
             self.rows.append(Row("6 memory", "server RSS per watch stream", "report", "not available", verdict="n/a"))
-            for _ in self.plan.fanout_watchers:
+            for _ in range(len(counts) + 3):
                 self.progress.advance()
             return
-        plan = self.plan
         consultant = self.consultant_token(server)
-        storm = self.data["storm"]
-        rate = storm["rate"]
-        tokens = [[a["token"]] for a in accounts[:plan.storm_concurrency]]
-        requests = self.interaction_requests()
+        rate = plan.fanout_rate
+        at = f"at {rate:,.0f} ev/s"
+        paced = [[a["token"]] for a in accounts[:plan.storm_concurrency]]
         time.sleep(0.5)
         rss_before = server.rss()
-        runs: dict[str, Any] = {"rate": rate, "rss_before": rss_before}
-        for watchers in plan.fanout_watchers:
-            self.progress.step(f"4. fan-out: {watchers} watcher(s), ingest {rate:,.0f} RPC/s")
-            ingest = self.unary_specs(server.address, RECORD_PATH, tokens, requests, rate)
-            for spec in ingest:
-                spec["stamp"] = True
-            watch = [{
-                "mode": "watch", "address": server.address, "token": consultant, "streams": n, "channels": n,
-                "drain_s": plan.fanout_drain_s, "sample_every": max(1, watchers // 10), **self.timing(),
-            } for n in self.split_count(watchers, plan.client_procs)]
-            rss_open: list[int] = []
-            mark = len(self.foreign)
+        cases: dict[str, dict[str, Any]] = {"0": self.fanout_case(server, consultant, paced, rate, f"no watchers {at}")}
+        for watchers in counts:
+            cases[str(watchers)] = self.fanout_case(
+                server, consultant, paced, rate, f"{watchers} watcher{'s' if watchers > 1 else ''} {at}", watchers)
+        closed = [[a["token"]] for a in accounts[:plan.ingest_concurrency]]
+        cases["max"] = self.fanout_case(server, consultant, closed, None, f"{ref} watchers at the highest rate", ref)
+        cases["poll"] = self.fanout_case(
+            server, consultant, paced, rate, f"{ref} pollers every {plan.poll_interval_s * 1000:.0f} ms {at}",
+            pollers=ref)
 
-            def sample_rss(into: list[int] = rss_open) -> None:
-                time.sleep(plan.warmup_s)
+        zero = cases["0"]
+        self.fanout_rows(zero, zero)
+        for watchers in counts:
+            self.fanout_rows(cases[str(watchers)], zero, "p50 <= 10 ms, p99 <= 50 ms, 0 missing" if watchers == ref
+                             else None)
+        sustained = [w for w in plan.fanout_watchers
+                     if (c := cases[str(w)])["delivery"]["p99_ms"] <= 100.0 and not c["missing"]
+                     and c["ingest"]["rate"] >= 0.95 * rate]
+        best = max(sustained, default=0)
+        self.rows.append(Row(
+            "4 fan-out", f"watchers sustained {at} with p99 <= 100 ms", ">= 100", f"{best}",
+            "p99 by watchers: " + ", ".join(
+                f"{w}: {fmt_ms(cases[str(w)]['delivery']['p99_ms'])}" for w in plan.fanout_watchers)
+            + ("" if max(plan.fanout_watchers) >= 100 else f" (this plan stops at {max(plan.fanout_watchers)})"),
+            verdict="pass" if best >= 100 else "miss" if max(plan.fanout_watchers) >= 100 else "info",
+            noise=max((cases[str(w)]["noise"] or 0.0 for w in plan.fanout_watchers), default=None),
+        ))
+
+        top = cases["max"]
+        d, ingest = top["delivery"], top["ingest"]
+        alone = self.data["unary"].get(str(plan.ingest_concurrency), {}).get("cursor")
+        self.rows.append(Row(
+            "4 fan-out", f"{top['label']} ({plan.ingest_concurrency} readers back to back)", "report",
+            f"ingest {fmt_rate(ingest['rate'], 'RPC/s')}, p99 {fmt_ms(ingest['p99_ms'])}; delivery p50 "
+            f"{fmt_ms(d['p50_ms'])}, p99 {fmt_ms(d['p99_ms'])}, max {fmt_ms(d['max_ms'])}; "
+            f"{top['delivered']:,}/{top['written']:,} delivered; server {ingest['server_cores']:.2f} cores",
+            f"no watchers (1.): {fmt_rate(alone['rate'], 'RPC/s')}" if alone else "",
+            ingest["rate"] / alone["rate"] if alone and alone["rate"] else None, noise=top["noise"],
+        ))
+
+        self.fanout_rows(cases["poll"], zero)
+        poll, push = cases["poll"]["delivery"], cases[str(ref)]["delivery"]
+        ratio = poll["p50_ms"] / push["p50_ms"] if push["p50_ms"] else float("nan")
+        self.rows.append(Row(
+            "4 fan-out", f"polling baseline vs push ({ref})", "push p50 >= 20x lower",
+            f"push p50 {fmt_ms(push['p50_ms'])}, p99 {fmt_ms(push['p99_ms'])}",
+            f"polling p50 {fmt_ms(poll['p50_ms'])}, p99 {fmt_ms(poll['p99_ms'])}", ratio,
+            "pass" if ratio >= 20 else "miss", max(cases["poll"]["noise"] or 0.0, cases[str(ref)]["noise"] or 0.0),
+        ))
+        self.data["fanout"].update({"rate": rate, "rss_before": rss_before, "cases": cases, "sustained": best,
+                                    "poll_over_push_p50": ratio})
+        most = max(counts)
+        rss_most = cases[str(most)]["rss_max"]
+        self.rows.append(Row("6 memory", f"server RSS per watch stream ({most} open)", "report",
+                             f"{(rss_most - rss_before) / most / 1024:,.0f} KiB ({rss_most / MiB:.0f} MiB with "
+                             f"{most} open)", f"{rss_before / MiB:.0f} MiB before"))
+
+    def fanout_case(self, server: ServerProcess, consultant: str, tokens: list[list[str]], rate: float | None,
+                    label: str, watchers: int = 0, pollers: int = 0) -> dict[str, Any]:
+        """One scenario-4 run: stamped RecordInteraction from `tokens`' readers at
+        `rate` (None: back to back), beside `watchers` WatchActivity streams or
+        `pollers` ListInteractions pollers, split over the client processes.
+        Checks that every stream or poller saw every stamped interaction once."""
+        plan = self.plan
+        self.progress.step(f"4. fan-out: {label}")
+        ingest = self.unary_specs(server.address, RECORD_PATH, tokens, self.interaction_requests(), rate)
+        for spec in ingest:
+            spec["stamp"] = True
+        common = {"address": server.address, "token": consultant, "drain_s": plan.fanout_drain_s, **self.timing()}
+        consumers = [{"mode": "watch", "streams": n, "channels": n, "sample_every": max(1, watchers // 10), **common}
+                     for n in (self.split_count(watchers, plan.client_procs) if watchers else [])]
+        parts = self.split_count(pollers, plan.client_procs) if pollers else []
+        consumers += [{"mode": "poll", "pollers": n, "first": sum(parts[:k]), "pollers_total": pollers,
+                       "interval_s": plan.poll_interval_s, "page_size": 1000, **common} for k, n in enumerate(parts)]
+        rss: list[int] = []
+        mark = len(self.foreign)
+        results, usage = self.run_clients([*ingest, *consumers], server,
+                                          during=self.rss_sampler(server, plan.warmup_s + plan.measure_s, rss))
+        self.progress.advance()
+        fed, seen = results[:len(ingest)], results[len(ingest):]
+        sent = sum(r["ok_total"] for r in fed)
+        ingest_run = self.merge(fed)
+        case: dict[str, Any] = {
+            "label": label, "watchers": watchers, "pollers": pollers, "rate_offered": rate, "sent": sent,
+            "ingest": self.public(ingest_run) | usage, "rss_max": max(rss, default=0), "noise": self.noise_since(mark),
+        }
+        count = watchers + pollers
+        if not count:
+            self.check(f"4. {label}: no RecordInteraction errors", not ingest_run["errors"],
+                       f"sent {sent}, errors {ingest_run['errors'] or 0}")
+            return case
+        per_stream = [n for r in seen for n in r["stamped_per_stream"]]
+        duplicates = sum(r["duplicates"] for r in seen)
+        delivery = self.merge(seen, "delivery")
+        missing = sum(max(0, sent - n) for n in per_stream) + max(0, count - len(per_stream)) * sent
+        self.check(f"4. {label}: every {'poller' if pollers else 'stream'} saw every stamped interaction once",
+                   len(per_stream) == count and all(n == sent for n in per_stream) and not duplicates
+                   and not delivery["errors"] and not ingest_run["errors"],
+                   f"sent {sent}, seen per {'poller' if pollers else 'stream'} {sorted(set(per_stream))}, "
+                   f"duplicates {duplicates}, errors {delivery['errors'] or ingest_run['errors'] or 0}")
+        return case | {
+            "delivery": self.public(delivery), "delivered": sum(per_stream), "written": sent * count,
+            "missing": missing, "duplicates": duplicates,
+            "events_total": sum(r["events_total"] for r in seen),
+            "messages_total": sum(r["messages_total"] for r in seen),
+            "consumer_client_cpu_s": sum(r["cpu_s"] for r in seen),
+        }
+
+    def fanout_rows(self, case: dict[str, Any], zero: dict[str, Any], target: str | None = None) -> None:
+        """A case's delivery row (with `target`: its verdict too) and its ingest
+        row, the latter beside the no-watcher run at the same rate."""
+        label, ingest = case["label"], case["ingest"]
+        if "delivery" in case:
+            d = case["delivery"]
+            met = d["p50_ms"] <= 10.0 and d["p99_ms"] <= 50.0 and not case["missing"]
+            self.rows.append(Row(
+                "4 fan-out", f"{label}: delivery send -> {'poller' if case['pollers'] else 'watcher'}",
+                target or "report",
+                f"p50 {fmt_ms(d['p50_ms'])}, p99 {fmt_ms(d['p99_ms'])}, max {fmt_ms(d['max_ms'])}; "
+                f"{case['delivered']:,}/{case['written']:,} delivered, {case['missing']:,} missing",
+                verdict=("pass" if met else "miss") if target else "info", noise=case["noise"],
+            ))
+        base = zero["ingest"]
+        self.rows.append(Row(
+            "4 fan-out", f"{label}: RecordInteraction, server", "report",
+            f"p99 {fmt_ms(ingest['p99_ms'])}, {fmt_rate(ingest['rate'], 'RPC/s')}; server "
+            f"{ingest['server_cores']:.2f} cores, RSS {case['rss_max'] / MiB:.0f} MiB",
+            "" if case is zero else f"no watchers: p99 {fmt_ms(base['p99_ms'])}, "
+            f"{fmt_rate(base['rate'], 'RPC/s')}; server {base['server_cores']:.2f} cores",
+            None if case is zero or not base["p99_ms"] else ingest["p99_ms"] / base["p99_ms"], noise=case["noise"],
+        ))
+
+    @staticmethod
+    def rss_sampler(server: ServerProcess, seconds: float, into: list[int]) -> Callable[[], None]:
+        """A `during` for run_clients: the server's RSS every 0.25 s for `seconds`."""
+        def sample() -> None:
+            for _ in range(max(1, math.ceil(seconds / 0.25))):
+                time.sleep(0.25)
                 into.append(server.rss())
 
-            results, usage = self.run_clients([*ingest, *watch], server, during=sample_rss)
-            self.progress.advance()
-            fed, seen = results[:len(ingest)], results[len(ingest):]
-            sent = sum(r["ok_total"] for r in fed)
-            per_stream = [n for r in seen for n in r["stamped_per_stream"]]
-            duplicates = sum(r["duplicates"] for r in seen)
-            ingest_run = self.merge(fed)
-            delivery = self.merge(seen, "delivery")
-            self.check(f"4. {watchers} watcher(s): every stream saw every stamped interaction once",
-                       len(per_stream) == watchers and all(n == sent for n in per_stream) and not duplicates
-                       and not delivery["errors"] and not ingest_run["errors"],
-                       f"sent {sent}, seen per stream {sorted(set(per_stream))}, duplicates {duplicates}, "
-                       f"errors {delivery['errors'] or ingest_run['errors'] or 0}")
-            label = f"{watchers} watcher{'s' if watchers > 1 else ''}"
-            self.rows.append(Row(
-                "4 fan-out", f"{label}: event delivery send -> watcher, ingest {rate:,.0f} RPC/s", "report",
-                f"p50 {fmt_ms(delivery['p50_ms'])}, p99 {fmt_ms(delivery['p99_ms'])}", noise=self.noise_since(mark),
-            ))
-            ratio = ingest_run["p99_ms"] / storm["without"]["p99_ms"] if storm["without"]["p99_ms"] else None
-            self.rows.append(Row(
-                "4 fan-out", f"{label}: RecordInteraction p99", "report",
-                f"p99 {fmt_ms(ingest_run['p99_ms'])}, {fmt_rate(ingest_run['rate'], 'RPC/s')}",
-                f"no watchers (5.): p99 {fmt_ms(storm['without']['p99_ms'])}", ratio, noise=self.noise_since(mark),
-            ))
-            runs[str(watchers)] = {"ingest": self.public(ingest_run) | usage, "delivery": self.public(delivery),
-                                   "rss_open": rss_open[0] if rss_open else 0, "events_per_stream": sent,
-                                   "events_total": sum(r["events_total"] for r in seen),
-                                   "messages_total": sum(r["messages_total"] for r in seen),
-                                   "watch_client_cpu_s": sum(r["cpu_s"] for r in seen)}
-        self.data["fanout"].update(runs)
-        most = max(plan.fanout_watchers)
-        per_stream_rss = (runs[str(most)]["rss_open"] - rss_before) / most
-        self.rows.append(Row("6 memory", f"server RSS per watch stream ({most} open)", "report",
-                             f"{per_stream_rss / 1024:,.0f} KiB "
-                             f"({runs[str(most)]['rss_open'] / MiB:.0f} MiB with {most} open)",
-                             f"{rss_before / MiB:.0f} MiB before"))
+        return sample
+
+    def scenario_streams(self, server: ServerProcess, accounts: list[dict[str, str]]) -> None:
+        """6. Server memory with many idle WatchActivity streams open, and
+        before and after many streams were opened and cancelled. On the main
+        server with nothing else running: the streams watch one reader's
+        interactions and nothing is written meanwhile, so each carries only
+        the first message the server sends at once. The open-stream count
+        comes from the server's Prometheus gauge."""
+        from cursor.v1 import consultant_service_pb2 as cpb
+        from cursor.v1 import resources_pb2
+
+        plan = self.plan
+        available, why = watch_activity_available(server.address)
+        if not available:
+            self.rows.append(Row("6 memory", "idle WatchActivity streams, stream churn", "report", "not available",
+                                 baseline=why, verdict="n/a"))
+            for _ in range(3):
+                self.progress.advance()
+            return
+        consultant = self.consultant_token(server)
+        idle = cpb.WatchActivityRequest(readers=[accounts[-1]["account"]],
+                                        kinds=[resources_pb2.EVENT_KIND_INTERACTION_RECORDED])
+        common = {"address": server.address, "token": consultant, "request_hex": idle.SerializeToString().hex(),
+                  "warmup_s": 0.0}
+
+        n = plan.idle_streams
+        self.progress.step(f"6. {n:,} idle WatchActivity streams")
+        time.sleep(1.0)
+        open_before, rss_before = server.streams_open(), server.rss()
+        rss: list[int] = []
+        open_during: list[int | None] = []
+        sample = self.rss_sampler(server, plan.hold_s / 2, rss)
+
+        def during() -> None:
+            open_during.append(server.streams_open())
+            sample()
+
+        mark = len(self.foreign)
+        results, _ = self.run_clients(
+            [{"mode": "hold", "streams": k, "per_channel": plan.streams_per_channel, "measure_s": plan.hold_s,
+              **common} for k in self.split_count(n, plan.client_procs)], server, during=during)
+        self.progress.advance()
+        held = self.merge(results, "open")
+        rss_open = max(rss, default=0)
+        self.check(f"6. {n} idle streams: every stream opened and sent its first message",
+                   held["ok_total"] == n and not held["errors"] and open_during[0] in (None, n),
+                   f"{held['ok_total']} opened, server says {open_during[0]} open, errors {held['errors'] or 0}")
+        self.rows.append(Row(
+            "6 memory", f"server RSS with {n:,} idle WatchActivity streams",
+            "<= 200 MB" if n >= 1000 else "report (<= 200 MB at 1,000)",
+            f"{rss_open / 1e6:.0f} MB, {(rss_open - rss_before) / n / 1024:.1f} KiB per stream; "
+            f"open -> first message p99 {fmt_ms(held['p99_ms'])}", f"{rss_before / 1e6:.0f} MB before",
+            rss_open / rss_before if rss_before else None,
+            ("pass" if rss_open <= 200e6 else "miss") if n >= 1000 else "info", self.noise_since(mark),
+        ))
+
+        def churn(cycles: int) -> list[dict[str, Any]]:
+            workers = self.split_count(plan.churn_workers, min(plan.client_procs, cycles))
+            return [{"mode": "churn", "cycles": c, "workers": w, "channels": min(w, 4), "measure_s": plan.churn_limit_s,
+                     **common} for c, w in zip(self.split_count(cycles, len(workers)), workers, strict=True)]
+
+        self.progress.step(f"6. stream churn warm-up: {plan.churn_warmup_cycles:,} open/cancel cycles")
+        warm = self.merge(self.run_clients(churn(plan.churn_warmup_cycles), server)[0], "cycle")
+        self.progress.advance()
+        time.sleep(1.0)
+        open_warm, rss_warm = server.streams_open(), server.rss()
+        self.progress.step(f"6. stream churn: {plan.churn_cycles:,} open/cancel cycles")
+        mark = len(self.foreign)
+        results, usage = self.run_clients(churn(plan.churn_cycles), server)
+        self.progress.advance()
+        time.sleep(1.0)
+        open_after, rss_after = server.streams_open(), server.rss()
+        done = self.merge(results, "cycle")
+        elapsed = max(r["elapsed_s"] for r in results)
+        rate = done["ok_total"] / elapsed if elapsed else float("nan")
+        self.check(f"6. churn: all {plan.churn_warmup_cycles} + {plan.churn_cycles} stream open/cancel cycles got "
+                   "their first message",
+                   warm["ok_total"] == plan.churn_warmup_cycles and done["ok_total"] == plan.churn_cycles
+                   and not warm["errors"] and not done["errors"],
+                   f"{warm['ok_total']} + {done['ok_total']}, errors {warm['errors'] or done['errors'] or 0}")
+        counts = [open_before, open_warm, open_after]
+        if None not in counts:
+            self.check("6. the server's open stream count is 0 before the idle streams and after the churn",
+                       counts == [0, 0, 0], f"before, after warm-up, after churn: {counts}")
+        self.rows.append(Row(
+            "6 memory", f"stream churn: {plan.churn_cycles:,} WatchActivity open/cancel cycles, "
+            f"{plan.churn_workers} at once", "report",
+            f"{rate:,.0f} cycles/s, open -> first message p50 {fmt_ms(done['p50_ms'])}, p99 {fmt_ms(done['p99_ms'])}; "
+            f"server {usage.get('server_cores', 0.0):.2f} cores", noise=self.noise_since(mark),
+        ))
+        growth = rss_after / rss_warm if rss_warm else float("nan")
+        self.rows.append(Row(
+            "6 memory", f"server RSS after {plan.churn_cycles:,} stream open/cancel cycles", "<= 10% RSS growth",
+            f"{rss_after / 1e6:.0f} MB, 1 s after", f"{rss_warm / 1e6:.0f} MB before (after "
+            f"{plan.churn_warmup_cycles:,} warm-up cycles and 1 s)", growth, "pass" if growth <= 1.10 else "miss",
+            self.noise_since(mark),
+        ))
+        self.data["streams_memory"] = {
+            "idle": {"streams": n, "rss_before": rss_before, "rss_open": rss_open, "open": self.public(held),
+                     "server_streams_open": open_during[0]},
+            "churn": {"cycles": plan.churn_cycles, "warmup_cycles": plan.churn_warmup_cycles, "cycles_per_s": rate,
+                      "rss_before": rss_warm, "rss_after": rss_after, "growth": growth,
+                      "cycle": self.public(done) | usage, "server_streams_open": counts},
+        }
 
     @staticmethod
     def split_count(total: int, parts: int) -> list[int]:
@@ -1088,17 +1326,17 @@ class Bench:
         self.data["plan"] = dataclasses.asdict(plan)
         self.progress.step("setup: database, admin, server")
         self.main_db = self.new_database("main")
-        server = self.start_server(self.main_db, "server-main")
+        server = self.start_server(self.main_db, "server-main", metrics=True)
         try:
             time.sleep(1.0)
             rss_start = server.rss()
             self.progress.advance()
-            readers = max(max(plan.concurrencies), plan.stream_workers, plan.storm_concurrency)
+            readers = max(max(plan.concurrencies), plan.stream_workers, plan.storm_concurrency, plan.ingest_concurrency)
             self.progress.step(f"setup: {readers} readers (RegisterReader + Login)")
             accounts = self.create_readers(server, readers)
             self.progress.advance()
             self.scenario_unary(server, self.main_db, accounts)
-            if {4, 5} & self.only:
+            if 5 in self.only:
                 self.scenario_storm(server, accounts)
             if 4 in self.only:
                 self.scenario_fanout(server, accounts)
@@ -1111,6 +1349,8 @@ class Bench:
             self.rows.append(Row("6 memory", "server RSS idle after scenarios 1, 2, 4, 5", "report",
                                  f"{rss_after / MiB:.0f} MiB (peak {rss_peak / MiB:.0f} MiB)"))
             self.data["memory"] = {"rss_start": rss_start, "rss_after_load": rss_after, "rss_peak": rss_peak}
+            if 6 in self.only:
+                self.scenario_streams(server, accounts)
         finally:
             code = server.stop()
             self.check("server-main shut down cleanly (exit 0, no errors logged)", code == 0 and server.errors == 0,
@@ -1400,13 +1640,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG")
     parser.add_argument("--keep", action="store_true", help="keep the temp databases and logs")
     parser.add_argument("--only", metavar="N,N", default="1,2,3,4,5,6",
-                        help="run only these scenarios (1 always runs: 4 and 5 take their load from it)")
+                        help="run only these scenarios (1 always runs: 5 takes its load from it)")
     parser.add_argument("--py-spy", metavar="PATH",
                         help="also profile the server in an extra scenario-1 run with this py-spy executable")
     args = parser.parse_args(argv)
     plan = PLANS["ci" if args.ci else "quick" if args.quick else "default"]
+    # Set-up, 1 (with the hand-off baseline), 5, 4 (no watchers, each count, the highest rate,
+    # polling), 2, 6 (idle streams, churn warm-up, churn), 3, done.
     steps = 2 + 2 * len(plan.concurrencies) * plan.repeats + plan.repeats + 2 * plan.repeats \
-        + len(plan.fanout_watchers) + 2 \
+        + len({*plan.fanout_watchers, plan.fanout_reference}) + 3 + 2 + 3 \
         + 4 * len(plan.sizes) + 1
     args.out.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError, ValueError):

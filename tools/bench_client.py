@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -63,6 +64,13 @@ def make_channel(address: str) -> aio.Channel:
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ])
+
+
+async def open_channels(address: str, count: int) -> list[aio.Channel]:
+    """`count` channels, each connected (or TimeoutError after 20 s)."""
+    channels = [make_channel(address) for _ in range(count)]
+    await asyncio.gather(*(asyncio.wait_for(ch.channel_ready(), 20) for ch in channels))
+    return channels
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -122,14 +130,19 @@ def window(spec: dict[str, Any]) -> tuple[int, int, int]:
     return start, warm_end, warm_end + int(spec["measure_s"] * _NS)
 
 
+class StreamEnded(Exception):
+    """A stream ended (status OK) before the message the client waited for."""
+
+
 async def paced_or_closed(worker: int, workers: int, rate: float | None, end_ns: int, rec: Recorder,
-                          call: Callable[[int], Awaitable[tuple[str, int]]]) -> None:
+                          call: Callable[[int], Awaitable[tuple[str, int]]], count: int | None = None) -> None:
     """One worker's loop: back to back when `rate` is None, else this worker's
-    share of `rate` calls per second (workers are spread evenly in phase)."""
+    share of `rate` calls per second (workers are spread evenly in phase).
+    Ends at `end_ns`, or after `count` calls when given."""
     interval = int(workers / rate * _NS) if rate else 0
     next_ns = time.perf_counter_ns() + (interval * worker) // max(1, workers)
     n = 0
-    while not rec.failed:
+    while not rec.failed and (count is None or n < count):
         if interval:
             now = time.perf_counter_ns()
             # Behind schedule the worker sends at once, but never past the end.
@@ -143,7 +156,7 @@ async def paced_or_closed(worker: int, workers: int, rate: float | None, end_ns:
         started = time.perf_counter_ns()
         try:
             key, units = await call(n)
-        except (TimeoutError, aio.AioRpcError) as error:
+        except (TimeoutError, aio.AioRpcError, StreamEnded) as error:
             rec.error(error)
         else:
             rec.ok(key, started, time.perf_counter_ns(), units)
@@ -179,6 +192,33 @@ def stamp_request(request: bytes) -> bytes:
     return message.SerializeToString()
 
 
+WATCH_PATH = "/cursor.v1.ConsultantService/WatchActivity"
+# The server sends a stream's first message at once; this only bounds a hang.
+FIRST_MESSAGE_TIMEOUT_S = 30.0
+
+
+def watch_stubs(channels: list[aio.Channel]) -> list[Any]:
+    """A WatchActivity multi-callable per channel (requests pre-serialized)."""
+    from cursor.v1 import consultant_service_pb2
+
+    parse = consultant_service_pb2.WatchActivityResponse.FromString
+    return [ch.unary_stream(WATCH_PATH, request_serializer=_identity, response_deserializer=parse) for ch in channels]
+
+
+async def first_message(call: Any) -> None:
+    """Wait (bounded) until a WatchActivity stream has sent its first message."""
+    from cursor.v1 import consultant_service_pb2
+
+    message = await asyncio.wait_for(call.read(), FIRST_MESSAGE_TIMEOUT_S)
+    if not isinstance(message, consultant_service_pb2.WatchActivityResponse):  # grpc.aio.EOF
+        raise StreamEnded("the stream ended before its first message")
+
+
+def share(total: int, worker: int, workers: int) -> int:
+    """Worker `worker`'s part of `total` items split over `workers`."""
+    return total // workers + (1 if worker < total % workers else 0)
+
+
 # --- modes -------------------------------------------------------------------
 
 
@@ -188,7 +228,7 @@ async def run_unary(spec: dict[str, Any]) -> dict[str, Any]:
     path = spec["path"]
     requests = [bytes.fromhex(h) for h in spec["requests_hex"]]
     parse = response_parser(path)
-    channels = [make_channel(spec["address"]) for _ in range(spec["channels"])]
+    channels = await open_channels(spec["address"], spec["channels"])
     stubs = [ch.unary_unary(path, request_serializer=_identity, response_deserializer=parse) for ch in channels]
     worker_tokens: list[list[str]] = spec["tokens"]
     workers = len(worker_tokens)
@@ -212,7 +252,6 @@ async def run_unary(spec: dict[str, Any]) -> dict[str, Any]:
         return call
 
     calls = [caller(w) for w in range(workers)]
-    await asyncio.gather(*(asyncio.wait_for(ch.channel_ready(), 20) for ch in channels))
     warm = Recorder(0, 0)
     # Every token once (its first call reads the session from the database).
     for w in range(workers):
@@ -248,9 +287,8 @@ async def run_stream(spec: dict[str, Any]) -> dict[str, Any]:
     per_call = spec["chunks_per_call"]
     parse = reader_service_pb2.RecordInteractionsResponse.FromString
     tokens: list[str] = spec["tokens"]
-    channels = [make_channel(spec["address"]) for _ in tokens]
+    channels = await open_channels(spec["address"], len(tokens))
     stubs = [ch.stream_unary(path, request_serializer=_identity, response_deserializer=parse) for ch in channels]
-    await asyncio.gather(*(asyncio.wait_for(ch.channel_ready(), 20) for ch in channels))
     sent = 0
     stored = 0
     rejected = 0
@@ -427,18 +465,14 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
     ingest client to receipt here, both on this machine's wall clock)."""
     from cursor.v1 import consultant_service_pb2, resources_pb2
 
-    path = "/cursor.v1.ConsultantService/WatchActivity"
     request = consultant_service_pb2.WatchActivityRequest(include_snapshot=True).SerializeToString()
-    parse = consultant_service_pb2.WatchActivityResponse.FromString
     recorded = resources_pb2.EVENT_KIND_INTERACTION_RECORDED
-    channels = [make_channel(spec["address"]) for _ in range(spec["channels"])]
-    await asyncio.gather(*(asyncio.wait_for(ch.channel_ready(), 20) for ch in channels))
+    channels = await open_channels(spec["address"], spec["channels"])
+    stubs = watch_stubs(channels)
     md = bearer(spec["token"])
     count = spec["streams"]
     sample_every = max(1, spec.get("sample_every", 1))
-    calls = [channels[i % len(channels)].unary_stream(path, request_serializer=_identity,
-                                                      response_deserializer=parse)(request, metadata=md)
-             for i in range(count)]
+    calls = [stubs[i % len(stubs)](request, metadata=md) for i in range(count)]
     seen: list[set[int]] = [set() for _ in range(count)]
     duplicates = [0] * count
     events_total = [0] * count
@@ -516,6 +550,166 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def run_poll(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fallback to WatchActivity: `pollers` consultants, each listing
+    `ListInteractions(parent="readers/-")` newest first every `interval_s`
+    (poller `first + i` of `pollers_total`, spread evenly in phase over every
+    client process), following `next_page_token` down to the newest
+    interaction an earlier poll saw (sequence is commit order). Before READY
+    each poller notes the newest interaction, so only what is written from
+    then on counts; after the ingest's time polls go on for `drain_s`, and one
+    last poll follows, so an interaction committed at the very end is seen.
+    Counts the interactions that carry a send stamp, and their latency (send
+    on the ingest client to receipt of the page here, on one wall clock)."""
+    from cursor.v1 import consultant_service_pb2 as cpb
+
+    path = "/cursor.v1.ConsultantService/ListInteractions"
+    parse = cpb.ListInteractionsResponse.FromString
+    count = spec["pollers"]
+    channels = await open_channels(spec["address"], count)
+    stubs = [ch.unary_unary(path, request_serializer=_identity, response_deserializer=parse) for ch in channels]
+    md = bearer(spec["token"])
+    page_size = spec["page_size"]
+    max_pages = spec.get("max_pages", 1000)
+    newest = [0] * count
+    seen: list[set[str]] = [set() for _ in range(count)]
+    duplicates = [0] * count
+    listed = [0] * count
+    latencies: list[int] = []
+
+    async def page(i: int, size: int, token: str) -> Any:
+        request = cpb.ListInteractionsRequest(parent="readers/-", page_size=size, page_token=token)
+        return await stubs[i](request.SerializeToString(), metadata=md, timeout=30)
+
+    async def poll(i: int) -> int:
+        """One poll: every interaction newer than the last poll's newest.
+        Returns the pages it took."""
+        token, top = "", newest[i]
+        for pages in range(1, max_pages + 1):
+            response = await page(i, page_size, token)
+            now = time.time_ns()
+            for item in response.interactions:
+                if item.sequence <= newest[i]:
+                    break  # reached what an earlier poll saw
+                top = max(top, item.sequence)
+                listed[i] += 1
+                if not item.summary.startswith(STAMP):
+                    continue
+                if item.name in seen[i]:
+                    duplicates[i] += 1
+                    continue
+                seen[i].add(item.name)
+                latencies.append((now - int(item.summary[len(STAMP):])) // 1000)
+            else:
+                if response.next_page_token:
+                    token = response.next_page_token
+                    continue
+            newest[i] = top
+            return pages
+        raise RuntimeError(f"a poll took more than {max_pages} pages")
+
+    for i in range(count):
+        first = await page(i, 1, "")
+        newest[i] = first.interactions[0].sequence if first.interactions else 0
+    await wait_for_go()
+    _, warm_end, end = window(spec)
+    stop = end + int(spec["drain_s"] * _NS)
+    rec = Recorder(warm_end, end)
+    interval = spec["interval_s"]
+    total = spec["pollers_total"]
+
+    def poller(i: int) -> Callable[[int], Awaitable[tuple[str, int]]]:
+        async def call(n: int) -> tuple[str, int]:
+            return "poll", await poll(i)
+
+        return call
+
+    await asyncio.gather(*(paced_or_closed(spec["first"] + i, total, total / interval, stop, rec, poller(i))
+                           for i in range(count)))
+    for i in range(count):  # the last poll, after the ingest and the drain
+        try:
+            await poll(i)
+        except aio.AioRpcError as error:
+            rec.error(error)
+    for ch in channels:
+        await ch.close()
+    return result_of(rec, spec, {
+        "stamped_per_stream": [len(s) for s in seen], "duplicates": sum(duplicates),
+        "events_total": sum(listed), "messages_total": rec.units_total,
+        "latencies_us": {**rec.latencies_us, "delivery": latencies},
+    })
+
+
+async def run_hold(spec: dict[str, Any]) -> dict[str, Any]:
+    """`streams` WatchActivity streams (request `request_hex`, chosen by the
+    harness to carry nothing), `per_channel` to a connection. READY once every
+    stream has its first message (the server sends one at once); after GO they
+    are held `measure_s` seconds, then cancelled."""
+    count = spec["streams"]
+    per_channel = spec["per_channel"]
+    channels = await open_channels(spec["address"], math.ceil(count / per_channel))
+    stubs = watch_stubs(channels)
+    request = bytes.fromhex(spec["request_hex"])
+    md = bearer(spec["token"])
+    rec = Recorder(0, 2**63)
+    calls = [stubs[i // per_channel](request, metadata=md) for i in range(count)]
+
+    async def opened(call: Any) -> None:
+        started = time.perf_counter_ns()
+        try:
+            await first_message(call)
+        except (TimeoutError, aio.AioRpcError, StreamEnded) as error:
+            rec.error(error)
+        else:
+            rec.ok("open", started, time.perf_counter_ns())
+
+    await asyncio.gather(*(opened(call) for call in calls))
+    await wait_for_go()
+    await asyncio.sleep(spec["measure_s"])
+    for call in calls:
+        call.cancel()
+    for ch in channels:
+        await ch.close()
+    return result_of(rec, spec)
+
+
+async def run_churn(spec: dict[str, Any]) -> dict[str, Any]:
+    """`cycles` WatchActivity streams (request `request_hex`), each opened,
+    read to its first message and cancelled, by `workers` loops at once over
+    `channels` connections; at most `measure_s` seconds. Latency: open to
+    first message."""
+    channels = await open_channels(spec["address"], spec["channels"])
+    stubs = watch_stubs(channels)
+    request = bytes.fromhex(spec["request_hex"])
+    md = bearer(spec["token"])
+    workers = spec["workers"]
+    cycles = spec["cycles"]
+
+    def cycler(worker: int) -> Callable[[int], Awaitable[tuple[str, int]]]:
+        stub = stubs[worker % len(stubs)]
+
+        async def cycle(n: int) -> tuple[str, int]:
+            call = stub(request, metadata=md, timeout=FIRST_MESSAGE_TIMEOUT_S)
+            try:
+                await first_message(call)
+            finally:
+                call.cancel()
+            return "cycle", 1
+
+        return cycle
+
+    await wait_for_go()
+    start = time.perf_counter_ns()
+    end = start + int(spec["measure_s"] * _NS)
+    rec = Recorder(start, end)
+    await asyncio.gather(*(paced_or_closed(w, workers, None, end, rec, cycler(w), share(cycles, w, workers))
+                           for w in range(workers)))
+    elapsed = (time.perf_counter_ns() - start) / _NS
+    for ch in channels:
+        await ch.close()
+    return result_of(rec, spec, {"elapsed_s": elapsed})
+
+
 MODES = {
     "unary": run_unary,
     "stream": run_stream,
@@ -524,6 +718,9 @@ MODES = {
     "accounts": run_accounts,
     "consultant_login": run_consultant_login,
     "watch": run_watch,
+    "poll": run_poll,
+    "hold": run_hold,
+    "churn": run_churn,
 }
 
 
