@@ -55,8 +55,9 @@ def test_bench_runs_every_scenario_and_its_checks_hold(ci_run: tuple[subprocess.
     assert not failed, failed
     names = " ".join(c["name"] for c in data["checks"])
     expected = ["1. x1", "1. x4", "2. batched", "2. raw", "3. at 0", "3. at 2k", "every login of the storm"]
-    if data["fanout"]["available"]:  # the server has WatchActivity: every watcher saw every event
-        expected += ["4. 1 watcher", "4. 3 watcher"]
+    if data["fanout"]["available"]:  # the server has WatchActivity: every watcher and poller saw every event
+        expected += ["4. no watchers", "4. 1 watcher", "4. 3 watchers at", "4. 3 watchers at the highest rate",
+                     "4. 3 pollers", "6. 50 idle streams", "6. churn", "open stream count is 0"]
     for name in expected:
         assert name in names, f"check {name!r} did not run"
     scenarios = {row["scenario"].split()[0] for row in data["rows"]}

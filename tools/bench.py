@@ -14,12 +14,18 @@ Scenarios (see docs/performance.md for a run and how to read it):
    with the same batch size.
 3. Cost as the database grows: ingest rate and consultant queries at 0, 1M and
    5M interactions over 10k readers, queries with ingest at half its maximum.
-4. Fan-out: 1/10/50 ConsultantService.WatchActivity streams while scenario 1
-   runs at half load: send-to-watcher latency, ingest p99 against no watchers.
-   Reported "not available" when the stubs or the server lack WatchActivity.
+4. Fan-out: 0/1/20/100/200 ConsultantService.WatchActivity streams while
+   readers write 1,000 stamped events/s: send-to-watcher latency, events
+   missed, ingest p99 and server CPU/RSS against the 0-watcher run; the most
+   watchers kept at p99 <= 100 ms; 20 watchers with the ingest back to back
+   (the highest rate); 20 consultants polling ListInteractions every 500 ms
+   instead (the design's fallback) against push. Reported "not available"
+   when the stubs or the server lack WatchActivity.
 5. Login storm: 20 logins/s beside scenario 1 at half load; p99 of the other
    RPCs against the same load without the storm.
-6. Memory: server RSS idle (VmRSS), its peak (VmHWM), and per watch stream.
+6. Memory: server RSS idle (VmRSS), its peak (VmHWM), per watch stream, with
+   1,000 idle WatchActivity streams open, and before/after 20,000 stream
+   open/cancel cycles (with the open-stream count back to 0).
 
 Output: one table on stdout, and `results.json`, `results.md` and `bench.png`
 under `--out` (default bench-results/). The progress bar (rich) and the chart
@@ -1062,7 +1068,7 @@ class Bench:
             "4 fan-out", f"{top['label']} ({plan.ingest_concurrency} readers back to back)", "report",
             f"ingest {fmt_rate(ingest['rate'], 'RPC/s')}, p99 {fmt_ms(ingest['p99_ms'])}; delivery p50 "
             f"{fmt_ms(d['p50_ms'])}, p99 {fmt_ms(d['p99_ms'])}, max {fmt_ms(d['max_ms'])}; "
-            f"{top['delivered']:,}/{top['written']:,} delivered; server {ingest['server_cores']:.2f} cores",
+            f"{top['delivered']:,}/{top['written']:,} delivered; server {top['server_cores']:.2f} cores",
             f"no watchers (1.): {fmt_rate(alone['rate'], 'RPC/s')}" if alone else "",
             ingest["rate"] / alone["rate"] if alone and alone["rate"] else None, noise=top["noise"],
         ))
@@ -1101,17 +1107,18 @@ class Bench:
         parts = self.split_count(pollers, plan.client_procs) if pollers else []
         consumers += [{"mode": "poll", "pollers": n, "first": sum(parts[:k]), "pollers_total": pollers,
                        "interval_s": plan.poll_interval_s, "page_size": 1000, **common} for k, n in enumerate(parts)]
-        rss: list[int] = []
+        sampled: dict[str, float] = {}
         mark = len(self.foreign)
         results, usage = self.run_clients([*ingest, *consumers], server,
-                                          during=self.rss_sampler(server, plan.warmup_s + plan.measure_s, rss))
+                                          during=self.sampler(server, plan.warmup_s + plan.measure_s, sampled))
         self.progress.advance()
         fed, seen = results[:len(ingest)], results[len(ingest):]
         sent = sum(r["ok_total"] for r in fed)
         ingest_run = self.merge(fed)
         case: dict[str, Any] = {
             "label": label, "watchers": watchers, "pollers": pollers, "rate_offered": rate, "sent": sent,
-            "ingest": self.public(ingest_run) | usage, "rss_max": max(rss, default=0), "noise": self.noise_since(mark),
+            "ingest": self.public(ingest_run) | usage, "rss_max": sampled["rss_max"],
+            "server_cores": sampled["cores"], "active_s": sampled["seconds"], "noise": self.noise_since(mark),
         }
         count = watchers + pollers
         if not count:
@@ -1142,37 +1149,45 @@ class Bench:
         if "delivery" in case:
             d = case["delivery"]
             met = d["p50_ms"] <= 10.0 and d["p99_ms"] <= 50.0 and not case["missing"]
+            who = "poller" if case["pollers"] else "watcher"
             self.rows.append(Row(
-                "4 fan-out", f"{label}: delivery send -> {'poller' if case['pollers'] else 'watcher'}",
-                target or "report",
+                "4 fan-out", f"{label}: delivery send -> {who}", target or "report",
                 f"p50 {fmt_ms(d['p50_ms'])}, p99 {fmt_ms(d['p99_ms'])}, max {fmt_ms(d['max_ms'])}; "
-                f"{case['delivered']:,}/{case['written']:,} delivered, {case['missing']:,} missing",
+                f"{case['delivered']:,}/{case['written']:,} delivered, {case['missing']:,} missing; "
+                # The consumers are processes on the same cores as the server.
+                f"{who}s' processes {case['consumer_client_cpu_s'] / case['active_s']:.2f} cores",
                 verdict=("pass" if met else "miss") if target else "info", noise=case["noise"],
             ))
         base = zero["ingest"]
         self.rows.append(Row(
             "4 fan-out", f"{label}: RecordInteraction, server", "report",
             f"p99 {fmt_ms(ingest['p99_ms'])}, {fmt_rate(ingest['rate'], 'RPC/s')}; server "
-            f"{ingest['server_cores']:.2f} cores, RSS {case['rss_max'] / MiB:.0f} MiB",
+            f"{case['server_cores']:.2f} cores, RSS {case['rss_max'] / MiB:.0f} MiB",
             "" if case is zero else f"no watchers: p99 {fmt_ms(base['p99_ms'])}, "
-            f"{fmt_rate(base['rate'], 'RPC/s')}; server {base['server_cores']:.2f} cores",
+            f"{fmt_rate(base['rate'], 'RPC/s')}; server {zero['server_cores']:.2f} cores",
             None if case is zero or not base["p99_ms"] else ingest["p99_ms"] / base["p99_ms"], noise=case["noise"],
         ))
 
     @staticmethod
-    def rss_sampler(server: ServerProcess, seconds: float, into: list[int]) -> Callable[[], None]:
-        """A `during` for run_clients: the server's RSS every 0.25 s for `seconds`."""
+    def sampler(server: ServerProcess, seconds: float, into: dict[str, float]) -> Callable[[], None]:
+        """A `during` for run_clients: for `seconds` from GO (the clients' busy
+        time, without their drain), the server's peak RSS sampled every 0.25 s
+        and the cores it used."""
         def sample() -> None:
+            cpu, started = server.cpu_s(), time.monotonic()
+            rss = []
             for _ in range(max(1, math.ceil(seconds / 0.25))):
                 time.sleep(0.25)
-                into.append(server.rss())
+                rss.append(server.rss())
+            elapsed = time.monotonic() - started
+            into.update(rss_max=max(rss), seconds=elapsed, cores=(server.cpu_s() - cpu) / elapsed)
 
         return sample
 
     def scenario_streams(self, server: ServerProcess, accounts: list[dict[str, str]]) -> None:
         """6. Server memory with many idle WatchActivity streams open, and
         before and after many streams were opened and cancelled. On the main
-        server with nothing else running: the streams watch one reader's
+        server right after setup, with nothing else running: the streams watch one reader's
         interactions and nothing is written meanwhile, so each carries only
         the first message the server sends at once. The open-stream count
         comes from the server's Prometheus gauge."""
@@ -1197,9 +1212,9 @@ class Bench:
         self.progress.step(f"6. {n:,} idle WatchActivity streams")
         time.sleep(1.0)
         open_before, rss_before = server.streams_open(), server.rss()
-        rss: list[int] = []
+        sampled: dict[str, float] = {}
         open_during: list[int | None] = []
-        sample = self.rss_sampler(server, plan.hold_s / 2, rss)
+        sample = self.sampler(server, plan.hold_s / 2, sampled)
 
         def during() -> None:
             open_during.append(server.streams_open())
@@ -1211,15 +1226,17 @@ class Bench:
               **common} for k in self.split_count(n, plan.client_procs)], server, during=during)
         self.progress.advance()
         held = self.merge(results, "open")
-        rss_open = max(rss, default=0)
+        rss_open = int(sampled["rss_max"])
         self.check(f"6. {n} idle streams: every stream opened and sent its first message",
                    held["ok_total"] == n and not held["errors"] and open_during[0] in (None, n),
                    f"{held['ok_total']} opened, server says {open_during[0]} open, errors {held['errors'] or 0}")
         self.rows.append(Row(
             "6 memory", f"server RSS with {n:,} idle WatchActivity streams",
             "<= 200 MB" if n >= 1000 else "report (<= 200 MB at 1,000)",
-            f"{rss_open / 1e6:.0f} MB, {(rss_open - rss_before) / n / 1024:.1f} KiB per stream; "
-            f"open -> first message p99 {fmt_ms(held['p99_ms'])}", f"{rss_before / 1e6:.0f} MB before",
+            f"{rss_open / 1e6:.0f} MB, {(rss_open - rss_before) / n / 1024:.1f} KiB per stream, server "
+            f"{sampled['cores']:.2f} cores; open -> first message p99 {fmt_ms(held['p99_ms'])}",
+            f"{rss_before / 1e6:.0f} MB before they opened (fresh start: "
+            f"{self.data['memory']['rss_start'] / 1e6:.0f} MB)",
             rss_open / rss_before if rss_before else None,
             ("pass" if rss_open <= 200e6 else "miss") if n >= 1000 else "info", self.noise_since(mark),
         ))
@@ -1267,7 +1284,7 @@ class Bench:
         ))
         self.data["streams_memory"] = {
             "idle": {"streams": n, "rss_before": rss_before, "rss_open": rss_open, "open": self.public(held),
-                     "server_streams_open": open_during[0]},
+                     "server_cores": sampled["cores"], "server_streams_open": open_during[0]},
             "churn": {"cycles": plan.churn_cycles, "warmup_cycles": plan.churn_warmup_cycles, "cycles_per_s": rate,
                       "rss_before": rss_warm, "rss_after": rss_after, "growth": growth,
                       "cycle": self.public(done) | usage, "server_streams_open": counts},
@@ -1330,11 +1347,16 @@ class Bench:
         try:
             time.sleep(1.0)
             rss_start = server.rss()
+            self.data["memory"] = {"rss_start": rss_start}
             self.progress.advance()
             readers = max(max(plan.concurrencies), plan.stream_workers, plan.storm_concurrency, plan.ingest_concurrency)
             self.progress.step(f"setup: {readers} readers (RegisterReader + Login)")
             accounts = self.create_readers(server, readers)
             self.progress.advance()
+            if 6 in self.only:
+                # First, on the fresh server: what streams cost, apart from the
+                # SQLite page caches that load grows (the rows after load show those).
+                self.scenario_streams(server, accounts)
             self.scenario_unary(server, self.main_db, accounts)
             if 5 in self.only:
                 self.scenario_storm(server, accounts)
@@ -1348,9 +1370,7 @@ class Bench:
             self.rows.append(Row("6 memory", "server RSS idle, fresh start", "report", f"{rss_start / MiB:.0f} MiB"))
             self.rows.append(Row("6 memory", "server RSS idle after scenarios 1, 2, 4, 5", "report",
                                  f"{rss_after / MiB:.0f} MiB (peak {rss_peak / MiB:.0f} MiB)"))
-            self.data["memory"] = {"rss_start": rss_start, "rss_after_load": rss_after, "rss_peak": rss_peak}
-            if 6 in self.only:
-                self.scenario_streams(server, accounts)
+            self.data["memory"].update({"rss_after_load": rss_after, "rss_peak": rss_peak})
         finally:
             code = server.stop()
             self.check("server-main shut down cleanly (exit 0, no errors logged)", code == 0 and server.errors == 0,
@@ -1528,7 +1548,7 @@ def draw_chart(data: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig, axes = plt.subplots(3, 2, figsize=(13, 13))
     unary = {k: v for k, v in data.get("unary", {}).items() if k.isdigit()}
     concs = list(unary)
     x = range(len(concs))
@@ -1572,7 +1592,8 @@ def draw_chart(data: dict[str, Any], path: Path) -> bool:
     bars = ax.bar(range(len(values)), values, color=colours)
     ax.bar_label(bars, [f"{v:,.0f}" for v in values], fontsize=8)
     ax.set_xticks(range(len(values)), labels, fontsize=8)
-    ax.set_yscale("log")
+    if values:  # a log scale needs data (`--only` may leave none)
+        ax.set_yscale("log")
     ax.set_ylabel("events/s (log)")
     ax.set_title("2/3. Ingest throughput")
 
@@ -1588,11 +1609,48 @@ def draw_chart(data: dict[str, Any], path: Path) -> bool:
             ax.plot(sizes, [growth[s]["queries"][name]["p50_ms"] for s in sizes], marker=".", ls="--",
                     color=colour, label=f"{name} p50")
         ax.axhline(10.0, color="red", lw=0.8, ls=":", label="target p99 10 ms")
+        ax.legend(fontsize=7)
     ax.set_xlabel("interactions in the database")
     ax.set_ylabel("latency (ms)")
     ax.set_ylim(bottom=0)
     ax.set_title("3. Consultant queries, ingest at half its maximum")
-    ax.legend(fontsize=7)
+
+    ax = axes[2][0]
+    fanout = data.get("fanout", {})
+    cases = fanout.get("cases", {})
+    counts = sorted(int(k) for k in cases if k.isdigit() and k != "0")
+    if counts:
+        for pct, marker in (("p50_ms", "o"), ("p99_ms", "^"), ("max_ms", "s")):
+            ax.plot(counts, [cases[str(c)]["delivery"][pct] for c in counts], marker=marker,
+                    label=f"WatchActivity {pct[:-3]}")
+        poll = cases["poll"]["delivery"]
+        ax.axhline(poll["p50_ms"], color="gray", lw=0.9, ls="--", label="polling every 500 ms, p50")
+        ax.axhline(poll["p99_ms"], color="gray", lw=0.9, ls=":", label="polling every 500 ms, p99")
+        ax.axhline(50.0, color="red", lw=0.8, ls=":", label="target p99 50 ms at 20 watchers")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.legend(fontsize=7)
+    ax.set_xlabel("watch streams")
+    ax.set_ylabel("send -> receipt (ms)")
+    ax.set_title(f"4. Fan-out delivery at {fanout.get('rate', 0):,.0f} events/s")
+
+    ax = axes[2][1]
+    memory, streams = data.get("memory", {}), data.get("streams_memory", {})
+    bars_mib = [("fresh start", memory.get("rss_start")), ("after 1, 2, 4, 5", memory.get("rss_after_load"))]
+    if streams:
+        bars_mib += [(f"{streams['idle']['streams']:,} idle\nstreams", streams["idle"]["rss_open"]),
+                     ("before\nchurn", streams["churn"]["rss_before"]),
+                     (f"after {streams['churn']['cycles']:,}\nopen/cancel", streams["churn"]["rss_after"])]
+    shown = [(label, value / MiB) for label, value in bars_mib if value]
+    bars = ax.bar(range(len(shown)), [v for _, v in shown], color="tab:purple")
+    ax.bar_label(bars, [f"{v:,.0f}" for _, v in shown], fontsize=8)
+    ax.set_xticks(range(len(shown)), [label for label, _ in shown], fontsize=8)
+    if streams:
+        ax.axhline(200e6 / MiB, color="red", lw=0.8, ls=":", label="target 200 MB with 1,000 idle streams")
+        ax.legend(fontsize=7)
+    ax.set_ylabel("server RSS (MiB)")
+    ax.set_title("6. Server memory (main server)")
     machine = data.get("machine", {})
     fig.suptitle(f"Cursor benchmark ({data.get('plan', {}).get('name', '')}): {machine.get('nproc')} cores "
                  f"{machine.get('cpu', '')}, Python {machine.get('python')}, grpcio {machine.get('grpcio')}, "
