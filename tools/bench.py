@@ -740,7 +740,10 @@ class Bench:
             echo.stop()
         self.data["unary"] = runs
         if self.profile_with:
-            self.profile_unary(server, accounts, requests)
+            conc = max(c for c in self.plan.concurrencies if c <= 16)
+            tokens = [[a["token"]] for a in accounts[:conc]]
+            specs = self.unary_specs(server.address, RECORD_PATH, tokens, requests, None)
+            self.profile(server, f"unary-x{conc}", specs, max(2.0, self.plan.warmup_s + self.plan.measure_s))
 
     def handoff_baseline(self, reply: bytes, tokens: list[list[str]], requests: list[bytes],
                          echo_run: dict[str, Any]) -> dict[str, Any]:
@@ -842,6 +845,8 @@ class Bench:
         results, usage = self.run_clients(specs, server)
         self.progress.advance()
         stored_db = bench_db.count_rows(db, "interactions") - before
+        if self.profile_with:
+            self.profile(server, f"batched-x{plan.stream_workers}", specs, plan.stream_s)
         sent = sum(r["events_sent"] for r in results)
         stored = sum(r["events_stored"] for r in results)
         measured = sum(r["measured_events"] for r in results)
@@ -1298,28 +1303,25 @@ class Bench:
 
     # --- profiling (optional, for docs/performance.md) ------------------------------
 
-    def profile_unary(self, server: ServerProcess, accounts: list[dict[str, str]], requests: list[bytes]) -> None:
-        """An extra scenario-1 run (not in the table: sampling slows the server)
+    def profile(self, server: ServerProcess, name: str, specs: list[dict[str, Any]], seconds: float) -> None:
+        """An extra run of `specs` (not in the table: sampling slows the server)
         with py-spy recording the server, native frames included, and only
         the thread that holds the GIL: the server is one process with one GIL,
-        so that is where its unary throughput goes."""
-        conc = max(c for c in self.plan.concurrencies if c <= 16)
-        seconds = max(2, math.ceil(self.plan.warmup_s + self.plan.measure_s))
-        raw = self.out / f"profile-unary-x{conc}.txt"
-        self.progress.step(f"profile: py-spy on RecordInteraction x{conc}")
+        so that is where its throughput goes. Writes `profile-NAME.txt` (raw
+        stacks) and `profile-NAME-summary.txt`."""
+        raw = self.out / f"profile-{name}.txt"
+        self.progress.step(f"profile: py-spy on {name}")
         spy: subprocess.Popen[bytes] | None = None
 
         def start_spy() -> None:
             nonlocal spy
             spy = subprocess.Popen(
-                [str(self.profile_with), "record", "--pid", str(server.pid), "--duration", str(seconds), "--rate",
-                 "200", "--format", "raw", "--native", "--gil", "--threads", "--output", str(raw)],
+                [str(self.profile_with), "record", "--pid", str(server.pid), "--duration", str(math.ceil(seconds)),
+                 "--rate", "200", "--format", "raw", "--native", "--gil", "--threads", "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
 
-        tokens = [[a["token"]] for a in accounts[:conc]]
-        results, usage = self.run_clients(self.unary_specs(server.address, RECORD_PATH, tokens, requests, None),
-                                          server, during=start_spy)
+        results, usage = self.run_clients(specs, server, during=start_spy)
         self.foreign.pop()  # py-spy itself is the "other process" of this run
         if spy is not None:
             try:
@@ -1329,11 +1331,11 @@ class Bench:
                 _, err = spy.communicate()
             if spy.returncode != 0:
                 print(f"py-spy failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
-        profiled = self.merge(results)
-        self.data["profile"] = {"concurrency": conc, "rate_while_sampled": profiled["rate"], "raw": raw.name} | usage
+        self.data.setdefault("profiles", {})[name] = {"raw": raw.name, "calls_while_sampled": self.merge(results)[
+            "ok_total"]} | usage
         if raw.exists():
             summary = summarize_profile(raw.read_text(encoding="utf-8"))
-            (self.out / f"profile-unary-x{conc}-summary.txt").write_text(summary, encoding="utf-8")
+            (self.out / f"profile-{name}-summary.txt").write_text(summary, encoding="utf-8")
 
     # --- the whole run ----------------------------------------------------------------
 
@@ -1700,7 +1702,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="N,N", default="1,2,3,4,5,6",
                         help="run only these scenarios (1 always runs: 5 takes its load from it)")
     parser.add_argument("--py-spy", metavar="PATH",
-                        help="also profile the server in an extra scenario-1 run with this py-spy executable")
+                        help="also profile the server with this py-spy executable, in an extra run of "
+                             "scenario 1 (16 readers) and of scenario 2")
     args = parser.parse_args(argv)
     plan = PLANS["ci" if args.ci else "quick" if args.quick else "default"]
     # Set-up, 1 (with the hand-off baseline), 5, 4 (no watchers, each count, the highest rate,
