@@ -82,10 +82,10 @@ class LiveSettings:
     # per interval, one message per stream carrying all of them. The
     # interval is this minimum, or longer with many streams so the server
     # sends at most about `fanout_messages_per_second` stream messages in
-    # all (each costs the event loop ~35 us whatever it carries). A lone
-    # event after a quiet spell goes out at once.
+    # all (each costs the event loop tens of microseconds whatever it
+    # carries). A lone event after a quiet spell goes out at once.
     fanout_interval_seconds: float = 0.005
-    fanout_messages_per_second: float = 8000.0
+    fanout_messages_per_second: float = 4000.0
     # A stream whose consumer takes no message for this long is ended.
     stall_seconds: float = 300.0
     # Presence: reading = non-heartbeat activity within this window.
