@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -157,6 +158,11 @@ async def wait_for_stop_signal() -> None:
 async def serve_forever(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start_server(settings)
+    # What start-up made (modules, protobuf descriptors, the app) lives as
+    # long as the process: freezing it keeps the collector's full passes,
+    # which ingest triggers often, from walking it again and again
+    # (they were a fifth of the batched upload's GIL time).
+    gc.freeze()
     await wait_for_stop_signal()
     log.info("shutting down (grace %.1f s)", settings.grace_seconds)
     await running.stop(settings.grace_seconds)

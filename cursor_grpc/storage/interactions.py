@@ -110,7 +110,7 @@ def record_interactions(
         if existing.user_id == reader_id:
             duplicates.append(existing)
         else:
-            conflicts.append((item.index, item.id))
+            conflicts.append((item.position, item.id))
     state = None
     if stored:
         previous = fetch_all(conn, _PREVIOUS, (reader_id,))

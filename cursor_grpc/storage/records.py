@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +39,12 @@ class ConsultantRecord:
     created_at: str
 
 
-@dataclass(frozen=True, slots=True)
-class InteractionRecord:
+class InteractionRecord(NamedTuple):
+    """One stored interaction. This and NewInteractionData are NamedTuples,
+    not frozen dataclasses like the other records: ingest builds one of
+    each per event, and a frozen dataclass's __init__ costs three times as
+    much (0.6 us against 0.2 us for seven fields)."""
+
     seq: int
     id: str
     user_id: str
@@ -50,12 +54,11 @@ class InteractionRecord:
     created_at: str
 
 
-@dataclass(frozen=True, slots=True)
-class NewInteractionData:
-    """A validated interaction ready to store. `index` is its position in
+class NewInteractionData(NamedTuple):
+    """A validated interaction ready to store. `position` is its index in
     the caller's upload; `percent`/`step` come from a progress payload."""
 
-    index: int
+    position: int
     id: str
     type: str
     payload: str
