@@ -7,6 +7,7 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Callable
 
 from cursor_grpc.clock import new_id
 from cursor_grpc.config import LimitSettings
@@ -73,11 +74,13 @@ def interaction_type(value: str, field: str = "type") -> str:
 
 
 def new_interaction(
-    index: int, id_: str, type_: str, payload_json: str, summary: str, limits: LimitSettings, prefix: str
+    index: int, id_: str, type_: str, payload_json: str, summary: str, limits: LimitSettings, prefix: str,
+    make_id: Callable[[], str] = new_id,
 ) -> NewInteractionData:
     """Validate one interaction a reader sent. `prefix` names it in errors
-    (`interaction.` or `interactions[7].`)."""
-    interaction_id = uuid_text(id_, prefix + "id") if id_ else new_id()
+    (`interaction.` or `interactions[7].`); `make_id` gives the id of one
+    sent without (an upload hands out ids made in bulk)."""
+    interaction_id = uuid_text(id_, prefix + "id") if id_ else make_id()
     interaction_type(type_, prefix + "type")
     if len(payload_json) > limits.max_payload_bytes and len(payload_json.encode()) > limits.max_payload_bytes:
         raise InvalidArgument(

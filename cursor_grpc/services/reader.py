@@ -17,6 +17,7 @@ from cursor_grpc import paging, validation
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.sessions import Principal
+from cursor_grpc.clock import new_id
 from cursor_grpc.errors import AlreadyExists, CursorError, InvalidArgument, PermissionDenied
 from cursor_grpc.live.streams import Tail, run_stream
 from cursor_grpc.services import convert
@@ -107,11 +108,13 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
                         reason="CHUNK_TOO_LARGE",
                     )
                 items: list[NewInteractionData] = []
+                without_id = sum(1 for given in chunk.interactions if not given.id)
+                make_id = iter(new_id.many(without_id)).__next__ if without_id else new_id
                 for given in chunk.interactions:
                     try:
                         items.append(validation.new_interaction(
                             index, given.id, given.type, given.payload_json, given.summary, limits,
-                            f"interactions[{index}].",
+                            f"interactions[{index}].", make_id,
                         ))
                     except CursorError as error:
                         response.rejected.add(index=index, id=given.id, reason=error.reason, message=error.message)
