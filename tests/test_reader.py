@@ -12,7 +12,7 @@ import pytest
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
 from tests.conftest import Harness
-from tests.helpers import error_reason, rpc_error, table_count
+from tests.helpers import db_rows, error_reason, rpc_error, table_count
 
 
 def record(client, type_="progress", payload=None, summary="", id_=""):  # type: ignore[no-untyped-def]
@@ -132,6 +132,36 @@ def test_streaming_upload_counts_stored_duplicates_and_rejects(h: Harness) -> No
     assert response.state.progress == pytest.approx(0.399)
     assert response.state.current_step == 3
     assert table_count(h.db_path, "interactions") == 402
+
+
+def test_upload_chunk_mixing_new_duplicate_and_taken_ids_stores_only_the_new(h: Harness) -> None:
+    """One chunk: new ids, this reader's stored id, another reader's id, and
+    an id repeated inside the chunk. Only the new ones are stored, in order,
+    and the events and state follow the stored ones alone."""
+    reader, other = h.new_reader(), h.new_reader()
+    mine, theirs, repeated = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    record(reader, id_=mine, type_="heartbeat")
+    record(other, id_=theirs, type_="heartbeat")
+    fresh = [str(uuid.uuid4()) for _ in range(3)]
+    chunk = rpb.RecordInteractionsRequest(interactions=[
+        rpb.NewInteraction(id=fresh[0], type="progress", payload_json='{"percent": 0.2, "step": 1}'),
+        rpb.NewInteraction(id=mine, type="progress", payload_json='{"percent": 0.9, "step": 9}'),
+        rpb.NewInteraction(id=theirs, type="answer"),
+        rpb.NewInteraction(id=repeated, type="progress", payload_json='{"percent": 0.3, "step": 2}'),
+        rpb.NewInteraction(id=repeated, type="progress", payload_json='{"percent": 0.8, "step": 8}'),
+        rpb.NewInteraction(id=fresh[1], type="answer"),
+        rpb.NewInteraction(type="open_page"),
+    ])
+    response = reader.reader.RecordInteractions(iter([chunk]), metadata=reader.md)
+    assert response.stored_count == 4
+    assert response.duplicate_count == 2
+    assert [(r.index, r.id, r.reason) for r in response.rejected] == [(2, theirs, "ID_TAKEN")]
+    assert response.state.progress == pytest.approx(0.3)
+    assert response.state.current_step == 2
+    rows = db_rows(h.db_path, "SELECT id, user_id FROM interactions ORDER BY seq")
+    assert [r[0] for r in rows[2:5]] == [fresh[0], repeated, fresh[1]]
+    assert len(rows) == 6
+    assert all(r[1] == reader.account.removeprefix("readers/") for r in rows[2:])
 
 
 def test_oversized_chunk_is_refused(h: Harness) -> None:

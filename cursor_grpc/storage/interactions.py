@@ -92,13 +92,20 @@ def record_interactions(
     percent: float | None = None
     step: int | None = None
     active = False
-    for item in items:
-        seq = seqs.next()
-        conn.execute(_INSERT, (seq, item.id, reader_id, item.type, item.payload, item.summary, now))
-        if conn.changes():
-            record = InteractionRecord(seq, item.id, reader_id, item.type, item.payload, item.summary, now)
+    rows = [(seqs.next(), item.id, reader_id, item.type, item.payload, item.summary, now) for item in items]
+    # One executemany for the chunk; ids already taken (a retried upload, or
+    # another reader's) are skipped by ON CONFLICT and found afterwards.
+    before = conn.total_changes()
+    conn.executemany(_INSERT, rows)
+    inserted: set[int] | None = None
+    if rows and conn.total_changes() - before != len(rows):
+        inserted = {seq for (seq,) in fetch_all(
+            conn, "SELECT seq FROM interactions WHERE seq BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))}
+    for values, item in zip(rows, items, strict=True):
+        if inserted is None or values[0] in inserted:
+            record = InteractionRecord(*values)
             stored.append(record)
-            events.append(Event(seq, KIND_INTERACTION, reader_id, now, item.summary, record))
+            events.append(Event(record.seq, KIND_INTERACTION, reader_id, now, item.summary, record))
             if item.type != "heartbeat":
                 active = True
             if item.percent is not None:
