@@ -19,10 +19,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
+# The last second formatted, (seconds, text): most calls fall in the same
+# second as the one before, and strftime + gmtime are most of the cost.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def iso_from_ns(ns: int) -> str:
     """Format nanoseconds since the epoch as the canonical timestamp text."""
+    global _last_second
     seconds, rest = divmod(ns, 1_000_000_000)
-    return time.strftime(ISO_FORMAT, time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+    cached_seconds, prefix = _last_second
+    if seconds != cached_seconds:
+        prefix = time.strftime(ISO_FORMAT, time.gmtime(seconds))
+        _last_second = (seconds, prefix)
+    return f"{prefix}.{rest // 1_000_000:03d}Z"
 
 
 def now_ns() -> int:
