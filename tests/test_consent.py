@@ -231,6 +231,47 @@ def test_revocation_is_immediate_for_calls_and_open_streams(h: Harness) -> None:
     assert shared_state(bob, ann).reader == ann.account
 
 
+def test_a_deactivated_granter_shares_nothing_until_reactivated(h: Harness) -> None:
+    from cursor.v1 import admin_service_pb2 as apb
+
+    def set_active(reader: Client, active: bool) -> None:
+        h.anonymous.admin.SetAccountActive(apb.SetAccountActiveRequest(account=reader.account, active=active),
+                                           metadata=h.admin_md())
+
+    ann, bob, cy = h.new_reader(), h.new_reader(), h.new_reader()
+    grant(ann, bob, ALL)
+    grant(cy, bob, STATE)
+    on_ann, on_cy = watch_shared(bob, ann), watch_shared(bob, cy)
+    wait_until_subscribed(h, 2)
+    record(ann, "answer", q=1)
+    on_ann.wait_for(lambda: any(e.kind == pb.EVENT_KIND_INTERACTION_RECORDED for e in on_ann.events))
+
+    started = time.monotonic()
+    set_active(ann, False)
+    # The grantee's stream on ann ends within a second; the one on cy stays.
+    on_ann.wait_for(lambda: on_ann.error is not None, timeout=1.0)
+    assert on_ann.ended_at is not None
+    assert on_ann.ended_at - started < 1.0
+    assert on_ann.error is not None
+    assert on_ann.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(on_ann.error) == "GRANTER_INACTIVE"
+    assert denied(lambda: shared_state(bob, ann)) == "GRANTER_INACTIVE"
+    assert denied(lambda: shared_interactions(bob, ann)) == "GRANTER_INACTIVE"
+    again = watch_shared(bob, ann)
+    again.wait_for(lambda: again.error is not None)
+    assert again.error is not None
+    assert error_reason(again.error) == "GRANTER_INACTIVE"
+    time.sleep(0.1)
+    assert on_cy.error is None
+    assert shared_state(bob, cy).reader == cy.account
+    on_cy.cancel()
+
+    # The grant was never revoked: reactivation shares again.
+    set_active(ann, True)
+    assert shared_state(bob, ann).reader == ann.account
+    assert len(shared_interactions(bob, ann).interactions) == 1
+
+
 def test_narrowing_the_scope_ends_streams_that_carry_interactions(h: Harness) -> None:
     ann, bob = h.new_reader(), h.new_reader()
     first = grant(ann, bob, ALL)

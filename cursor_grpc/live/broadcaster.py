@@ -219,6 +219,17 @@ class Broadcaster:
     def stream_count(self) -> int:
         return len(self._subscriptions)
 
+    def close_shared(self, granter_id: str, grantee_id: str | None, error: CursorError) -> int:
+        """End WatchSharedActivity streams on `granter_id`: one grantee's, or
+        (None) every grantee's. A reader's only streams on another reader are
+        those, so the subscription's owner and filter identify them."""
+        def shared(s: Subscription) -> bool:
+            kind, owner_id = s.account
+            return (kind == "reader" and owner_id != granter_id and granter_id in s.wanted.reader_ids
+                    and (grantee_id is None or owner_id == grantee_id))
+
+        return self.close_where(shared, error)
+
     def close_where(self, condition: Callable[[Subscription], bool], error: CursorError) -> int:
         closed = 0
         for subscription in list(self._subscriptions):

@@ -18,7 +18,7 @@ from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.passwords import check_password_rules
 from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.clock import iso_from_ns
-from cursor_grpc.errors import FailedPrecondition, InvalidArgument
+from cursor_grpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from cursor_grpc.services import convert
 from cursor_grpc.services.reader import profile_update
 from cursor_grpc.storage.audit import AuditQuery
@@ -81,6 +81,11 @@ class AdminService(pb_grpc.AdminServiceServicer):
             )
         if not request.active:
             self.sessions.forget_account(kind, account_id)
+            if kind == "reader":
+                # What the reader shared with other readers is hidden while it is deactivated.
+                self.app.broadcaster.close_shared(account_id, None, PermissionDenied(
+                    f"readers/{account_id} was deactivated; what it shares is hidden until it is active again",
+                    reason="GRANTER_INACTIVE"))
         name = f"{kind}s/{account_id}"  # canonical, whatever case the caller's id was in
         log.info("%s set %s active=%s (%d sessions ended)", caller.name, name, request.active, revoked)
         return pb.SetAccountActiveResponse(account=name, active=request.active, revoked_session_count=revoked)

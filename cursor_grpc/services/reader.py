@@ -206,7 +206,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         replaced = outcome.replaced
         if replaced is not None and replaced.shares_interactions and not outcome.consent.shares_interactions:
             # Narrowed: open streams still carry interactions; end them.
-            close_shared_streams(self.app, caller.account_id, grantee_id, PermissionDenied(
+            self.app.broadcaster.close_shared(caller.account_id, grantee_id, PermissionDenied(
                 "the consent was changed to state only; open the stream again", reason="CONSENT_CHANGED"))
         return pb.GrantConsentResponse(consent=convert.consent(outcome.consent))
 
@@ -217,9 +217,9 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         error = PermissionDenied("consent revoked", reason="CONSENT_REVOKED")
         # Before the write, so an open stream sends nothing committed after
         # the revocation; after it, for a stream that opened meanwhile.
-        close_shared_streams(self.app, caller.account_id, grantee_id, error)
+        self.app.broadcaster.close_shared(caller.account_id, grantee_id, error)
         revoked = await self.app.store.revoke_consent(caller.account_id, grantee_id)
-        close_shared_streams(self.app, caller.account_id, grantee_id, error)
+        self.app.broadcaster.close_shared(caller.account_id, grantee_id, error)
         return pb.RevokeConsentResponse(consent=convert.consent(revoked))
 
     @rpc(Access.READER)
@@ -324,16 +324,6 @@ def shared_filter(consent: ConsentRecord) -> EventFilter:
     if consent.shares_interactions:
         kinds.add(KIND_INTERACTION)
     return EventFilter(reader_ids=frozenset({consent.granter_id}), kinds=frozenset(kinds))
-
-
-def close_shared_streams(app: App, granter_id: str, grantee_id: str, error: CursorError) -> int:
-    """End the grantee's open WatchSharedActivity streams on the granter. A
-    reader's only streams on another reader are those, so the subscription's
-    owner and filter identify them; no registry is needed."""
-    owner = ("reader", grantee_id)
-    return app.broadcaster.close_where(
-        lambda s: s.account == owner and granter_id in s.wanted.reader_ids, error
-    )
 
 
 # --- profile updates (AIP-134 update_mask over the restricted fields) ---------------------

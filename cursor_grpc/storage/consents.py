@@ -66,6 +66,13 @@ def require_consent(conn: apsw.Connection, granter_id: str, grantee_id: str, *, 
             f"readers/{granter_id} does not share anything with you (no consent, or it was revoked)",
             reason="NO_CONSENT",
         )
+    if not fetch_all(conn, "SELECT 1 FROM users WHERE id = ? AND is_active = 1", (granter_id,)):
+        # The grant stays (the reader never revoked it) but shares nothing
+        # while an admin keeps the account deactivated.
+        raise PermissionDenied(
+            f"readers/{granter_id} is deactivated; what it shares is hidden until it is active again",
+            reason="GRANTER_INACTIVE",
+        )
     if interactions and not consent.shares_interactions:
         raise PermissionDenied(
             f"readers/{granter_id} shares its state with you, not its interactions", reason="CONSENT_SCOPE"
