@@ -137,6 +137,23 @@ def _email(admin: Client, reader: Client) -> str:
     return str(get_reader(admin, reader.account).email)
 
 
+def test_a_whole_reader_carries_its_metadata_and_lists_do_not(h: Harness) -> None:
+    reader, consultant = h.new_reader(), h.new_consultant()
+    update_mine(reader, ["metadata_json"], metadata_json='{"lang": "fr"}')
+    mine = reader.reader.GetMyProfile(rpb.GetMyProfileRequest(), metadata=reader.md).reader
+    assert mine.name == reader.account
+    assert mine.email.endswith("@example.com")
+    assert json.loads(mine.metadata_json) == {"lang": "fr"}
+    assert mine.HasField("state")
+    seen = get_reader(consultant, reader.account)
+    assert json.loads(seen.metadata_json) == {"lang": "fr"}
+    listed = consultant.consultant.ListReaders(cpb.ListReadersRequest(), metadata=consultant.md).readers
+    assert [r.metadata_json for r in listed if r.name == reader.account] == [""]
+    # GetMyProfile is a reader's own: a consultant session is refused.
+    error = rpc_error(lambda: consultant.reader.GetMyProfile(rpb.GetMyProfileRequest(), metadata=consultant.md))
+    assert (error.code(), error_reason(error)) == (grpc.StatusCode.PERMISSION_DENIED, "READER_ONLY")
+
+
 def test_consultants_cannot_change_restricted_fields(h: Harness) -> None:
     reader = h.new_reader()
     before = get_reader(h.admin(), reader.account)

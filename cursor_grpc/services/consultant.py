@@ -71,7 +71,8 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
     async def GetReader(self, request: pb.GetReaderRequest, context: Context,
                         caller: Principal) -> pb.GetReaderResponse:
         reader_id = validation.resource_id(request.name, "readers", "name")
-        return pb.GetReaderResponse(reader=convert.reader(await self.app.store.get_reader(reader_id)))
+        # Get returns the whole resource (AIP-131), metadata included; lists leave it out.
+        return pb.GetReaderResponse(reader=convert.reader_profile(*await self.app.store.get_reader_profile(reader_id)))
 
     @rpc(Access.CONSULTANT)
     async def ListInteractions(self, request: pb.ListInteractionsRequest, context: Context,

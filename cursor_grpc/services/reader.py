@@ -180,6 +180,12 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
     # --- the reader's own restricted fields ----------------------------------------
 
     @rpc(Access.READER)
+    async def GetMyProfile(self, request: pb.GetMyProfileRequest, context: Context,
+                           caller: Principal) -> pb.GetMyProfileResponse:
+        profile = await self.app.store.get_reader_profile(caller.account_id)
+        return pb.GetMyProfileResponse(reader=convert.reader_profile(*profile))
+
+    @rpc(Access.READER)
     async def UpdateMyProfile(self, request: pb.UpdateMyProfileRequest, context: Context,
                               caller: Principal) -> pb.UpdateMyProfileResponse:
         given = request.reader

@@ -118,6 +118,12 @@ class Store:
     async def get_reader(self, reader_id: str) -> ReaderRecord:
         return await self.reads.run(lambda conn: accounts.get_reader(conn, reader_id))
 
+    async def get_reader_profile(self, reader_id: str) -> tuple[ReaderRecord, str]:
+        """The reader and its metadata JSON, read together."""
+        return await self.reads.run(
+            lambda conn: (accounts.get_reader(conn, reader_id), accounts.get_reader_metadata(conn, reader_id))
+        )
+
     async def get_reader_state(self, reader_id: str) -> ReaderStateRecord:
         return await self.reads.run(lambda conn: accounts.get_reader_state(conn, reader_id))
 

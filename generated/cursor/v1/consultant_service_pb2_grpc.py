@@ -108,7 +108,7 @@ class ConsultantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetReader(self, request, context):
-        """Returns one reader with its state.
+        """Returns one reader with its state and metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,7 @@ class ConsultantServiceStub:
     ListReaders: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.ListReadersRequest, _consultant_service_pb2.ListReadersResponse]
     """Lists readers, newest account first."""
     GetReader: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.GetReaderRequest, _consultant_service_pb2.GetReaderResponse]
-    """Returns one reader with its state."""
+    """Returns one reader with its state and metadata."""
     ListInteractions: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.ListInteractionsRequest, _consultant_service_pb2.ListInteractionsResponse]
     """Lists interactions of one reader, or of all readers, newest first."""
     WatchActivity: _grpc.UnaryStreamMultiCallable[_consultant_service_pb2.WatchActivityRequest, _consultant_service_pb2.WatchActivityResponse]
@@ -74,7 +74,7 @@ class ConsultantServiceAsyncStub(ConsultantServiceStub):
     ListReaders: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.ListReadersRequest, _consultant_service_pb2.ListReadersResponse]  # type: ignore[assignment]
     """Lists readers, newest account first."""
     GetReader: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.GetReaderRequest, _consultant_service_pb2.GetReaderResponse]  # type: ignore[assignment]
-    """Returns one reader with its state."""
+    """Returns one reader with its state and metadata."""
     ListInteractions: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.ListInteractionsRequest, _consultant_service_pb2.ListInteractionsResponse]  # type: ignore[assignment]
     """Lists interactions of one reader, or of all readers, newest first."""
     WatchActivity: _aio.UnaryStreamMultiCallable[_consultant_service_pb2.WatchActivityRequest, _consultant_service_pb2.WatchActivityResponse]  # type: ignore[assignment]
@@ -123,7 +123,7 @@ class ConsultantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consultant_service_pb2.GetReaderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consultant_service_pb2.GetReaderResponse, _abc.Awaitable[_consultant_service_pb2.GetReaderResponse]]:
-        """Returns one reader with its state."""
+        """Returns one reader with its state and metadata."""
 
     @_abc_1.abstractmethod
     def ListInteractions(

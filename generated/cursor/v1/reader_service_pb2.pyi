@@ -21,6 +21,47 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GetMyProfileRequest(_message.Message):
+    """Request for GetMyProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMyProfileRequest: _TypeAlias = GetMyProfileRequest  # noqa: Y015
+
+@_typing.final
+class GetMyProfileResponse(_message.Message):
+    """Response for GetMyProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reader(self) -> _resources_pb2.Reader:
+        """The caller, with its state and metadata."""
+
+    def __init__(
+        self,
+        *,
+        reader: _resources_pb2.Reader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMyProfileResponse: _TypeAlias = GetMyProfileResponse  # noqa: Y015
+
+@_typing.final
 class UpdateMyProfileRequest(_message.Message):
     """Request for UpdateMyProfile."""
 

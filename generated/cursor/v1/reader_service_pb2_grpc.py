@@ -76,6 +76,11 @@ class ReaderServiceStub:
                 request_serializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesRequest.SerializeToString,
                 response_deserializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesResponse.FromString,
                 _registered_method=True)
+        self.GetMyProfile = channel.unary_unary(
+                '/cursor.v1.ReaderService/GetMyProfile',
+                request_serializer=cursor_dot_v1_dot_reader__service__pb2.GetMyProfileRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_reader__service__pb2.GetMyProfileResponse.FromString,
+                _registered_method=True)
         self.UpdateMyProfile = channel.unary_unary(
                 '/cursor.v1.ReaderService/UpdateMyProfile',
                 request_serializer=cursor_dot_v1_dot_reader__service__pb2.UpdateMyProfileRequest.SerializeToString,
@@ -171,6 +176,13 @@ class ReaderServiceServicer:
     def WatchMyMessages(self, request, context):
         """Streams the caller's conversation live (messages and read receipts),
         resumable behind a cursor like ConsultantService.WatchActivity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMyProfile(self, request, context):
+        """Returns the caller's own profile: state, display name, email, metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -275,6 +287,11 @@ def add_ReaderServiceServicer_to_server(servicer, server):
                     servicer.WatchMyMessages,
                     request_deserializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesRequest.FromString,
                     response_serializer=cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesResponse.SerializeToString,
+            ),
+            'GetMyProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMyProfile,
+                    request_deserializer=cursor_dot_v1_dot_reader__service__pb2.GetMyProfileRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_reader__service__pb2.GetMyProfileResponse.SerializeToString,
             ),
             'UpdateMyProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateMyProfile,
@@ -530,6 +547,33 @@ class ReaderService:
             '/cursor.v1.ReaderService/WatchMyMessages',
             cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesRequest.SerializeToString,
             cursor_dot_v1_dot_reader__service__pb2.WatchMyMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMyProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ReaderService/GetMyProfile',
+            cursor_dot_v1_dot_reader__service__pb2.GetMyProfileRequest.SerializeToString,
+            cursor_dot_v1_dot_reader__service__pb2.GetMyProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

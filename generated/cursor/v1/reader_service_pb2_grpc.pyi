@@ -55,6 +55,8 @@ class ReaderServiceStub:
     """Streams the caller's conversation live (messages and read receipts),
     resumable behind a cursor like ConsultantService.WatchActivity.
     """
+    GetMyProfile: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.GetMyProfileRequest, _reader_service_pb2.GetMyProfileResponse]
+    """Returns the caller's own profile: state, display name, email, metadata."""
     UpdateMyProfile: _grpc.UnaryUnaryMultiCallable[_reader_service_pb2.UpdateMyProfileRequest, _reader_service_pb2.UpdateMyProfileResponse]
     """Changes the caller's own profile (display name, email, metadata); only
     the reader or an admin may change these fields (audited).
@@ -110,6 +112,8 @@ class ReaderServiceAsyncStub(ReaderServiceStub):
     """Streams the caller's conversation live (messages and read receipts),
     resumable behind a cursor like ConsultantService.WatchActivity.
     """
+    GetMyProfile: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.GetMyProfileRequest, _reader_service_pb2.GetMyProfileResponse]  # type: ignore[assignment]
+    """Returns the caller's own profile: state, display name, email, metadata."""
     UpdateMyProfile: _aio.UnaryUnaryMultiCallable[_reader_service_pb2.UpdateMyProfileRequest, _reader_service_pb2.UpdateMyProfileResponse]  # type: ignore[assignment]
     """Changes the caller's own profile (display name, email, metadata); only
     the reader or an admin may change these fields (audited).
@@ -210,6 +214,14 @@ class ReaderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the caller's conversation live (messages and read receipts),
         resumable behind a cursor like ConsultantService.WatchActivity.
         """
+
+    @_abc_1.abstractmethod
+    def GetMyProfile(
+        self,
+        request: _reader_service_pb2.GetMyProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reader_service_pb2.GetMyProfileResponse, _abc.Awaitable[_reader_service_pb2.GetMyProfileResponse]]:
+        """Returns the caller's own profile: state, display name, email, metadata."""
 
     @_abc_1.abstractmethod
     def UpdateMyProfile(

@@ -239,8 +239,9 @@ class Reader(_message.Message):
     """False once an admin deactivated the account."""
     metadata_json: _builtins.str
     """Free-form profile data as JSON object text, at most 16 KiB. Only the
-    reader or an admin may change it. Filled where the full profile is
-    returned (UpdateMyProfile, AdminService.UpdateReader); empty elsewhere.
+    reader or an admin may change it. Filled where one whole reader is
+    returned (GetReader, GetMyProfile, UpdateMyProfile, UpdateReader);
+    empty in lists, snapshots and events.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
