@@ -26,7 +26,7 @@ class App:
         except BaseException:
             self.db_lock.release()
             raise
-        self.passwords = Passwords(settings.auth)
+        self.passwords = Passwords(settings.auth, workers=settings.auth.argon2_threads)
         self.throttle = LoginThrottle(settings.auth)
         self.sessions = SessionManager(self.store, settings.auth)
         self.broadcaster = Broadcaster(self.store, asyncio.get_running_loop(), settings.live)

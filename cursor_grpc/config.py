@@ -52,6 +52,8 @@ class AuthSettings:
     argon2_memory_kib: int = 19456
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
+    # Threads hashing passwords (at a lower OS priority than the event loop).
+    argon2_threads: int = 2
 
 
 @dataclass(frozen=True)
