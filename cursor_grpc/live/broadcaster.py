@@ -6,9 +6,9 @@ there for the next flush (paced by `LiveSettings.fanout_*`), so one stream
 message carries what several commits wrote instead of one message per
 commit per stream. Each event is converted and serialized once, as the
 bytes of one `events` entry, and shared by every stream that wants it.
-Each stream has a bounded buffer;
-a stream whose buffer would overflow drops it and catches up from the
-database instead, so memory stays bounded and nothing is lost.
+Each stream has a bounded buffer; a stream whose buffer would overflow
+drops it and catches up from the database instead, so memory stays
+bounded and nothing is lost.
 """
 
 from __future__ import annotations
