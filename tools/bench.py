@@ -584,7 +584,7 @@ class Bench:
             client.close()
         if "fatal" in result:
             raise RuntimeError(f"{spec['mode']} failed: {result['fatal']}")
-        return result
+        return dict(result)
 
     def timing(self) -> dict[str, float]:
         return {"warmup_s": self.plan.warmup_s, "measure_s": self.plan.measure_s}

@@ -53,7 +53,7 @@ def response_parser(path: str) -> Callable[[bytes], Any]:
         return reader_service_pb2.RecordInteractionResponse.FromString
     service, method = path.strip("/").split("/")
     desc = descriptor_pool.Default().FindServiceByName(service).methods_by_name[method]
-    return message_factory.GetMessageClass(desc.output_type).FromString  # type: ignore[no-any-return]
+    return message_factory.GetMessageClass(desc.output_type).FromString
 
 
 def make_channel(address: str) -> aio.Channel:
@@ -269,7 +269,7 @@ async def run_unary(spec: dict[str, Any]) -> dict[str, Any]:
     rate = spec.get("rate")
     await asyncio.gather(*(paced_or_closed(w, workers, rate, end, rec, calls[w]) for w in range(workers)))
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
     result = result_of(rec, spec, {"warm_ok": warm.ok_total, "warm_errors": dict(warm.errors)})
     result["errors"] = dict(rec.errors + warm.errors)
     result["error_samples"] = rec.error_samples + warm.error_samples
@@ -336,7 +336,7 @@ async def run_stream(spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(worker_loop(w) for w in range(len(tokens))))
     ended_wall = time.time()
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
     return result_of(rec, spec, {
         "events_sent": sent, "events_stored": stored, "events_rejected": rejected, "duplicates": duplicates,
         "warm_events": warm_sent, "measured_events": sent - warm_sent,
@@ -366,7 +366,7 @@ async def run_queries(spec: dict[str, Any]) -> dict[str, Any]:
     _, warm_end, end = window(spec)
     rec = Recorder(warm_end, end)
     await paced_or_closed(0, 1, spec.get("rate"), end, rec, call)
-    await channel.close()
+    await channel.close(None)
     return result_of(rec, spec)
 
 
@@ -413,7 +413,7 @@ async def run_logins(spec: dict[str, Any]) -> dict[str, Any]:
         n += 1
     if in_flight:
         await asyncio.wait(in_flight, timeout=60)
-    await channel.close()
+    await channel.close(None)
     return result_of(rec, spec, {"started": n})
 
 
@@ -441,7 +441,7 @@ async def run_accounts(spec: dict[str, Any]) -> dict[str, Any]:
 
     await asyncio.wait_for(channel.channel_ready(), 20)
     await asyncio.gather(*(one(email, n) for n, email in enumerate(spec["emails"])))
-    await channel.close()
+    await channel.close(None)
     accounts.sort(key=lambda a: spec["emails"].index(a["email"]))
     return {"accounts": accounts}
 
@@ -453,7 +453,7 @@ async def run_consultant_login(spec: dict[str, Any]) -> dict[str, Any]:
     response = await login(auth_service_pb2.LoginRequest(
         email=spec["email"], password=spec["password"], account_kind=resources_pb2.ACCOUNT_KIND_CONSULTANT
     ).SerializeToString(), timeout=60)
-    await channel.close()
+    await channel.close(None)
     return {"token": response.session.token}
 
 
@@ -540,7 +540,7 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(read(i) for i in range(count)))
     await stopper
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
     return {
         "stamped_per_stream": [len(s) for s in seen], "duplicates": sum(duplicates),
         "events_total": sum(events_total), "messages_total": sum(messages), "errors": dict(errors),
@@ -632,7 +632,7 @@ async def run_poll(spec: dict[str, Any]) -> dict[str, Any]:
         except aio.AioRpcError as error:
             rec.error(error)
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
     return result_of(rec, spec, {
         "stamped_per_stream": [len(s) for s in seen], "duplicates": sum(duplicates),
         "events_total": sum(listed), "messages_total": rec.units_total,
@@ -669,7 +669,7 @@ async def run_hold(spec: dict[str, Any]) -> dict[str, Any]:
     for call in calls:
         call.cancel()
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
     return result_of(rec, spec)
 
 
@@ -706,7 +706,7 @@ async def run_churn(spec: dict[str, Any]) -> dict[str, Any]:
                            for w in range(workers)))
     elapsed = (time.perf_counter_ns() - start) / _NS
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
     return result_of(rec, spec, {"elapsed_s": elapsed})
 
 
@@ -729,7 +729,7 @@ async def amain() -> None:
     try:
         result = await MODES[spec["mode"]](spec)
     except grpc.RpcError as error:
-        result = {"fatal": f"{error.code().name}: {error.details()}"}  # type: ignore[attr-defined]
+        result = {"fatal": f"{error.code().name}: {error.details()}"}
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -187,7 +187,9 @@ def count_rows(path: Path, table: str, where: str = "", params: tuple[Any, ...] 
     try:
         conn.set_busy_timeout(5000)
         sql = f"SELECT count(*) FROM {table} {where}"  # noqa: S608 - table from a fixed set
-        return int(conn.execute(sql, params).fetchall()[0][0])
+        (count,) = conn.execute(sql, params).fetchall()[0]
+        assert isinstance(count, int)
+        return count
     finally:
         conn.close()
 

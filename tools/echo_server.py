@@ -20,6 +20,7 @@ import asyncio
 import queue
 import sys
 import threading
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -38,7 +39,7 @@ def _handoff_worker(jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asy
         loop.call_soon_threadsafe(future.set_result, None)
 
 
-def _handler(reply: bytes | None, handoff: bool) -> grpc.GenericRpcHandler:
+def _handler(reply: bytes | None, handoff: bool) -> grpc.GenericRpcHandler[Any, Any]:
     jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None] = queue.SimpleQueue()
     if handoff:
         threading.Thread(target=_handoff_worker, args=(jobs,), name="echo-handoff", daemon=True).start()
