@@ -19,19 +19,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
-# The last second formatted, (seconds, text): most calls fall in the same
-# second as the one before, and strftime + gmtime are most of the cost.
-_last_second: tuple[int, str] = (-1, "")
+# Recently formatted seconds: most calls fall in a second formatted just
+# before ("now", and the same few cut-offs such as now minus a window), and
+# strftime + gmtime are most of the cost. Small, and emptied when full.
+_SECOND_TEXT: dict[int, str] = {}
 
 
 def iso_from_ns(ns: int) -> str:
     """Format nanoseconds since the epoch as the canonical timestamp text."""
-    global _last_second
     seconds, rest = divmod(ns, 1_000_000_000)
-    cached_seconds, prefix = _last_second
-    if seconds != cached_seconds:
-        prefix = time.strftime(ISO_FORMAT, time.gmtime(seconds))
-        _last_second = (seconds, prefix)
+    prefix = _SECOND_TEXT.get(seconds)
+    if prefix is None:
+        if len(_SECOND_TEXT) >= 64:
+            _SECOND_TEXT.clear()
+        prefix = _SECOND_TEXT[seconds] = time.strftime(ISO_FORMAT, time.gmtime(seconds))
     return f"{prefix}.{rest // 1_000_000:03d}Z"
 
 
