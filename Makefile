@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
 CURSOR_DB ?= var/cursor.db
 CURSOR_LISTEN ?= 127.0.0.1:50051
 export CURSOR_DB CURSOR_LISTEN
@@ -22,14 +23,15 @@ serve: setup
 	$(BIN)/cursor-grpc serve
 
 ## The whole suite: lint, types, stale stubs, tests. CI runs exactly this.
-test: setup lint typecheck check-generated
+## It installs the bench extra too: a test draws the benchmark chart.
+test: $(BENCH_STAMP) lint typecheck check-generated
 	$(BIN)/pytest
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
 ## Only the long-running tests (e.g. the 60 s WAL bound under load).
-test-slow: setup
+test-slow: $(BENCH_STAMP)
 	$(BIN)/pytest -m slow
 
 lint: setup
@@ -48,7 +50,6 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
 # Benchmarks (tools/bench.py): the `bench` extra adds the progress bar and the chart.
-BENCH_STAMP := $(VENV)/.bench-installed-stamp
 .PHONY: bench bench-quick
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
