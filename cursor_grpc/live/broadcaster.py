@@ -107,17 +107,24 @@ class Subscription:
             self.buffer.clear()
             self._wake.set()
 
+    @property
+    def has_news(self) -> bool:
+        return bool(self.buffer) or self.overflowed or self.closed is not None
+
     async def wait(self, seconds: float) -> bool:
-        """Wait for news; False if none came within `seconds`."""
-        if self.buffer or self.overflowed or self.closed is not None:
+        """Wait for news; False only if there is none when the wait ends.
+
+        A timeout can fire in the same loop iteration as a flush, just
+        before it: the state is read again rather than trusted to the
+        exception, because the caller's heartbeat takes "quiet" to mean
+        every event up to the head has been delivered."""
+        if self.has_news:
             return True
         self._wake.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
-        except TimeoutError:
-            return False
-        return True
+        return self.has_news
 
 
 class Broadcaster:
