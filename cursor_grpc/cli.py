@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level, args.log_format)
+    from cursor_grpc.config import ConfigError
     from cursor_grpc.storage.migrations import MigrationError
 
     try:
@@ -224,3 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     except MigrationError as error:
         print(f"cursor-grpc: {error}", file=sys.stderr)
         return 3
+    except ConfigError as error:
+        print(f"cursor-grpc: {error}", file=sys.stderr)
+        return 2

@@ -11,6 +11,11 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DB = "var/cursor.db"
 
 
+class ConfigError(ValueError):
+    """A setting the server cannot run with. The command line prints its
+    message in one line (no traceback) and exits with status 2."""
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """How the SQLite database is opened and written."""
@@ -52,8 +57,10 @@ class AuthSettings:
     argon2_memory_kib: int = 19456
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
-    # Threads hashing passwords (at a lower OS priority than the event loop).
+    # Threads hashing passwords, and their OS priority: auto, idle
+    # (SCHED_IDLE), low (nice 10) or normal; see auth/passwords.py.
     argon2_threads: int = 2
+    argon2_priority: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,7 @@ def parse_duration(text: str) -> float:
     """Seconds in `90`, `45s`, `30m`, `1h`, `1d`, `2w`, `250ms` or `1h30m`."""
     raw = text.strip().lower()
     if not raw:
-        raise ValueError("empty duration")
+        raise ConfigError("empty duration")
     try:
         return float(raw)
     except ValueError:
@@ -151,13 +158,30 @@ def parse_duration(text: str) -> float:
             continue
         unit = "ms" if raw.startswith("ms", i) else ch
         if unit not in _DURATION_UNITS or not number:
-            raise ValueError(f"not a duration: {text!r} (use e.g. 45s, 30m, 1h, 1d)")
+            raise ConfigError(f"not a duration: {text!r} (use e.g. 45s, 30m, 1h, 1d)")
         total += float(number) * _DURATION_UNITS[unit]
         number = ""
         i += len(unit)
     if number:
-        raise ValueError(f"not a duration: {text!r} (a number needs a unit after another unit)")
+        raise ConfigError(f"not a duration: {text!r} (a number needs a unit after another unit)")
     return total
+
+
+def _env_value(name: str, raw: str, default: object) -> object:
+    """One environment value, typed like the field's default."""
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise ConfigError(f"{name} must be {kind}, not {raw!r}") from None
+    if isinstance(default, Path):
+        return Path(raw)
+    return raw
 
 
 def ops_settings_from_env() -> OpsSettings:
@@ -165,20 +189,19 @@ def ops_settings_from_env() -> OpsSettings:
     found: dict[str, object] = {}
     defaults = OpsSettings()
     for f in fields(OpsSettings):
-        raw = os.environ.get(f"CURSOR_{f.name.upper()}")
+        name = f"CURSOR_{f.name.upper()}"
+        raw = os.environ.get(name)
         if raw is None:
             continue
-        default = getattr(defaults, f.name)
         if f.name.endswith("_every"):
-            found[f.name] = parse_duration(raw)
+            try:
+                found[f.name] = parse_duration(raw)
+            except ConfigError as error:
+                raise ConfigError(f"{name}: {error}") from None
         elif f.name.endswith("_dir"):
             found[f.name] = Path(raw) if raw else None
-        elif isinstance(default, int):
-            found[f.name] = int(raw)
-        elif isinstance(default, float):
-            found[f.name] = float(raw)
         else:
-            found[f.name] = raw
+            found[f.name] = _env_value(name, raw, getattr(defaults, f.name))
     return OpsSettings(**found)  # type: ignore[arg-type]
 
 
@@ -198,21 +221,12 @@ class Settings:
 def _env_overrides(prefix: str, cls: type) -> dict[str, object]:
     """`CURSOR_<FIELD>` values for the simple fields of a settings class."""
     found: dict[str, object] = {}
+    defaults = cls()
     for f in fields(cls):
-        raw = os.environ.get(f"{prefix}{f.name.upper()}")
-        if raw is None:
-            continue
-        default = getattr(cls(), f.name)
-        if isinstance(default, bool):
-            found[f.name] = raw.lower() in {"1", "true", "yes", "on"}
-        elif isinstance(default, int):
-            found[f.name] = int(raw)
-        elif isinstance(default, float):
-            found[f.name] = float(raw)
-        elif isinstance(default, Path):
-            found[f.name] = Path(raw)
-        else:
-            found[f.name] = raw
+        name = f"{prefix}{f.name.upper()}"
+        raw = os.environ.get(name)
+        if raw is not None:
+            found[f.name] = _env_value(name, raw, getattr(defaults, f.name))
     return found
 
 

@@ -19,6 +19,8 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from cursor_grpc.config import ConfigError
+
 FORMATS = ("text", "json")
 
 _REDACTIONS = (
@@ -85,7 +87,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
     leaves a root logger alone that someone else configured already (a test
     runner, an embedding application) unless `force`."""
     if fmt not in FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise ConfigError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     root = logging.getLogger()
     if not force and any(not getattr(h, "_cursor_handler", False) for h in root.handlers):
         return

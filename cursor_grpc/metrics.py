@@ -37,6 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cursor_grpc.config import ConfigError
+
 if TYPE_CHECKING:
     from cursor_grpc.storage.store import Store
 
@@ -230,7 +232,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     metrics describe the service to anyone who can read them."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit():
-        raise ValueError(f"metrics address {listen!r} is not host:port")
+        raise ConfigError(f"metrics address {listen!r} is not host:port")
     host = host.strip("[]") or "127.0.0.1"
     if host != "localhost":
         try:
@@ -238,7 +240,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
         except ValueError:
             loopback = False
         if not loopback:
-            raise ValueError(
+            raise ConfigError(
                 f"metrics address {listen!r} is not a loopback address; serve metrics on 127.0.0.1 or ::1 "
                 "and let a local agent or proxy expose them"
             )

@@ -27,7 +27,7 @@ from cursor.v1 import (
     reader_service_pb2_grpc,
 )
 from cursor_grpc.app import App
-from cursor_grpc.config import Settings
+from cursor_grpc.config import ConfigError, Settings
 from cursor_grpc.errors import Unavailable
 from cursor_grpc.services.admin import AdminService
 from cursor_grpc.services.auth import AuthService
@@ -134,14 +134,15 @@ async def start_server(settings: Settings) -> RunningServer:
             port = server.add_insecure_port(settings.listen)
     except RuntimeError as error:
         await app.close()
-        raise RuntimeError(f"cannot listen on {settings.listen}: {error}") from error
+        raise ConfigError(f"cannot listen on {settings.listen}: {error}") from error
     await server.start()
     await app.start()
     # The store refused to open unless every migration is applied, so SERVING is honest.
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rsplit(":", 1)[0]
-    log.info("cursor-grpc serving on %s:%d (%s)", host, port, "TLS" if settings.tls_cert else "plaintext")
+    log.info("cursor-grpc serving on %s:%d (%s); password hashing: %d threads at priority %s", host, port,
+             "TLS" if settings.tls_cert else "plaintext", settings.auth.argon2_threads, app.passwords.priority)
     return RunningServer(server, app, health_servicer, port)
 
 

@@ -239,6 +239,32 @@ def test_serve_refuses_pending_migrations_unless_told_to_migrate(tmp_path: Path,
 # --- create-admin ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("setting", "value", "says"), [
+    ("CURSOR_ARGON2_THREADS", "two", "CURSOR_ARGON2_THREADS must be a whole number, not 'two'"),
+    ("CURSOR_FANOUT_INTERVAL_SECONDS", "5ms", "CURSOR_FANOUT_INTERVAL_SECONDS must be a number, not '5ms'"),
+    ("CURSOR_ARGON2_PRIORITY", "high", "CURSOR_ARGON2_PRIORITY must be one of auto, idle, low, normal, not 'high'"),
+    ("CURSOR_BACKUP_EVERY", "soon", "CURSOR_BACKUP_EVERY: not a duration: 'soon'"),
+    ("CURSOR_SYNCHRONOUS", "OFF", "synchronous must be NORMAL or FULL, not 'OFF'"),
+])
+def test_serve_refuses_a_bad_setting_in_one_line(tmp_path: Path, setting: str, value: str, says: str) -> None:
+    db = migrated(tmp_path)
+    result = run_cli(tmp_path, "serve", "--db", str(db), "--listen", "127.0.0.1:0",
+                     env=clean_env(**{setting: value}), timeout=30)
+    assert result.returncode == 2
+    assert f"cursor-grpc: {says}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "serving on" not in result.stderr
+
+
+def test_serve_says_when_it_cannot_listen(tmp_path: Path, serve: Any) -> None:
+    db = migrated(tmp_path)
+    first = serve(db).wait_serving()
+    result = run_cli(tmp_path, "serve", "--db", str(db), "--listen", first.address, timeout=30)
+    assert result.returncode == 2
+    assert f"cursor-grpc: cannot listen on {first.address}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_create_admin(tmp_path: Path) -> None:
     db = migrated(tmp_path)
     with_password = clean_env(CURSOR_ADMIN_PASSWORD=ADMIN_PASSWORD)

@@ -2,6 +2,8 @@
 
 argon2-cffi releases the GIL while hashing, so a small dedicated pool lets
 logins use the spare core without queueing behind reads or the writer.
+The pool's threads run at a lower OS priority (`AuthSettings.argon2_priority`)
+so that a login storm makes logins slower, not every other RPC.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from cursor_grpc.config import AuthSettings
+from cursor_grpc.config import AuthSettings, ConfigError
 from cursor_grpc.errors import InvalidArgument
 
 MIN_PASSWORD = 10
@@ -31,11 +34,43 @@ def check_password_rules(password: str, field: str = "password") -> None:
         raise InvalidArgument(f"{field} must be at most {MAX_PASSWORD} characters", field=field)
 
 
-def _lower_priority() -> None:
-    """Hashing threads yield the CPU to the event loop and the writer: a
-    login storm makes logins slower, not every other RPC."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+PRIORITIES = ("auto", "idle", "low", "normal")
+LOW_NICE = 10
+_CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus() -> float:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 quota."""
+    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = _CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, int(quota) / int(period))
+    return cpus
+
+
+def resolve_priority(priority: str, cpus: float | None = None) -> str:
+    """`auto` is `idle` when the process has at least two CPUs, else `low`:
+    an idle-class thread runs only on a CPU nothing else wants, so on one
+    busy CPU it could wait indefinitely, while with two the event loop (one
+    GIL's worth of work) leaves the other one to hashing."""
+    if priority not in PRIORITIES:
+        raise ConfigError(f"CURSOR_ARGON2_PRIORITY must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+    if priority != "auto":
+        return priority
+    return "idle" if (usable_cpus() if cpus is None else cpus) >= 2 else "low"
+
+
+def _apply_priority(priority: str) -> None:
+    """Thread initializer: `idle` is Linux's SCHED_IDLE (nice 10 where that
+    is not available), `low` is nice 10, `normal` leaves the thread as is."""
+    if priority == "idle":
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+            return
+    if priority in ("idle", "low"):
+        with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_NICE)
 
 
 class Passwords:
@@ -46,8 +81,10 @@ class Passwords:
             parallelism=settings.argon2_parallelism,
             type=Type.ID,
         )
+        self.priority = resolve_priority(settings.argon2_priority)
         self._executor = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="cursor-argon2", initializer=_lower_priority
+            max_workers=workers, thread_name_prefix="cursor-argon2", initializer=_apply_priority,
+            initargs=(self.priority,),
         )
         # Verified against when an email is unknown, so that case costs the
         # same time as a wrong password.

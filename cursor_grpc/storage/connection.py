@@ -14,7 +14,7 @@ from typing import Any
 
 import apsw
 
-from cursor_grpc.config import StorageSettings
+from cursor_grpc.config import ConfigError, StorageSettings
 
 log = logging.getLogger("cursor.storage")
 
@@ -30,7 +30,7 @@ def _wal(conn: apsw.Connection, settings: StorageSettings) -> None:
 def _synchronous(conn: apsw.Connection, settings: StorageSettings) -> None:
     level = settings.synchronous.upper()
     if level not in {"NORMAL", "FULL"}:
-        raise ValueError(f"synchronous must be NORMAL or FULL, not {settings.synchronous!r}")
+        raise ConfigError(f"synchronous must be NORMAL or FULL, not {settings.synchronous!r}")
     conn.execute(f"PRAGMA synchronous={level}")
 
 
