@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import cast
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DB = "var/cursor.db"
@@ -216,6 +217,11 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     grace_seconds: float = 10.0
+    # How long a thread may hold the GIL while another waits for it
+    # (`sys.setswitchinterval`; Python's default is 5 ms). A read thread
+    # takes the GIL back after every SQLite step, so under ingest a query
+    # can wait this long several times; see docs/performance.md.
+    switch_interval_seconds: float = 0.001
 
 
 def _env_overrides(prefix: str, cls: type) -> dict[str, object]:
@@ -241,6 +247,9 @@ def settings_from_env() -> Settings:
         storage["path"] = Path(os.environ["CURSOR_DB"])
     tls_cert = os.environ.get("CURSOR_TLS_CERT")
     tls_key = os.environ.get("CURSOR_TLS_KEY")
+    switch = os.environ.get("CURSOR_SWITCH_INTERVAL_SECONDS")
+    switch_interval = (Settings.switch_interval_seconds if switch is None
+                       else cast(float, _env_value("CURSOR_SWITCH_INTERVAL_SECONDS", switch, 0.0)))
     return Settings(
         listen=os.environ.get("CURSOR_LISTEN", DEFAULT_LISTEN),
         storage=StorageSettings(**storage),  # type: ignore[arg-type]
@@ -250,4 +259,5 @@ def settings_from_env() -> Settings:
         ops=ops_settings_from_env(),
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,
+        switch_interval_seconds=switch_interval,
     )

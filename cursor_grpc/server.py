@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -141,8 +142,9 @@ async def start_server(settings: Settings) -> RunningServer:
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rsplit(":", 1)[0]
-    log.info("cursor-grpc serving on %s:%d (%s); password hashing: %d threads at priority %s", host, port,
-             "TLS" if settings.tls_cert else "plaintext", settings.auth.argon2_threads, app.passwords.priority)
+    log.info("cursor-grpc serving on %s:%d (%s); password hashing: %d threads at priority %s; "
+             "GIL switch interval %g ms", host, port, "TLS" if settings.tls_cert else "plaintext",
+             settings.auth.argon2_threads, app.passwords.priority, sys.getswitchinterval() * 1000)
     return RunningServer(server, app, health_servicer, port)
 
 
@@ -156,8 +158,17 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
+def set_switch_interval(seconds: float) -> None:
+    """Process-wide, so only the command line's server sets it (not a server
+    embedded in another program, such as the tests')."""
+    if not 0 < seconds <= 0.1:
+        raise ConfigError(f"CURSOR_SWITCH_INTERVAL_SECONDS must be above 0 and at most 0.1, not {seconds:g}")
+    sys.setswitchinterval(seconds)
+
+
 async def serve_forever(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    set_switch_interval(settings.switch_interval_seconds)
     running = await start_server(settings)
     # What start-up made (modules, protobuf descriptors, the app) lives as
     # long as the process: freezing it keeps the collector's full passes,

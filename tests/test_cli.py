@@ -133,6 +133,8 @@ def test_serve_answers_grpcurl_and_survives_a_restart(tmp_path: Path, serve: Any
     assert created.returncode == 0, created.stderr
 
     server = serve(db).wait_serving()
+    # The served process runs with the tuned GIL switch interval and says so.
+    assert "GIL switch interval 1 ms" in server.stderr
     listed = grpcurl(server.address, "list")
     assert listed.returncode == 0, listed.stderr
     for service in SERVICES:
@@ -245,6 +247,7 @@ def test_serve_refuses_pending_migrations_unless_told_to_migrate(tmp_path: Path,
     ("CURSOR_ARGON2_PRIORITY", "high", "CURSOR_ARGON2_PRIORITY must be one of auto, idle, low, normal, not 'high'"),
     ("CURSOR_BACKUP_EVERY", "soon", "CURSOR_BACKUP_EVERY: not a duration: 'soon'"),
     ("CURSOR_SYNCHRONOUS", "OFF", "synchronous must be NORMAL or FULL, not 'OFF'"),
+    ("CURSOR_SWITCH_INTERVAL_SECONDS", "0", "CURSOR_SWITCH_INTERVAL_SECONDS must be above 0 and at most 0.1, not 0"),
 ])
 def test_serve_refuses_a_bad_setting_in_one_line(tmp_path: Path, setting: str, value: str, says: str) -> None:
     db = migrated(tmp_path)
