@@ -19,8 +19,8 @@ from cursor_grpc.storage.store import Store
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # Held while serving, so `cursor-grpc restore` refuses this database.
-        self.db_lock = DatabaseLock(settings.storage.path).acquire_shared()
+        # Held while serving: a second server or a restore on this database refuses to start.
+        self.db_lock = DatabaseLock(settings.storage.path).acquire_exclusive("serve")
         try:
             self.store = Store(settings.storage)
         except BaseException:

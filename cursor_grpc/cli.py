@@ -66,6 +66,7 @@ def _require_current_schema(settings: Settings) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from cursor_grpc.ops.dblock import DatabaseLock
     from cursor_grpc.server import serve_forever
     from cursor_grpc.storage.store import apply_migrations
 
@@ -74,8 +75,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     if args.migrate:
-        for name in apply_migrations(settings.storage):
-            logging.getLogger("cursor.migrate").info("applied %s", name)
+        # Under the lock, so migrations never run beneath another server.
+        with DatabaseLock(settings.storage.path).acquire_exclusive("serve"):
+            for name in apply_migrations(settings.storage):
+                logging.getLogger("cursor.migrate").info("applied %s", name)
     else:
         _require_current_schema(settings)
     try:
@@ -89,12 +92,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from cursor_grpc.ops.commands import cmd_migrate
+    from cursor_grpc.ops.dblock import DatabaseLock
     from cursor_grpc.storage.store import apply_migrations
 
     settings = _settings(args)
     # --status / --dry-run change nothing; applying takes a verified backup
-    # of a non-empty database first unless --no-backup.
-    return cmd_migrate(settings, args, lambda: apply_migrations(settings.storage))
+    # of a non-empty database first unless --no-backup, and refuses while a
+    # server holds the database.
+    def apply() -> list[str]:
+        with DatabaseLock(settings.storage.path).acquire_exclusive("migrate"):
+            return apply_migrations(settings.storage)
+
+    return cmd_migrate(settings, args, apply)
 
 
 def _admin_password() -> str:
@@ -218,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level, args.log_format)
     from cursor_grpc.config import ConfigError
+    from cursor_grpc.ops.dblock import DatabaseInUse
     from cursor_grpc.storage.migrations import MigrationError
 
     try:
@@ -225,6 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     except MigrationError as error:
         print(f"cursor-grpc: {error}", file=sys.stderr)
         return 3
-    except ConfigError as error:
+    except (ConfigError, DatabaseInUse) as error:
         print(f"cursor-grpc: {error}", file=sys.stderr)
         return 2

@@ -163,15 +163,23 @@ class StorageCollector(Collector):
             "cursor_db_busy_retries",
             "Times the writer found the database locked by another process past busy_timeout and retried.",
         )
+        refused = CounterMetricFamily(
+            "cursor_writer_refused_writes",
+            "Writes answered UNAVAILABLE because their transaction was lost to a storage error, by reason "
+            "(DATABASE_FULL, STORAGE_IO_ERROR, ...).",
+            labels=["reason"],
+        )
         db_size = GaugeMetricFamily("cursor_db_size_bytes", "Size of the main database file.")
         wal_size = GaugeMetricFamily("cursor_db_wal_size_bytes", "Size of the database's WAL file.")
         if store is not None:
             path = Path(store.settings.path)
             depth.add_metric([], store.writer.queue_depth())
             retries.add_metric([], store.writer.busy_retries)
+            for reason, count in sorted(store.writer.refused_writes.items()):
+                refused.add_metric([reason], count)
             db_size.add_metric([], _file_size(path))
             wal_size.add_metric([], _file_size(path.with_name(path.name + "-wal")))
-        return [depth, retries, db_size, wal_size]
+        return [depth, retries, refused, db_size, wal_size]
 
 
 STORAGE = StorageCollector()

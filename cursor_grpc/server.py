@@ -141,11 +141,28 @@ async def start_server(settings: Settings) -> RunningServer:
     # The store refused to open unless every migration is applied, so SERVING is honest.
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    _report_writer_failure(app, health_servicer)
     host = settings.listen.rsplit(":", 1)[0]
     log.info("cursor-grpc serving on %s:%d (%s); password hashing: %d threads at priority %s; "
              "GIL switch interval %g ms", host, port, "TLS" if settings.tls_cert else "plaintext",
              settings.auth.argon2_threads, app.passwords.priority, sys.getswitchinterval() * 1000)
     return RunningServer(server, app, health_servicer, port)
+
+
+def _report_writer_failure(app: App, health: health_aio.HealthServicer) -> None:
+    """A writer that stops can store nothing: say NOT_SERVING, so load
+    balancers and orchestrators move traffic away and restart us."""
+    loop = asyncio.get_running_loop()
+
+    async def not_serving() -> None:
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def stopped(error: BaseException) -> None:  # on the writer thread
+        with contextlib.suppress(RuntimeError):  # loop closed: the process is ending anyway
+            asyncio.run_coroutine_threadsafe(not_serving(), loop)
+
+    app.store.writer.on_failure(stopped)
 
 
 async def wait_for_stop_signal() -> None:

@@ -262,7 +262,9 @@ def test_serve_refuses_a_bad_setting_in_one_line(tmp_path: Path, setting: str, v
 def test_serve_says_when_it_cannot_listen(tmp_path: Path, serve: Any) -> None:
     db = migrated(tmp_path)
     first = serve(db).wait_serving()
-    result = run_cli(tmp_path, "serve", "--db", str(db), "--listen", first.address, timeout=30)
+    # Another database: the same one is refused earlier (tests/test_single_owner.py).
+    other = migrated(tmp_path, "other.db")
+    result = run_cli(tmp_path, "serve", "--db", str(other), "--listen", first.address, timeout=30)
     assert result.returncode == 2
     assert f"cursor-grpc: cannot listen on {first.address}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -383,7 +383,7 @@ def restore_backup(backup: Path, db_path: Path) -> RestoreResult:
     db_path = Path(db_path)
     manifest = verify_backup(backup)
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    with DatabaseLock(db_path).acquire_exclusive():
+    with DatabaseLock(db_path).acquire_exclusive("restore"):
         if db_path.exists():
             _refuse_if_open(db_path)
         staging = db_path.with_name(db_path.name + ".restoring")

@@ -1,15 +1,19 @@
-"""The lock file beside a database that keeps `restore` away from a server.
+"""The lock file beside a database: one owning process at a time.
 
-A server holds `<db>.lock` with a shared `flock` for as long as it runs;
-`restore` takes it exclusively (without waiting) and keeps it until the new
-file is in place, so a restore never replaces a database under a running
-server and a server never starts on a half-restored one. Several servers (or
-a server restarting) can share the lock. The kernel drops it when a process
-dies, so a crashed server leaves nothing stale behind.
+`serve` and `restore` each hold `<db>.lock` with an exclusive `flock` for as
+long as they run, and write their PID and purpose into it. A second server
+on the same database (whose writer would hand out the same sequence numbers
+as the first), a restore under a running server, or a server started on a
+half-restored file, fails at once with one line naming the holder. The
+kernel drops the lock when a process dies, so a crashed server leaves
+nothing stale behind (the PID text may remain; it is only read while the
+lock is held by someone).
 
-`restore` also asks SQLite whether any other connection has the database open
-(an exclusive-mode transaction fails while one does), which catches processes
-that do not take this lock, such as the sqlite3 shell or a running `archive`.
+Commands that write no events and allocate no sequence numbers (`archive`
+moving old rows, `create-admin`) run beside a server under SQLite's own
+write lock and do not take this one. `restore` also asks SQLite whether any
+other connection has the database open (an exclusive-mode transaction fails
+while one does), which catches those and the sqlite3 shell.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 
 class DatabaseInUse(RuntimeError):
-    """Another process holds the database (or is restoring it)."""
+    """Another process holds the database (serving or restoring it)."""
 
 
 def lock_path(db_path: Path) -> Path:
@@ -38,31 +42,35 @@ class DatabaseLock:
         self.path = lock_path(self.db_path)
         self._fd: int | None = None
 
-    def _take(self, exclusive: bool) -> None:
+    def holder(self) -> str:
+        """Who holds the lock, as its file says: `a running server (pid 1234)`."""
+        try:
+            pid, _, purpose = self.path.read_text().strip().partition(" ")
+        except OSError:
+            pid, purpose = "", ""
+        if not (pid.isascii() and pid.isdigit()):
+            return "another process"
+        return f"a running server (pid {pid})" if purpose == "serve" else f"cursor-grpc {purpose} (pid {pid})"
+
+    def acquire_exclusive(self, purpose: str) -> DatabaseLock:
+        """Own the database (for `purpose`: serve, restore), or fail at once
+        naming the process that does."""
         if self._fd is not None:
-            return
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                if exclusive:
-                    raise DatabaseInUse(
-                        f"{self.db_path} is held by a running server; stop it before restoring"
-                    ) from None
-                raise DatabaseInUse(f"{self.db_path} is being restored; start the server when that is done") from None
+                raise DatabaseInUse(
+                    f"{self.db_path} is held by {self.holder()}; stop it first, or use another database "
+                    f"(lock file {self.path})"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {purpose}\n".encode(), 0)
         self._fd = fd
-
-    def acquire_shared(self) -> DatabaseLock:
-        """For a server: many may hold it, a restore may not start."""
-        self._take(exclusive=False)
-        return self
-
-    def acquire_exclusive(self) -> DatabaseLock:
-        """For restore: fails at once if any server holds the database."""
-        self._take(exclusive=True)
         return self
 
     def release(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import apsw
 
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.errors import Unavailable
+from cursor_grpc.errors import CursorError, Unavailable
 from cursor_grpc.storage.connection import open_connection, retry_busy
 
 log = logging.getLogger("cursor.storage.writer")
@@ -36,6 +36,31 @@ CommitHook = Callable[[list[Any]], None]
 # Called on the writer thread after each batch: (tasks in the batch, seconds
 # from BEGIN to COMMIT done). Metrics hang here.
 BatchObserver = Callable[[int, float], None]
+
+# SQLite errors that say the storage, not the request, is at fault: the
+# cause (a metric label and ErrorInfo reason) and what the client is told.
+_STORAGE_ERRORS: tuple[tuple[type[BaseException], str, str], ...] = (
+    (apsw.FullError, "DATABASE_FULL", "the database could not store this (disk full); retry"),
+    (apsw.IOError, "STORAGE_IO_ERROR", "the database could not store this (I/O error); retry"),
+    (apsw.NoMemError, "STORAGE_NO_MEMORY", "the database could not store this (out of memory); retry"),
+    (apsw.BusyError, "DATABASE_LOCKED", "the database could not store this (locked by another process); retry"),
+    (apsw.InterruptError, "STORAGE_INTERRUPTED", "the database could not store this (interrupted); retry"),
+)
+
+
+def storage_error(error: BaseException) -> Unavailable | None:
+    """The retryable error a client gets for a storage failure, or None
+    when `error` is not one."""
+    for kind, reason, message in _STORAGE_ERRORS:
+        if isinstance(error, kind):
+            return Unavailable(message, reason=reason)
+    return None
+
+
+def _client_error(error: BaseException) -> BaseException:
+    """What the caller of a failed task sees: storage failures become
+    retryable UNAVAILABLE; anything else is the task's own error."""
+    return storage_error(error) or error
 
 
 @dataclass(slots=True)
@@ -49,6 +74,8 @@ class _Task:
     # False: run alone, outside any transaction (checkpoints, VACUUM, backups
     # that must use this connection).
     in_transaction: bool = True
+    # Answered already: a later failure of the batch must not answer twice.
+    delivered: bool = False
 
 
 _STOP = object()
@@ -63,6 +90,12 @@ class Writer:
         self._commit_hooks: list[CommitHook] = []
         self.batch_observers: list[BatchObserver] = []
         self.busy_retries = 0
+        # Writes refused because their transaction was lost, by reason
+        # (DATABASE_FULL, STORAGE_IO_ERROR, ...); read at scrape time.
+        self.refused_writes: dict[str, int] = defaultdict(int)
+        # Set if the writer thread ever stops other than by `close`.
+        self.failure: BaseException | None = None
+        self._failure_listeners: list[Callable[[BaseException], None]] = []
         self._closed = False
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -79,12 +112,23 @@ class Writer:
         the results of the tasks that succeeded, in commit order."""
         self._commit_hooks.append(hook)
 
+    def on_failure(self, listener: Callable[[BaseException], None]) -> None:
+        """Call `listener(error)` (on the writer thread) if the thread ever
+        stops by itself; health turns NOT_SERVING there."""
+        self._failure_listeners.append(listener)
+
+    def _refuse_if_stopped(self) -> None:
+        if self.failure is not None:
+            raise Unavailable("the database writer has stopped; this server cannot store anything, use another",
+                              reason="WRITER_STOPPED")
+        if self._closed:
+            raise Unavailable("the server is shutting down; retry on another connection", reason="SHUTTING_DOWN")
+
     async def submit(self, fn: WriteFn[T], *, in_transaction: bool = True) -> T:
         """Run `fn(connection)` inside the next group commit and return its
         result once the transaction is durable. With `in_transaction=False`
         it runs alone between batches, in autocommit mode."""
-        if self._closed:
-            raise Unavailable("the server is shutting down; retry on another connection", reason="SHUTTING_DOWN")
+        self._refuse_if_stopped()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Task(fn, loop, future, in_transaction=in_transaction))
@@ -92,8 +136,7 @@ class Writer:
 
     def submit_sync(self, fn: WriteFn[T], *, in_transaction: bool = True) -> T:
         """Blocking form of `submit`, for command-line tools without a loop."""
-        if self._closed:
-            raise RuntimeError("writer is closed")
+        self._refuse_if_stopped()
         task = _Task(fn, None, None, threading.Event(), in_transaction=in_transaction)
         self._queue.put(task)
         assert task.done is not None
@@ -124,37 +167,102 @@ class Writer:
             self._started.set()
             return
         self._started.set()
-        stopping = False
         try:
-            while not stopping:
-                first = self._queue.get()
-                if first is _STOP:
-                    break
-                batch: list[_Task] = [first]  # type: ignore[list-item]
-                while len(batch) < self._settings.max_batch:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    batch.append(item)  # type: ignore[arg-type]
-                # Keep queue order: transactional runs go as group commits,
-                # each non-transactional task alone between them.
-                run: list[_Task] = []
-                for task in batch:
-                    if task.in_transaction:
-                        run.append(task)
-                        continue
-                    if run:
-                        self._run_batch(conn, run)
-                        run = []
-                    self._run_alone(conn, task)
-                if run:
-                    self._run_batch(conn, run)
+            self._serve(conn)
+        except BaseException as exc:  # only a bug gets here; never wedge silently
+            log.critical("the writer thread stopped: %r; this server can no longer store anything", exc)
+            self.failure = exc
+            self._drain(Unavailable("the database writer has stopped; retry on another server",
+                                    reason="WRITER_STOPPED"))
+            for listener in self._failure_listeners:
+                with contextlib.suppress(Exception):
+                    listener(exc)
         finally:
-            conn.close()
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _serve(self, conn: apsw.Connection) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch: list[_Task] = [first]  # type: ignore[list-item]
+            while len(batch) < self._settings.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            # Keep queue order: transactional runs go as group commits,
+            # each non-transactional task alone between them.
+            run: list[_Task] = []
+            for task in batch:
+                if task.in_transaction:
+                    run.append(task)
+                    continue
+                if run:
+                    self._run_guarded(conn, run)
+                    run = []
+                self._run_guarded(conn, [task], alone=True)
+            if run:
+                self._run_guarded(conn, run)
+
+    def _run_guarded(self, conn: apsw.Connection, tasks: list[_Task], *, alone: bool = False) -> None:
+        """Run a batch (or one task alone); whatever escapes fails its tasks
+        and leaves the connection outside any transaction, so the next batch
+        starts clean."""
+        try:
+            if alone:
+                self._run_alone(conn, tasks[0])
+            else:
+                self._run_batch(conn, tasks)
+        except BaseException as exc:  # the write thread must survive anything
+            log.exception("write batch of %d tasks failed unexpectedly", len(tasks))
+            self._end_transaction(conn)
+            self._fail_all([t for t in tasks if not t.delivered],
+                           storage_error(exc) or Unavailable("the write failed; retry", reason="WRITE_FAILED"))
+
+    def _drain(self, error: BaseException) -> None:
+        """Fail everything still queued (the thread is stopping for good)."""
+        waiting: list[_Task] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                waiting.append(item)  # type: ignore[arg-type]
+        self._fail_all(waiting, error)
+
+    @staticmethod
+    def _end_transaction(conn: apsw.Connection) -> None:
+        """Roll back whatever is open; SQLite may have done so already."""
+        if not conn.getautocommit():
+            with contextlib.suppress(apsw.Error):
+                conn.execute("ROLLBACK")
+
+    def _lose_batch(self, conn: apsw.Connection, live: list[_Task], cause: BaseException,
+                    culprit: _Task | None) -> None:
+        """The transaction is gone (rolled back by SQLite, or it could not
+        commit): no task of the batch is stored, so none may be answered OK
+        and none of its events may be published."""
+        self._end_transaction(conn)
+        error = storage_error(cause) or Unavailable("the write could not be committed; retry", reason="COMMIT_FAILED")
+        reason = error.reason if isinstance(error, CursorError) else "COMMIT_FAILED"
+        self.refused_writes[reason] += len(live)
+        log.error("a write transaction was lost (%s: %s); %d writes refused with %s, the writer carries on",
+                  type(cause).__name__, cause, len(live), reason)
+        for task in live:
+            task.result = None
+            if task is culprit:
+                task.error = _client_error(cause)
+            elif task.error is None:  # a task that failed by itself keeps its own error
+                task.error = error
+        self._deliver(live)
 
     def _run_batch(self, conn: apsw.Connection, batch: list[_Task]) -> None:
         # Skip work whose caller already gave up (cancelled RPC).
@@ -164,37 +272,43 @@ class Writer:
         started = time.perf_counter()
         try:
             self.busy_retries += retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), self._settings)
-        except BaseException as exc:  # the write thread must survive anything
+        except apsw.Error as exc:
             log.error("could not start a write transaction: %s", exc)
-            self._fail_all(live, Unavailable("the database is locked; retry shortly", reason="DATABASE_LOCKED"))
+            self._end_transaction(conn)
+            self._fail_all(live, storage_error(exc) or Unavailable("the database is locked; retry shortly",
+                                                                    reason="DATABASE_LOCKED"))
             return
+        # One task needs no savepoint: the transaction is its own.
         single = len(live) == 1
         for task in live:
             try:
-                if single:
-                    task.result = task.fn(conn)
-                else:
+                if not single:
                     conn.execute("SAVEPOINT task")
-                    try:
-                        task.result = task.fn(conn)
-                    except BaseException:
-                        conn.execute("ROLLBACK TO task")
-                        raise
-                    finally:
+                task.result = task.fn(conn)
+                if not single:
+                    conn.execute("RELEASE task")
+            except BaseException as exc:  # a task's failure is its caller's, whatever it is
+                if conn.getautocommit():
+                    # SQLite rolled the whole transaction back: the tasks
+                    # before this one are gone too.
+                    self._lose_batch(conn, live, exc, task)
+                    return
+                task.error = _client_error(exc)
+                try:
+                    conn.execute("ROLLBACK" if single else "ROLLBACK TO task")
+                    if not single:
                         conn.execute("RELEASE task")
-            except BaseException as exc:
-                task.error = exc
+                except apsw.Error as undo:
+                    self._lose_batch(conn, live, undo, task)
+                    return
         if single and live[0].error is not None:
-            conn.execute("ROLLBACK")
-        else:
-            try:
-                self.busy_retries += retry_busy(lambda: conn.execute("COMMIT"), self._settings)
-            except BaseException as exc:
-                log.error("commit failed, rolling back %d tasks: %s", len(live), exc)
-                if not conn.getautocommit():
-                    conn.execute("ROLLBACK")
-                self._fail_all(live, Unavailable("the write could not be committed; retry", reason="COMMIT_FAILED"))
-                return
+            self._deliver(live)
+            return
+        try:
+            self.busy_retries += retry_busy(lambda: conn.execute("COMMIT"), self._settings)
+        except apsw.Error as exc:
+            self._lose_batch(conn, live, exc, None)
+            return
         self.batches += 1
         self.tasks += len(live)
         elapsed = time.perf_counter() - started
@@ -216,14 +330,15 @@ class Writer:
             return
         try:
             task.result = task.fn(conn)
-        except BaseException as exc:
-            task.error = exc
-            if not conn.getautocommit():
-                conn.execute("ROLLBACK")
+        except BaseException as exc:  # a task's failure is its caller's, whatever it is
+            task.error = _client_error(exc)
+            self._end_transaction(conn)
         self._deliver([task])
 
     def _fail_all(self, tasks: list[_Task], error: BaseException) -> None:
         for task in tasks:
+            if task.delivered:
+                continue
             task.error = error
             task.result = None
         self._deliver(tasks)
@@ -233,6 +348,7 @@ class Writer:
         """Hand results back with one wake-up per event loop, not per task."""
         by_loop: dict[asyncio.AbstractEventLoop, list[_Task]] = defaultdict(list)
         for task in tasks:
+            task.delivered = True
             if task.loop is None:
                 assert task.done is not None
                 task.done.set()
