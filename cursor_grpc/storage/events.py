@@ -1,9 +1,12 @@
 """The event history: one commit-order sequence over interactions and the
 `events` table, the epoch that names this history, and replay.
 
-The writer is the only place sequence numbers are made (`SequenceAllocator`
-lives on the writer thread), so `seq` order is commit order. A seq taken by
-a task that rolled back is simply never used: cursors need order, not density.
+Sequence numbers are made inside the write transaction: at the start of
+every group commit, with the write lock held, `SequenceAllocator.resume`
+reads the highest seq the database holds, and the batch's events number
+on from there. So `seq` order is commit order whichever process writes,
+and nothing rests on one process's memory. A seq taken by a task that
+rolled back is simply never used: cursors need order, not density.
 """
 
 from __future__ import annotations
@@ -52,10 +55,16 @@ class Evented:
 
 
 class SequenceAllocator:
-    """Hands out seq values on the writer thread. Starts above everything the
+    """Hands out seq values on the writer thread, above everything the
     database has ever held (sqlite_sequence remembers archived interactions)."""
 
     def __init__(self, conn: apsw.Connection) -> None:
+        self._last = max_seq(conn)
+
+    def resume(self, conn: apsw.Connection) -> None:
+        """At the start of a group commit, under the write lock: go on from
+        what the database holds (a lost batch's numbers are free again, and
+        were never published)."""
         self._last = max_seq(conn)
 
     def next(self) -> int:

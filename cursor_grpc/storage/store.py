@@ -68,6 +68,7 @@ class Store:
             self.reads.run_sync(verify_current)
             # Made on the writer thread, used only there.
             self.seqs: SequenceAllocator = self.writer.submit_sync(SequenceAllocator)
+            self.writer.add_begin_hook(self.seqs.resume)
             self.epoch: str = self.reads.run_sync(events.epoch)
         except BaseException:
             self.close()

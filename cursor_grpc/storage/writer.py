@@ -33,6 +33,9 @@ log = logging.getLogger("cursor.storage.writer")
 T = TypeVar("T")
 WriteFn = Callable[[apsw.Connection], T]
 CommitHook = Callable[[list[Any]], None]
+# Called on the writer thread right after BEGIN IMMEDIATE, inside the
+# transaction, with the write lock held (the event sequence resumes here).
+BeginHook = Callable[[apsw.Connection], None]
 # Called on the writer thread after each batch: (tasks in the batch, seconds
 # from BEGIN to COMMIT done). Metrics hang here.
 BatchObserver = Callable[[int, float], None]
@@ -88,6 +91,7 @@ class Writer:
         self._settings = settings
         self._queue: queue.SimpleQueue[_Task | object] = queue.SimpleQueue()
         self._commit_hooks: list[CommitHook] = []
+        self._begin_hooks: list[BeginHook] = []
         self.batch_observers: list[BatchObserver] = []
         self.busy_retries = 0
         # Writes refused because their transaction was lost, by reason
@@ -111,6 +115,11 @@ class Writer:
         """Call `hook(results)` on the writer thread after each commit, with
         the results of the tasks that succeeded, in commit order."""
         self._commit_hooks.append(hook)
+
+    def add_begin_hook(self, hook: BeginHook) -> None:
+        """Call `hook(connection)` at the start of every group commit, under
+        the write lock: what it reads no other writer can change until COMMIT."""
+        self._begin_hooks.append(hook)
 
     def on_failure(self, listener: Callable[[BaseException], None]) -> None:
         """Call `listener(error)` (on the writer thread) if the thread ever
@@ -272,6 +281,8 @@ class Writer:
         started = time.perf_counter()
         try:
             self.busy_retries += retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), self._settings)
+            for begun in self._begin_hooks:
+                begun(conn)
         except apsw.Error as exc:
             log.error("could not start a write transaction: %s", exc)
             self._end_transaction(conn)
