@@ -164,12 +164,19 @@ def test_stream_metrics_move_with_watch_activity(make_harness: Any) -> None:
 
     thread = threading.Thread(target=consume, daemon=True)
     thread.start()
-    time.sleep(0.3)
+
+    def wait_until(condition: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+
+    wait_until(lambda: bool(got))  # the first message: the stream is open
     reader = h.new_reader()
     for _ in range(5):
         reader.reader.RecordInteraction(rpb.RecordInteractionRequest(
             interaction=rpb.NewInteraction(type="answer", payload_json="{}")), metadata=reader.md)
-    time.sleep(0.5)
+    wait_until(lambda: sum(len(m.events) for m in list(got)) >= 5)
     values = {s.name: s.value for m in metrics.REGISTRY.collect() for s in m.samples}
     stream.cancel()
     assert values["cursor_streams_open"] >= 1

@@ -36,7 +36,7 @@ def Watcher(client: Client, request: cpb.WatchActivityRequest | None = None) -> 
 def test_live_event_reaches_watcher_with_full_object(h: Harness) -> None:
     consultant, reader = h.new_consultant(), h.new_reader()
     watcher = Watcher(consultant)
-    time.sleep(0.2)
+    watcher.wait_for(lambda: bool(watcher.responses))  # the first message: the stream is open
     sent = record(reader, percent=0.5, step=4)
     watcher.wait_for(lambda: len(watcher.events) >= 3)
     kinds = [e.kind for e in watcher.events]
@@ -56,7 +56,7 @@ def test_resume_after_disconnect_and_restart_has_no_gap_and_no_duplicate(make_ha
     h = make_harness()
     consultant, reader = h.new_consultant(), h.new_reader()
     watcher = Watcher(consultant, cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_INTERACTION_RECORDED]))
-    time.sleep(0.2)
+    watcher.wait_for(lambda: bool(watcher.responses))
     ids = [record(reader, "answer", n=i).interaction.sequence for i in range(5)]
     watcher.wait_for(lambda: len(watcher.events) == 5)
     cursor = watcher.cursor()
@@ -132,7 +132,7 @@ def test_snapshot_then_marker_then_live(h: Harness) -> None:
 def test_failed_write_produces_no_event(h: Harness) -> None:
     consultant, reader, other = h.new_consultant(), h.new_reader(), h.new_reader()
     watcher = Watcher(consultant, cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_INTERACTION_RECORDED]))
-    time.sleep(0.2)
+    watcher.wait_for(lambda: bool(watcher.responses))
     taken = record(reader, "answer").interaction.name.rsplit("/", 1)[1]
     request = rpb.RecordInteractionRequest(interaction=rpb.NewInteraction(id=taken, type="answer"))
     assert rpc_error(lambda: other.reader.RecordInteraction(request, metadata=other.md)).code() == \
@@ -155,7 +155,7 @@ def test_idle_is_announced_on_time(make_harness: Any) -> None:
     h.server.loop.call_soon_threadsafe(h.server.app.presence.start)
     consultant, reader = h.new_consultant(), h.new_reader()
     watcher = Watcher(consultant, cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_PRESENCE_CHANGED]))
-    time.sleep(0.2)
+    watcher.wait_for(lambda: bool(watcher.responses))
     started = time.monotonic()
     record(reader, "open_page")
     watcher.wait_for(lambda: len(watcher.events) >= 2, timeout=5)
@@ -224,7 +224,10 @@ def test_reader_message_stream_live_and_after_resume(h: Harness) -> None:
     got: list[rpb.WatchMyMessagesResponse] = []
     thread = threading.Thread(target=collect, args=(call, got), daemon=True)
     thread.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while not got:  # the first message: the stream is open
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     consultant.consultant.SendMessage(
         cpb.SendMessageRequest(reader=reader.account, body="hello"), metadata=consultant.md
     )
