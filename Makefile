@@ -8,7 +8,7 @@ CURSOR_DB ?= var/cursor.db
 CURSOR_LISTEN ?= 127.0.0.1:50051
 export CURSOR_DB CURSOR_LISTEN
 
-.PHONY: setup serve test test-fast test-slow lint typecheck generate check-generated clean
+.PHONY: setup serve test test-fast test-slow chaos lint typecheck generate check-generated clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test-fast: setup
 ## Only the long-running tests (e.g. the 60 s WAL bound under load).
 test-slow: $(BENCH_STAMP)
 	$(BIN)/pytest -m slow
+
+## Kills and fuzzing at full size: 50 SIGKILLs under load, 100,000 fuzz examples (`make test`: 5 kills, the fuzz default).
+chaos: setup
+	CURSOR_CHAOS_KILLS=50 CURSOR_FUZZ_EXAMPLES=100000 $(BIN)/pytest -o timeout=3600 tests/test_chaos.py tests/test_fuzz.py
 
 lint: setup
 	$(BIN)/ruff check .

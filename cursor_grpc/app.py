@@ -32,12 +32,12 @@ class App:
         self.broadcaster = Broadcaster(self.store, asyncio.get_running_loop(), settings.live)
         self.presence = PresenceSweeper(self.store, settings.live)
         self.sessions.on_revoked(self._end_streams)
+        self.sessions.check_streaming(self.broadcaster.streaming_sessions)
         # Metrics endpoint, scheduled backups, archival, WAL housekeeping.
         self.ops = Operations(settings, self.store)
 
-    def _end_streams(self, session_id: str | None, account: tuple[str, str] | None) -> None:
+    def _end_streams(self, session_id: str | None, account: tuple[str, str] | None, error: Unauthenticated) -> None:
         """A session or account that stops working loses its open streams at once."""
-        error = Unauthenticated("the session has ended (logged out, rotated or revoked)", reason="SESSION_REVOKED")
         self.broadcaster.close_where(
             lambda s: s.session_id == session_id or (account is not None and s.account == account), error
         )

@@ -47,11 +47,23 @@ class AuthSettings:
     consultant_absolute_seconds: int = 12 * 3600
     # `last_active_at` is written at most this often per session.
     touch_interval_seconds: int = 60
-    # Per account: after this many failures in a row, each next attempt
-    # waits 1 s, 2 s, 4 s … up to `max_login_delay_seconds`.
+    # How often the sessions in use (cached, or with open streams) are
+    # checked against the database in one query, so that a session ended
+    # by another process or by hand stops its calls and streams within a
+    # second (docs/security.md, "Revocation and open streams").
+    session_check_seconds: float = 0.5
+    # Per (account, peer address): after this many failures in a row from one
+    # address, each next attempt from there waits 1 s, 2 s, 4 s … up to
+    # `max_login_delay_seconds`. Other addresses are not delayed by them.
     free_login_failures: int = 5
     max_login_delay_seconds: float = 60.0
-    # Per peer address: a token bucket of login attempts.
+    # Per account, over all addresses: a bucket of failures refilled at ten
+    # times what one delayed address can spend (one a minute), so only many
+    # addresses at once empty it; then addresses that have never signed in
+    # to the account wait. See docs/security.md.
+    account_login_failure_burst: int = 100
+    account_login_failures_per_minute: float = 10.0
+    # Per peer address: a token bucket of login and sign-up attempts.
     peer_login_burst: int = 20
     peer_login_per_minute: float = 30.0
     # argon2id cost; OWASP's minimum is 19 MiB, t=2, p=1.
@@ -66,12 +78,21 @@ class AuthSettings:
 
 @dataclass(frozen=True)
 class LimitSettings:
-    """Input size caps."""
+    """Input size caps (docs/security.md, "Input validation and request size bounds")."""
 
     max_payload_bytes: int = 16 * 1024
     max_summary_chars: int = 200
     max_chunk_interactions: int = 500
-    max_message_bytes: int = 16 * 1024 * 1024
+    # Every request but an upload chunk. grpc.aio decodes a unary request
+    # before the servicer method runs, so this bounds the work anyone can
+    # cause before authentication.
+    max_request_bytes: int = 64 * 1024
+    # One RecordInteractions chunk, and the server's
+    # grpc.max_receive_message_length: 500 interactions at the payload and
+    # summary caps take 8.3 MiB.
+    max_message_bytes: int = 9 * 1024 * 1024
+    # What the server sends in one message (a page of 1000 interactions).
+    max_response_bytes: int = 16 * 1024 * 1024
     default_page_size: int = 50
     max_page_size: int = 1000
     active_window_seconds: int = 120
@@ -83,11 +104,24 @@ class LiveSettings:
 
     # Keep-alive message on a stream that carried nothing for this long.
     heartbeat_seconds: float = 15.0
-    # Live events one stream may hold before it falls back to catching up
-    # from the database (memory stays bounded, nothing is lost).
+    # Live events one stream may hold, in number and in encoded bytes,
+    # before it falls back to catching up from the database (memory stays
+    # bounded, nothing is lost).
     stream_buffer_events: int = 4096
-    # Most events in one stream message.
+    stream_buffer_bytes: int = 4 * 1024 * 1024
+    # Most events, and most bytes of events, in one stream message (at least
+    # one event); 1 MiB stays well under a client's default 4 MiB limit.
     max_events_per_message: int = 500
+    max_stream_message_bytes: int = 1024 * 1024
+    # Catch-up from the database reads at most this many bytes of events
+    # per query, then sends them before it reads on.
+    replay_page_bytes: int = 1024 * 1024
+    # Open streams (all three stream RPCs together), per session, per
+    # account and in the whole server; one more answers RESOURCE_EXHAUSTED
+    # (TOO_MANY_STREAMS). See docs/operations.md, "Stream bounds".
+    max_streams_per_session: int = 16
+    max_streams_per_account: int = 32
+    max_streams_total: int = 5000
     # Fan-out pacing: committed events go out to the streams at most once
     # per interval, one message per stream carrying all of them. The
     # interval is this minimum, or longer with many streams so the server

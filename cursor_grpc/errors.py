@@ -82,6 +82,21 @@ class Unavailable(CursorError):
     default_reason = "UNAVAILABLE"
 
 
+QUOTE_CHARS = 40
+
+
+def quoted(value: object) -> str:
+    """`repr` of a value a caller sent, cut to its first `QUOTE_CHARS`
+    characters: a status message travels in metadata, twice with its
+    BadRequest, and a whole oversized input would exceed what clients accept
+    (they then see RESOURCE_EXHAUSTED instead of the error)."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= QUOTE_CHARS:
+        return repr(value)
+    shown = repr(text[:QUOTE_CHARS]) if isinstance(value, str) else text[:QUOTE_CHARS]
+    return f"{shown}… ({len(text)} characters)"
+
+
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]

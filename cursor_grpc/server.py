@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import grpc
 from grpc import aio
@@ -27,9 +27,11 @@ from cursor.v1 import (
     reader_service_pb2,
     reader_service_pb2_grpc,
 )
+from cursor_grpc import metrics
 from cursor_grpc.app import App
 from cursor_grpc.config import ConfigError, Settings
 from cursor_grpc.errors import Unavailable
+from cursor_grpc.request_guard import RequestGuard
 from cursor_grpc.services.admin import AdminService
 from cursor_grpc.services.auth import AuthService
 from cursor_grpc.services.consultant import ConsultantService
@@ -46,13 +48,14 @@ SERVICE_NAMES = (
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Message size and keepalive, chosen rather than defaulted: uploads carry
-    chunks of up to 500 interactions, and dead peers of long streams must be
-    noticed."""
-    size = settings.limits.max_message_bytes
+    """Message size and keepalive, chosen rather than defaulted: the largest
+    request is an upload chunk of 500 interactions (gRPC buffers a whole
+    message before any code of ours sees it, so no more than that), and dead
+    peers of long streams must be noticed."""
+    limits = settings.limits
     return [
-        ("grpc.max_receive_message_length", size),
-        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_response_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -71,22 +74,27 @@ def _serialize(message: Any) -> bytes:
     return serialized
 
 
-class _PreEncodedStreams:
-    """Stands in for the server while generated code registers a service,
-    so that server-streaming methods accept pre-encoded bytes."""
+class _GuardedServices:
+    """Stands in for the server while generated code registers a service
+    (the four of cursor.v1, and health): every request passes the request
+    guard (size cap, decoding that never raises), and server-streaming
+    methods accept pre-encoded bytes. Reflection registers itself on the
+    server, and is not guarded."""
 
-    def __init__(self, server: aio.Server) -> None:
+    def __init__(self, server: aio.Server, guard: RequestGuard) -> None:
         self._server = server
+        self._guard = guard
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         """Ignored: `add_registered_method_handlers` registers both."""
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
-        patched = {
-            name: handler._replace(response_serializer=_serialize)
-            if handler.response_streaming and not handler.request_streaming else handler
-            for name, handler in handlers.items()
-        }
+        patched = {}
+        for name, handler in handlers.items():
+            guarded = self._guard.wrap(service, name, handler)
+            if guarded.response_streaming and not guarded.request_streaming:
+                guarded = guarded._replace(response_serializer=_serialize)
+            patched[name] = guarded
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, patched),))
         self._server.add_registered_method_handlers(service, patched)  # type: ignore[attr-defined]
 
@@ -98,10 +106,18 @@ class RunningServer:
     health: health_aio.HealthServicer
     port: int
 
+    # The drain before grpc shuts down: until no RPC has finished for the
+    # quiet interval, for at most `drain_seconds` (and never past the grace).
+    drain_seconds: ClassVar[float] = 2.0
+    drain_quiet_seconds: ClassVar[float] = 0.1
+
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING first; open streams end with UNAVAILABLE naming their
-        resume cursor; in-flight RPCs finish; then storage closes."""
+        """NOT_SERVING first, then a drain while calls are still served; then
+        open streams end with UNAVAILABLE naming their resume cursor,
+        in-flight RPCs finish and storage closes. What a client sees, and
+        what it may retry: docs/operations.md ("Shutdown")."""
         await self.health.enter_graceful_shutdown()
+        await self._drain(min(self.drain_seconds, grace))
         self.app.broadcaster.close_where(
             lambda s: True,
             Unavailable("the server is shutting down; reconnect to another or retry shortly", reason="SHUTTING_DOWN"),
@@ -109,18 +125,39 @@ class RunningServer:
         await self.server.stop(grace)
         await self.app.close()
 
+    async def _drain(self, longest: float) -> None:
+        """grpc core ends every call still queued, not yet in a handler, when
+        it shuts down with CANCELLED (grpc/grpc#41785), which a client cannot
+        tell from its own cancellation. Clients and balancers that watch
+        health stop sending at NOT_SERVING; serving on until the calls stop
+        finishing lets what they queued end with a real answer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + longest
+        finished = self._rpcs_finished()
+        while loop.time() < deadline:
+            await asyncio.sleep(min(self.drain_quiet_seconds, max(0.0, deadline - loop.time())))
+            before, finished = finished, self._rpcs_finished()
+            if finished == before:
+                return
+
+    @staticmethod
+    def _rpcs_finished() -> float:
+        """cursor.v1 RPCs finished so far, in this process."""
+        return sum(sample.value for family in metrics.RPC_REQUESTS.collect()
+                   for sample in family.samples if sample.name.endswith("_total"))
+
 
 async def start_server(settings: Settings) -> RunningServer:
     """Start serving `settings.listen` (port 0 picks a free port)."""
     app = App(settings)
     server = aio.server(options=server_options(settings))
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(app), server)
-    streaming = cast(aio.Server, _PreEncodedStreams(server))
-    reader_service_pb2_grpc.add_ReaderServiceServicer_to_server(ReaderService(app), streaming)
-    consultant_service_pb2_grpc.add_ConsultantServiceServicer_to_server(ConsultantService(app), streaming)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(app), server)
+    guarded = cast(aio.Server, _GuardedServices(server, RequestGuard(settings.limits)))
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(app), guarded)
+    reader_service_pb2_grpc.add_ReaderServiceServicer_to_server(ReaderService(app), guarded)
+    consultant_service_pb2_grpc.add_ConsultantServiceServicer_to_server(ConsultantService(app), guarded)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(app), guarded)
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guarded)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,

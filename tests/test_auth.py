@@ -190,7 +190,7 @@ def test_wrong_password_and_unknown_email_look_the_same(h: Harness) -> None:
 def test_unknown_email_costs_as_much_as_a_wrong_password(h: Harness) -> None:
     """An unknown email still runs an argon2 verify, so timing doesn't tell
     whether an email has an account."""
-    reader = h.new_reader()  # signed in from here before: never throttled
+    reader = h.new_reader()  # five wrong passwords below: all within the free failures
     reader_email = db_rows(h, "SELECT email FROM users WHERE id = ?", (reader.account.split("/")[1],))[0][0]
     wrong: list[float] = []
     unknown: list[float] = []
@@ -212,6 +212,113 @@ def test_login_input_checks(h: Harness) -> None:
         error = rpc_error(lambda r=request: h.anonymous.auth.Login(r))  # type: ignore[misc]
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations(error) == [field]
+
+
+# --- Password length cap ----------------------------------------------------------------------------------------
+
+# Four times the cap. (A request far larger, like a 15 MB password, is refused
+# for its size before any handler runs: see cursor_grpc/request_guard.py.)
+HUGE_PASSWORD = "x" * 4096
+# 513 two-byte characters: 1,026 bytes of UTF-8, past the 1,024-byte cap.
+OVER_CAP_PASSWORD = "é" * 513
+
+
+class CountingHasher:
+    """Stands in for the server's argon2 hasher and counts the passwords that reach it."""
+
+    def __init__(self, hasher: Any) -> None:
+        self.hasher = hasher
+        self.calls = 0
+
+    def hash(self, password: str) -> str:
+        self.calls += 1
+        return str(self.hasher.hash(password))
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        self.calls += 1
+        return bool(self.hasher.verify(password_hash, password))
+
+    def check_needs_rehash(self, password_hash: str) -> bool:
+        return bool(self.hasher.check_needs_rehash(password_hash))
+
+
+@pytest.fixture
+def hashing(h: Harness, monkeypatch: pytest.MonkeyPatch) -> CountingHasher:
+    counter = CountingHasher(h.server.app.passwords._hasher)
+    monkeypatch.setattr(h.server.app.passwords, "_hasher", counter)
+    return counter
+
+
+def assert_too_long(error: grpc.RpcError, field: str) -> None:
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert error_reason(error) == "PASSWORD_TOO_LONG"
+    assert field_violations(error) == [field]
+
+
+def test_register_refuses_an_overlong_password_before_hashing(h: Harness, hashing: CountingHasher) -> None:
+    for password in (HUGE_PASSWORD, OVER_CAP_PASSWORD, "x" * 257):
+        assert_too_long(rpc_error(lambda p=password: register(h, "long@example.com", p)), "password")  # type: ignore[misc]
+    assert hashing.calls == 0
+    assert table_count(h.db_path, "users") == 0
+
+
+def test_login_refuses_an_overlong_password_before_hashing_whoever_it_names(
+    h: Harness, hashing: CountingHasher
+) -> None:
+    register(h, "long@example.com")
+    hashed = hashing.calls
+    for password in (HUGE_PASSWORD, OVER_CAP_PASSWORD):
+        known = rpc_error(lambda p=password: login(h, "long@example.com", p))  # type: ignore[misc]
+        unknown = rpc_error(lambda p=password: login(h, "nobody@example.com", p))  # type: ignore[misc]
+        assert_too_long(known, "password")
+        assert (known.code(), known.details(), error_details(known)) == \
+            (unknown.code(), unknown.details(), error_details(unknown)), "the answer names no account"
+    assert hashing.calls == hashed
+    # 1,024 bytes exactly is a password like any other: verified, and wrong.
+    assert rpc_error(lambda: login(h, "long@example.com", "é" * 512)).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert hashing.calls == hashed + 1
+    assert works(h, login(h, "long@example.com").token), "refused passwords are not failures that delay the account"
+
+
+def test_change_password_refuses_overlong_passwords_before_hashing(h: Harness, hashing: CountingHasher) -> None:
+    reader = h.new_reader()
+    hashed = hashing.calls
+    for current, new, field in ((HUGE_PASSWORD, OTHER_PASSWORD, "current_password"),
+                                (PASSWORD, HUGE_PASSWORD, "new_password"),
+                                (OVER_CAP_PASSWORD, OTHER_PASSWORD, "current_password")):
+        error = rpc_error(lambda c=current, n=new: reader.auth.ChangePassword(  # type: ignore[misc]
+            pb.ChangePasswordRequest(current_password=c, new_password=n), metadata=reader.md))
+        assert_too_long(error, field)
+    assert hashing.calls == hashed
+    assert works(h, reader.token)
+
+
+def test_create_consultant_refuses_an_overlong_password_before_hashing(h: Harness, hashing: CountingHasher) -> None:
+    admin_md = h.admin_md()
+    hashed = hashing.calls
+    error = rpc_error(lambda: h.anonymous.admin.CreateConsultant(apb.CreateConsultantRequest(
+        email="long@example.com", password=HUGE_PASSWORD, display_name="Long",
+        role=resources_pb2.CONSULTANT_ROLE_CONSULTANT), metadata=admin_md))
+    assert_too_long(error, "password")
+    assert hashing.calls == hashed
+    assert table_count(h.db_path, "consultants") == 1
+
+
+def test_create_admin_refuses_an_overlong_password_before_hashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cursor_grpc import cli
+    from cursor_grpc.auth.passwords import Passwords
+
+    path = tmp_path / "cli.db"
+    apply_migrations(StorageSettings(path=path))
+    hashed: list[str] = []
+    monkeypatch.setattr(Passwords, "hash_sync", lambda self, password: hashed.append(password) or "")
+    monkeypatch.setenv("CURSOR_ADMIN_PASSWORD", "é" * 600)
+    assert cli.main(["--log-level", "WARNING", "create-admin", "--db", str(path), "--email", "root@example.com"]) == 2
+    assert "1024 bytes" in capsys.readouterr().err
+    assert not hashed
+    assert table_count(path, "consultants") == 0
 
 
 # --- Authentication failures ------------------------------------------------------------------------------------
@@ -401,46 +508,122 @@ def test_delay_grows_with_further_failures(h: Harness) -> None:
     assert 1.2 < delays[1] <= 2.0
 
 
-def test_peer_that_signed_in_before_is_not_delayed(h: Harness) -> None:
-    register(h, "owner@example.com")
-    login(h, "owner@example.com")  # this address is now known to the account
-    for _ in range(8):
-        error = rpc_error(lambda: login(h, "owner@example.com", "guess guess guess"))
-        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert works(h, login(h, "owner@example.com").token)
+@pytest.fixture
+def two_addresses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[Harness, Client]]]:
+    """Factory: a server listening on `localhost`, so that it is reachable from
+    two peer addresses: the harness talks from 127.0.0.1, the returned client
+    from [::1]."""
+    started: list[tuple[Harness, grpc.Channel]] = []
+
+    def make(**auth: Any) -> tuple[Harness, Client]:
+        path = tmp_path / f"two{len(started)}.db"
+        apply_migrations(StorageSettings(path=path))
+        conftest.create_admin(path, monkeypatch)
+        settings = dataclasses.replace(conftest.test_settings(path, **auth), listen="localhost:0")
+        harness = Harness(conftest.ServerThread(settings), path)
+        assert harness.server.running is not None
+        channel = grpc.insecure_channel(f"[::1]:{harness.server.running.port}")
+        started.append((harness, channel))
+        return harness, Client(channel)
+
+    yield make
+    for harness, channel in started:
+        channel.close()
+        harness.close()
+        harness.server.stop()
+
+
+WRONG_PASSWORD = "guess guess guess"
+
+
+def guess(client: Client, email: str, password: str = WRONG_PASSWORD) -> grpc.RpcError:
+    return rpc_error(lambda: client.auth.Login(pb.LoginRequest(email=email, password=password)))
+
+
+def test_an_attackers_failures_do_not_keep_the_owner_out_of_a_new_address(
+    two_addresses: Callable[..., tuple[Harness, Client]]
+) -> None:
+    owner, attacker = two_addresses()
+    register(owner, "victim@example.com")  # and never signed in, from anywhere
+    for _ in range(5):
+        assert guess(attacker, "victim@example.com").code() == grpc.StatusCode.UNAUTHENTICATED
+    # The attacker's address waits, longer with each failure ...
+    error = guess(attacker, "victim@example.com")
+    assert error_reason(error) == "LOGIN_THROTTLED"
+    time.sleep(retry_delay(error) or 0.0)
+    assert guess(attacker, "victim@example.com").code() == grpc.StatusCode.UNAUTHENTICATED
+    error = guess(attacker, "victim@example.com", PASSWORD)
+    assert error_reason(error) == "LOGIN_THROTTLED", "even the right password waits there"
+    # ... while the owner, from an address the account has never seen, signs in at once.
+    assert works(owner, login(owner, "victim@example.com").token)
+    assert error_reason(guess(attacker, "victim@example.com")) == "LOGIN_THROTTLED", \
+        "the owner's sign-in does not lift the attacker's delay"
+
+
+def test_the_account_wide_cap_spares_addresses_that_signed_in_before(
+    two_addresses: Callable[..., tuple[Harness, Client]]
+) -> None:
+    # Per address, failures are free here; across addresses the account takes 3, then one a minute.
+    owner, attacker = two_addresses(free_login_failures=1000, account_login_failure_burst=3,
+                                    account_login_failures_per_minute=1.0)
+    register(owner, "owner@example.com")
+    login(owner, "owner@example.com")  # 127.0.0.1 is now known to the account
+    for _ in range(3):
+        assert guess(attacker, "owner@example.com").code() == grpc.StatusCode.UNAUTHENTICATED
+    error = guess(attacker, "owner@example.com", PASSWORD)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(error) == "LOGIN_THROTTLED"
+    assert 30 < (retry_delay(error) or 0.0) <= 60
+    assert works(owner, login(owner, "owner@example.com").token)
 
 
 @pytest.fixture
-def limited_peer(tmp_path: Path) -> Iterator[Harness]:
-    """A server whose per-peer login bucket holds 3 attempts and refills one a
-    minute. (`make_harness` cannot take these two: its defaults set them.)"""
-    path = tmp_path / "limited.db"
-    apply_migrations(StorageSettings(path=path))
-    settings = conftest.test_settings(path)
-    auth = dataclasses.replace(settings.auth, peer_login_burst=3, peer_login_per_minute=1.0)
-    harness = Harness(conftest.ServerThread(dataclasses.replace(settings, auth=auth)), path)
-    try:
-        yield harness
-    finally:
-        harness.close()
-        harness.server.stop()
+def limited_peer(make_harness: Any) -> Harness:
+    """A server whose per-peer bucket holds 3 attempts and refills one a minute."""
+    return make_harness(peer_login_burst=3, peer_login_per_minute=1.0)  # type: ignore[no-any-return]
 
 
 def test_peer_token_bucket_limits_attempts(limited_peer: Harness) -> None:
     h = limited_peer
     register(h, "bucket@example.com")
     assert works(h, login(h, "bucket@example.com").token)
-    for i in range(2):
-        error = rpc_error(lambda i=i: login(h, f"other{i}@example.com", "guess guess guess"))  # type: ignore[misc]
-        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    error = rpc_error(lambda: login(h, "other@example.com", "guess guess guess"))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     error = rpc_error(lambda: login(h, "bucket@example.com"))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_reason(error) == "LOGIN_RATE_LIMITED"
     delay = retry_delay(error)
     assert delay is not None
     assert 30 < delay <= 60
-    # Registration is not a login attempt and is not limited by the bucket.
-    register(h, "bucket2@example.com")
+
+
+def test_registration_is_throttled_per_address_like_login(limited_peer: Harness) -> None:
+    """EMAIL_TAKEN tells whether an email has an account: registrations draw on
+    the address's bucket too, so that cannot be asked at full speed."""
+    h = limited_peer
+    register(h, "taken@example.com")
+    error = rpc_error(lambda: register(h, "taken@example.com"))
+    assert error_reason(error) == "EMAIL_TAKEN"
+    assert rpc_error(lambda: login(h, "taken@example.com", "guess guess guess")).code() == \
+        grpc.StatusCode.UNAUTHENTICATED
+    for email in ("taken@example.com", "fresh@example.com"):  # the same answer, taken or not
+        error = rpc_error(lambda e=email: register(h, e))  # type: ignore[misc]
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_reason(error) == "REGISTRATION_RATE_LIMITED"
+        assert 30 < (retry_delay(error) or 0.0) <= 60
+    assert table_count(h.db_path, "users") == 1
+
+
+def test_a_short_wait_is_never_announced_as_zero_seconds(make_harness: Any) -> None:
+    h = make_harness(peer_login_burst=1, peer_login_per_minute=120.0)  # a token every 0.5 s
+    request = pb.LoginRequest(email="ghost@example.com", password="guess guess guess")
+    attempts = [h.anonymous.auth.Login.future(request) for _ in range(3)]  # at once: the first takes the token
+    refused = [error for error in (rpc_error(a.result) for a in attempts)
+               if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert refused
+    for error in refused:
+        assert 0 < (retry_delay(error) or 0.0) <= 0.5
+        assert (error.details() or "").endswith("retry in 1 s"), error.details()
 
 
 # --- Token storage ------------------------------------------------------------------------------------------------

@@ -31,7 +31,11 @@ def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Serve
     db = tmp_path / "live.db"
     apply_migrations(StorageSettings(path=db))
     create_admin(db, monkeypatch)
-    process = ServerProcess(db, env={"CURSOR_HEARTBEAT_SECONDS": "1", **env})
+    # These tests watch with one consultant session many times over: lift
+    # the per-session and per-account stream caps (tests/test_stream_bounds.py
+    # tests them).
+    caps = {"CURSOR_MAX_STREAMS_PER_SESSION": "1000", "CURSOR_MAX_STREAMS_PER_ACCOUNT": "1000"}
+    process = ServerProcess(db, env={"CURSOR_HEARTBEAT_SECONDS": "1", **caps, **env})
     process.db = db  # type: ignore[attr-defined]
     return process
 

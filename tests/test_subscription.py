@@ -38,3 +38,38 @@ def test_a_quiet_wait_says_so() -> None:
         return await subscription.wait(0.01)
 
     assert asyncio.run(scenario()) is False
+
+
+def _event(seq: int, size: int) -> Encoded:
+    return Encoded(seq=seq, reader_id="r", kind="interaction", interaction_type="answer", chunk=b"x" * size)
+
+
+def test_the_buffer_is_bounded_in_bytes_too() -> None:
+    """Big events overflow the buffer long before its event count would:
+    the stream then catches up from the database, holding nothing."""
+
+    async def scenario() -> tuple[int, bool, int]:
+        subscription = Subscription(EventFilter(), limit=1000, session_id="s", account=("consultant", "c"),
+                                    byte_limit=100)
+        subscription.offer([_event(1, 40), _event(2, 40)])
+        held = len(subscription.buffer)
+        subscription.offer([_event(3, 40)])
+        return held, subscription.overflowed, subscription.buffered_bytes
+
+    held, overflowed, left = asyncio.run(scenario())
+    assert held == 2
+    assert overflowed
+    assert left == 0
+
+
+def test_take_stops_at_a_byte_budget_but_always_takes_one() -> None:
+    async def scenario() -> list[list[int]]:
+        subscription = Subscription(EventFilter(), limit=1000, session_id="s", account=("consultant", "c"))
+        subscription.offer([_event(1, 300), _event(2, 300), _event(3, 300), _event(4, 2000), _event(5, 10)])
+        taken = []
+        while subscription.buffer:
+            taken.append([e.seq for e in subscription.take(10, most_bytes=700)])
+        assert subscription.buffered_bytes == 0
+        return taken
+
+    assert asyncio.run(scenario()) == [[1, 2], [3], [4], [5]]

@@ -496,6 +496,10 @@ class Bench:
         # Every client talks from 127.0.0.1: lift the per-peer login limit.
         env["CURSOR_PEER_LOGIN_BURST"] = "1000000"
         env["CURSOR_PEER_LOGIN_PER_MINUTE"] = "100000000"
+        # One consultant session opens every watch stream (up to 1,000): lift
+        # the per-session and per-account stream caps; the server-wide one stays.
+        env["CURSOR_MAX_STREAMS_PER_SESSION"] = "100000"
+        env["CURSOR_MAX_STREAMS_PER_ACCOUNT"] = "100000"
         return env
 
     def new_database(self, name: str) -> Path:

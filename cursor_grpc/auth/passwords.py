@@ -23,15 +23,30 @@ from cursor_grpc.errors import InvalidArgument
 
 MIN_PASSWORD = 10
 MAX_PASSWORD = 256
+# Every password an account can have fits: 256 characters are at most 1,024
+# bytes of UTF-8. So the cap is not a setting: a lower one would lock out
+# accounts whose password is longer, and a higher one admits nothing new.
+MAX_PASSWORD_BYTES = 4 * MAX_PASSWORD
+
+
+def check_password_size(password: str, field: str = "password") -> None:
+    """Refuse what no account can have before it reaches argon2 (which
+    would hash megabytes), for every password received, old or new."""
+    if len(password) > MAX_PASSWORD_BYTES or len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise InvalidArgument(f"{field} must be at most {MAX_PASSWORD_BYTES} bytes (UTF-8)", field=field,
+                              reason="PASSWORD_TOO_LONG")
 
 
 def check_password_rules(password: str, field: str = "password") -> None:
+    """What a new password must be: 10 to 256 characters."""
+    check_password_size(password, field)
     if len(password) < MIN_PASSWORD:
         raise InvalidArgument(
             f"{field} must be at least {MIN_PASSWORD} characters", field=field, reason="WEAK_PASSWORD"
         )
     if len(password) > MAX_PASSWORD:
-        raise InvalidArgument(f"{field} must be at most {MAX_PASSWORD} characters", field=field)
+        raise InvalidArgument(f"{field} must be at most {MAX_PASSWORD} characters", field=field,
+                              reason="PASSWORD_TOO_LONG")
 
 
 PRIORITIES = ("auto", "idle", "low", "normal")
@@ -90,10 +105,14 @@ class Passwords:
         # same time as a wrong password.
         self._dummy_hash = self._hasher.hash("not a real password, only here to spend time")
 
+    # Each entry point refuses an oversized password itself too (callers check
+    # first, with the field's name), so nothing can send one to argon2.
     def hash_sync(self, password: str) -> str:
+        check_password_size(password)
         return self._hasher.hash(password)
 
     async def hash(self, password: str) -> str:
+        check_password_size(password)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._hasher.hash, password)
 
     def _verify(self, password_hash: str | None, password: str) -> tuple[bool, bool]:
@@ -108,6 +127,7 @@ class Passwords:
 
     async def verify(self, password_hash: str | None, password: str) -> tuple[bool, bool]:
         """Check `password`; `password_hash=None` spends the same time and fails."""
+        check_password_size(password)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._verify, password_hash, password)
 
     def close(self) -> None:

@@ -6,9 +6,10 @@ there for the next flush (paced by `LiveSettings.fanout_*`), so one stream
 message carries what several commits wrote instead of one message per
 commit per stream. Each event is converted and serialized once, as the
 bytes of one `events` entry, and shared by every stream that wants it.
-Each stream has a bounded buffer; a stream whose buffer would overflow
-drops it and catches up from the database instead, so memory stays
-bounded and nothing is lost.
+Each stream has a buffer bounded in events and in bytes; a stream whose
+buffer would overflow drops it and catches up from the database instead,
+so memory stays bounded and nothing is lost. How many streams may be open
+is capped too (`StreamLimits`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, KeysView
 from dataclasses import dataclass
 
 from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, InvalidArgument, OutOfRange
+from cursor_grpc.live.stream_limits import StreamLimits
 from cursor_grpc.services import convert
 from cursor_grpc.storage.events import Event, EventFilter
 from cursor_grpc.storage.store import Store
@@ -58,14 +60,20 @@ class Encoded:
 class Subscription:
     """One open stream's view of the live events."""
 
-    def __init__(self, wanted: EventFilter, limit: int, session_id: str, account: tuple[str, str]) -> None:
+    def __init__(self, wanted: EventFilter, limit: int, session_id: str, account: tuple[str, str],
+                 byte_limit: int = LiveSettings.stream_buffer_bytes) -> None:
         self.wanted = wanted
         self.limit = limit
+        self.byte_limit = byte_limit
         self.session_id = session_id
         self.account = account
         self.buffer: deque[Encoded] = deque()
+        self.buffered_bytes = 0
         self.overflowed = False
         self.closed: CursorError | None = None
+        # The stall timeout of the write in progress: closing cuts it short,
+        # so a stream whose client stopped reading ends at once too.
+        self.write_deadline: asyncio.Timeout | None = None
         self._wake = asyncio.Event()
 
     def _matches(self, item: Encoded) -> bool:
@@ -77,35 +85,57 @@ class Subscription:
         return not (wanted.interaction_types and item.kind == "interaction"
                     and item.interaction_type not in wanted.interaction_types)
 
-    def offer(self, items: list[Encoded]) -> None:
+    def offer(self, items: list[Encoded], items_bytes: int | None = None) -> None:
+        """Buffer what this stream wants of a flush; `items_bytes`, the size
+        of all `items`, saves summing them again for every stream."""
         if self.overflowed or self.closed is not None:
             return
-        matching = items if self.wanted.everything else [i for i in items if self._matches(i)]
+        if self.wanted.everything:
+            matching = items
+            size = items_bytes if items_bytes is not None else sum(len(i.chunk) for i in items)
+        else:
+            matching = [i for i in items if self._matches(i)]
+            size = sum(len(i.chunk) for i in matching)
         if not matching:
             return
-        if len(self.buffer) + len(matching) > self.limit:
+        if len(self.buffer) + len(matching) > self.limit or self.buffered_bytes + size > self.byte_limit:
             # Too far behind: forget the buffer, catch up from the database.
             self.overflowed = True
             self.buffer.clear()
+            self.buffered_bytes = 0
         else:
             self.buffer.extend(matching)
+            self.buffered_bytes += size
         self._wake.set()
 
-    def take(self, most: int) -> list[Encoded]:
+    def take(self, most: int, most_bytes: int | None = None) -> list[Encoded]:
+        """Up to `most` events and `most_bytes` bytes of them (at least one)."""
         buffer = self.buffer
-        count = min(most, len(buffer))
-        return [buffer.popleft() for _ in range(count)]
+        taken: list[Encoded] = []
+        size = 0
+        while buffer and len(taken) < most:
+            chunk = len(buffer[0].chunk)
+            if taken and most_bytes is not None and size + chunk > most_bytes:
+                break
+            taken.append(buffer.popleft())
+            size += chunk
+        self.buffered_bytes -= size
+        return taken
 
     def restart(self) -> None:
         """Start buffering afresh (after catching up from the database)."""
         self.overflowed = False
         self.buffer.clear()
+        self.buffered_bytes = 0
 
     def close(self, error: CursorError) -> None:
         if self.closed is None:
             self.closed = error
             self.buffer.clear()
+            self.buffered_bytes = 0
             self._wake.set()
+            if self.write_deadline is not None:
+                self.write_deadline.reschedule(asyncio.get_running_loop().time())
 
     @property
     def has_news(self) -> bool:
@@ -135,7 +165,9 @@ class Broadcaster:
         # committed, and every stream has it in its buffer or has caught up
         # past it. Committed events waiting for the flush are above it.
         self.head = store.last_seq
+        self._settings = settings
         self._subscriptions: set[Subscription] = set()
+        self._limits = StreamLimits(settings)
         self.published = 0
         self._pending: list[Event] = []
         self._flush_at: asyncio.Handle | None = None
@@ -151,8 +183,14 @@ class Broadcaster:
         return f"{self.epoch}-{seq}"
 
     def parse_cursor(self, text: str, floor: int, field: str = "after") -> int:
+        """The seq of a cursor `epoch-seq`: ASCII letters and digits, then
+        ASCII digits of a signed 64-bit seq. Strict on purpose: alone,
+        `str.isdigit` takes digits `int` refuses (², ①), and SQLite cannot
+        bind a larger number."""
         epoch, _, seq_text = text.rpartition("-")
-        if not epoch or not seq_text.isdigit():
+        if not (0 < len(epoch) <= 64 and epoch.isascii() and epoch.isalnum()
+                and 0 < len(seq_text) <= 19 and seq_text.isascii() and seq_text.isdigit()
+                and int(seq_text) < 2**63):
             raise InvalidArgument(f"{field} is not a cursor this server issued", field=field, reason="BAD_CURSOR")
         oldest = {"oldest_cursor": self.cursor(floor)}
         if epoch != self.epoch:
@@ -209,22 +247,31 @@ class Broadcaster:
         if not self._subscriptions:
             return
         encoded = [self.encode(event) for event in events]
+        size = sum(len(e.chunk) for e in encoded)
         for subscription in self._subscriptions:
-            subscription.offer(encoded)
+            subscription.offer(encoded, size)
 
     # --- subscriptions ---------------------------------------------------------
 
     def subscribe(self, wanted: EventFilter, limit: int, session_id: str, account: tuple[str, str]) -> Subscription:
-        subscription = Subscription(wanted, limit, session_id, account)
+        """A new stream's subscription; RESOURCE_EXHAUSTED past a stream cap."""
+        self._limits.admit(session_id, account)
+        subscription = Subscription(wanted, limit, session_id, account, self._settings.stream_buffer_bytes)
         self._subscriptions.add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        self._subscriptions.discard(subscription)
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+            self._limits.release(subscription.session_id, subscription.account)
 
     @property
     def stream_count(self) -> int:
         return len(self._subscriptions)
+
+    def streaming_sessions(self) -> KeysView[str]:
+        """The sessions with at least one open stream."""
+        return self._limits.sessions()
 
     def close_shared(self, granter_id: str, grantee_id: str | None, error: CursorError) -> int:
         """End WatchSharedActivity streams on `granter_id`: one grantee's, or

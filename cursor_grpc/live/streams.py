@@ -1,24 +1,26 @@
 """The loop every event stream runs: replay from the database when resuming
-or after falling behind, live events otherwise, heartbeats when idle."""
+or after falling behind, live events otherwise, heartbeats when idle; and
+its session checked again every heartbeat interval and ended on time."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from grpc import aio
 
 from cursor_grpc import metrics
-from cursor_grpc.auth.sessions import Principal
+from cursor_grpc.auth.sessions import Principal, SessionManager, session_ended
 from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, ResourceExhausted, Unauthenticated
-from cursor_grpc.live.broadcaster import Broadcaster, Subscription
+from cursor_grpc.live.broadcaster import Broadcaster, Encoded, Subscription
 from cursor_grpc.storage.store import Store
 
-# Sequence numbers one replay query covers.
+# Most sequence numbers one replay query covers (it also stops at
+# `LiveSettings.replay_page_bytes`).
 REPLAY_RANGE = 4096
 
 # Builds the non-event fields of a response: (cursor, heartbeat) -> bytes.
@@ -28,6 +30,7 @@ Tail = Callable[[str, bool], bytes]
 async def run_stream(
     context: aio.ServicerContext[Any, Any],
     caller: Principal,
+    sessions: SessionManager,
     broadcaster: Broadcaster,
     store: Store,
     subscription: Subscription,
@@ -40,10 +43,29 @@ async def run_stream(
 
     The subscription is registered before anything is read, so every event
     committed from then on is in its buffer; replayed events and buffered
-    ones overlap at most, and `delivered` drops the overlap."""
+    ones overlap at most, and `delivered` drops the overlap. Whatever ends
+    the session closes the subscription (see SessionManager.ending and
+    check_in_use); expiry does so from a timer."""
     need_replay = after is not None
     delivered = after if after is not None else broadcaster.head
-    most = settings.max_events_per_message
+    most, most_bytes = settings.max_events_per_message, settings.max_stream_message_bytes
+    loop = asyncio.get_running_loop()
+    expiry = loop.call_later(max(0.0, (caller.expires_ns - time.time_ns()) / 1e9),
+                             subscription.close, session_ended("expired"))
+    checked_at = loop.time()
+
+    def ended() -> CursorError | None:
+        if subscription.closed is not None:
+            return _with_cursor(subscription.closed, broadcaster.cursor(delivered))
+        return None
+
+    async def check_session() -> None:
+        nonlocal checked_at
+        checked_at = loop.time()
+        try:
+            await sessions.validate(caller.token_hash)
+        except Unauthenticated as error:
+            raise _with_cursor(error, broadcaster.cursor(delivered)) from None
 
     async def send(chunks: list[bytes], seq: int, heartbeat: bool = False) -> None:
         data = b"".join(chunks) + tail(broadcaster.cursor(seq), heartbeat)
@@ -52,52 +74,83 @@ async def run_stream(
         metrics.stream_lag(max(0, broadcaster.head - seq))
         try:
             # asyncio.timeout arms a timer on this task; wait_for would start
-            # a task per message.
-            async with asyncio.timeout(settings.stall_seconds):
+            # a task per message. Closing the subscription cuts it short.
+            async with asyncio.timeout(settings.stall_seconds) as deadline:
+                subscription.write_deadline = deadline
                 await context.write(data)
         except TimeoutError:
+            closing = ended()
+            if closing is not None:
+                raise closing from None
             raise ResourceExhausted(
                 f"the stream made no progress for {settings.stall_seconds:.0f} s and was ended; "
                 f"resume with after={broadcaster.cursor(delivered)}",
                 reason="STREAM_STALLED", metadata={"cursor": broadcaster.cursor(delivered)},
             ) from None
+        finally:
+            subscription.write_deadline = None
 
     metrics.stream_opened()
     try:
         # The first message says the stream is open and where it stands,
         # so a client never waits a heartbeat interval to learn its cursor.
         for message in first or [tail(broadcaster.cursor(delivered), True)]:
+            if (closing := ended()) is not None:
+                raise closing
             await context.write(message)
         while True:
-            if subscription.closed is not None:
-                raise _with_cursor(subscription.closed, broadcaster.cursor(delivered))
+            if (closing := ended()) is not None:
+                raise closing
             if time.time_ns() >= caller.expires_ns:
-                raise Unauthenticated("the session has expired; log in again", reason="SESSION_EXPIRED")
+                raise _with_cursor(session_ended("expired"), broadcaster.cursor(delivered))
+            if loop.time() - checked_at >= settings.heartbeat_seconds:
+                await check_session()  # a busy stream sends no heartbeats
+                continue
             if need_replay or subscription.overflowed:
                 need_replay = False
                 subscription.restart()
                 target = broadcaster.head
                 while delivered < target and not subscription.overflowed and subscription.closed is None:
                     upto = min(delivered + REPLAY_RANGE, target)
-                    events = await store.replay(delivered, upto, subscription.wanted)
-                    for start in range(0, len(events), most):
-                        part = [broadcaster.encode(e) for e in events[start:start + most]]
+                    events, reached = await store.replay(delivered, upto, subscription.wanted,
+                                                         settings.replay_page_bytes)
+                    for part in _batches((broadcaster.encode(e) for e in events), most, most_bytes):
                         await send([e.chunk for e in part], part[-1].seq)
-                    delivered = upto
+                        delivered = part[-1].seq
+                    delivered = reached
                 continue
-            items = [item for item in subscription.take(most) if item.seq > delivered]
+            items = [item for item in subscription.take(most, most_bytes) if item.seq > delivered]
             if items:
                 await send([item.chunk for item in items], items[-1].seq)
                 delivered = items[-1].seq
                 continue
             if not await subscription.wait(settings.heartbeat_seconds):
+                await check_session()
+                if subscription.has_news:
+                    continue  # news came during the check: the heartbeat would not be quiet
                 # Nothing buffered and nothing missed: every event up to the
                 # head that this stream wants has been delivered.
                 delivered = max(delivered, broadcaster.head)
                 await send([], delivered, heartbeat=True)
     finally:
+        expiry.cancel()
         broadcaster.unsubscribe(subscription)
         metrics.stream_closed()
+
+
+def _batches(items: Iterable[Encoded], most: int, most_bytes: int) -> Iterator[list[Encoded]]:
+    """Consecutive messages of at most `most` events and `most_bytes` bytes
+    (at least one event each)."""
+    batch: list[Encoded] = []
+    size = 0
+    for item in items:
+        if batch and (len(batch) >= most or size + len(item.chunk) > most_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item.chunk)
+    if batch:
+        yield batch
 
 
 def _with_cursor(error: CursorError, cursor: str) -> CursorError:

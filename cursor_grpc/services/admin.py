@@ -3,6 +3,7 @@ in the same transaction."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -16,9 +17,9 @@ from cursor_grpc import paging, validation
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.passwords import check_password_rules
-from cursor_grpc.auth.sessions import Principal
+from cursor_grpc.auth.sessions import Principal, session_ended
 from cursor_grpc.clock import iso_from_ns
-from cursor_grpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from cursor_grpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied, quoted
 from cursor_grpc.services import convert
 from cursor_grpc.services.reader import profile_update
 from cursor_grpc.storage.audit import AuditQuery
@@ -76,16 +77,18 @@ class AdminService(pb_grpc.AdminServiceServicer):
             await self.app.store.activate_reader(Actor("consultant", caller.account_id), account_id, REACTIVATED)
             revoked = 0
         else:
-            revoked = await self.app.store.set_account_active(
-                Actor("consultant", caller.account_id), kind, account_id, request.active
-            )
-        if not request.active:
-            self.sessions.forget_account(kind, account_id)
-            if kind == "reader":
-                # What the reader shared with other readers is hidden while it is deactivated.
-                self.app.broadcaster.close_shared(account_id, None, PermissionDenied(
-                    f"readers/{account_id} was deactivated; what it shares is hidden until it is active again",
-                    reason="GRANTER_INACTIVE"))
+            # Deactivating: the account's sessions are refused and its streams end from here on.
+            ending = (contextlib.nullcontext() if request.active
+                      else self.sessions.ending(account=(kind, account_id), error=session_ended("inactive")))
+            async with ending:
+                revoked = await self.app.store.set_account_active(
+                    Actor("consultant", caller.account_id), kind, account_id, request.active
+                )
+        if not request.active and kind == "reader":
+            # What the reader shared with other readers is hidden while it is deactivated.
+            self.app.broadcaster.close_shared(account_id, None, PermissionDenied(
+                f"readers/{account_id} was deactivated; what it shares is hidden until it is active again",
+                reason="GRANTER_INACTIVE"))
         name = f"{kind}s/{account_id}"  # canonical, whatever case the caller's id was in
         log.info("%s set %s active=%s (%d sessions ended)", caller.name, name, request.active, revoked)
         return pb.SetAccountActiveResponse(account=name, active=request.active, revoked_session_count=revoked)
@@ -109,7 +112,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
         limit = paging.page_size(request.page_size, self.app.settings.limits)
         request_fingerprint = paging.fingerprint("audit", query.actor_type, query.actor_id, query.action,
                                                  query.target_type, query.target_id, query.start, query.end)
-        key = paging.decode_token(request.page_token, request_fingerprint, str, str)
+        key = paging.decode_token(request.page_token, request_fingerprint, paging.TIMESTAMP, paging.ROW_ID)
         records = await self.app.store.list_audit_logs(query, (key[0], key[1]) if key else None, limit + 1)
         records, token = paging.cut(records, limit, lambda r: [r.created_at, r.id], request_fingerprint)
         return pb.ListAuditLogsResponse(audit_logs=[convert.audit_log(r) for r in records], next_page_token=token)
@@ -147,7 +150,7 @@ def _audit_query(request: pb.ListAuditLogsRequest) -> AuditQuery:
         collection, slash, rest = request.target.partition("/")
         if not collection.isalpha() or (slash and (not collection.endswith("s") or not rest)):
             raise InvalidArgument(
-                f"target must look like readers/{{id}}, consultants/{{id}} or readers/-, not {request.target!r}",
+                f"target must look like readers/{{id}}, consultants/{{id}} or readers/-, not {quoted(request.target)}",
                 field="target",
             )
         if slash:
@@ -157,6 +160,7 @@ def _audit_query(request: pb.ListAuditLogsRequest) -> AuditQuery:
             target_type = collection
     if len(request.action) > MAX_ACTION_CHARS:
         raise InvalidArgument(f"action must be at most {MAX_ACTION_CHARS} characters", field="action")
+    validation.single_line(request.action, "action")
     start = _time_bound(request.start_time, "start_time") if request.HasField("start_time") else None
     end = _time_bound(request.end_time, "end_time") if request.HasField("end_time") else None
     if start is not None and end is not None and start >= end:

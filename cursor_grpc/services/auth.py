@@ -14,10 +14,10 @@ from cursor.v1 import resources_pb2
 from cursor_grpc import validation
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
-from cursor_grpc.auth.passwords import check_password_rules
+from cursor_grpc.auth.passwords import check_password_rules, check_password_size
 from cursor_grpc.auth.sessions import IssuedSession, Principal
 from cursor_grpc.auth.throttle import peer_address
-from cursor_grpc.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from cursor_grpc.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 from cursor_grpc.services import convert
 from cursor_grpc.storage.records import Credential
 
@@ -63,6 +63,13 @@ class AuthService(pb_grpc.AuthServiceServicer):
         email = validation.email(request.email)
         check_password_rules(request.password)
         name = validation.display_name(request.display_name)
+        # Per address like logins: `EMAIL_TAKEN` tells whether an email has an account.
+        peer = peer_address(context.peer())
+        try:
+            self.app.throttle.check_registration(peer)
+        except ResourceExhausted as error:
+            log.warning("registration throttled for peer %s: %s", peer, error)
+            raise
         password_hash = await self.app.passwords.hash(request.password)
         reader = await self.app.store.create_reader(email, password_hash, name)
         log.info("reader registered: readers/%s", reader.id)
@@ -76,6 +83,9 @@ class AuthService(pb_grpc.AuthServiceServicer):
         email = request.email.strip().lower()
         if not email or not request.password:
             raise InvalidArgument("email and password are required", field="email" if not email else "password")
+        # Before the throttle and the account lookup: the same answer for any
+        # email, and no failure counted against anyone.
+        check_password_size(request.password)
         throttle = self.app.throttle
         try:
             throttle.check(email, peer)
@@ -115,6 +125,7 @@ class AuthService(pb_grpc.AuthServiceServicer):
     async def ChangePassword(self, request: pb.ChangePasswordRequest, context: Context,
                              caller: Principal) -> pb.ChangePasswordResponse:
         check_password_rules(request.new_password, "new_password")
+        check_password_size(request.current_password, "current_password")
         # Guesses of the current password are throttled like logins, keyed by
         # the account name, so a stolen session cannot guess at full speed.
         peer = peer_address(context.peer())

@@ -41,7 +41,8 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         window = request.window_seconds or self.app.settings.limits.active_window_seconds
         limit = paging.page_size(request.page_size, self.app.settings.limits)
         request_fingerprint = paging.fingerprint("active", window)
-        key = paging.decode_token(request.page_token, request_fingerprint, str, str, str)
+        key = paging.decode_token(request.page_token, request_fingerprint, paging.TIMESTAMP, paging.TIMESTAMP,
+                                  paging.ROW_ID)
         if key is None:
             # The window is fixed at the first page, so later pages don't shift.
             since = iso_from_ns(time.time_ns() - window * 1_000_000_000)
@@ -62,7 +63,7 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         status = convert.STATUS_NAME.get(request.status)
         limit = paging.page_size(request.page_size, self.app.settings.limits)
         request_fingerprint = paging.fingerprint("readers", status)
-        key = paging.decode_token(request.page_token, request_fingerprint, str)
+        key = paging.decode_token(request.page_token, request_fingerprint, paging.ROW_ID)
         records = await self.app.store.list_readers(status, key[0] if key else None, limit + 1)
         records, token = paging.cut(records, limit, lambda r: [r.id], request_fingerprint)
         return pb.ListReadersResponse(readers=[convert.reader(r) for r in records], next_page_token=token)
@@ -101,13 +102,18 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         wanted = EventFilter(reader_ids, frozenset(kinds), types)
         actor = Actor("consultant", caller.account_id)
         details = {"kinds": sorted(kinds), "interaction_types": sorted(types), "resume": bool(request.after)}
-        if reader_ids:
-            for reader_id in sorted(reader_ids):
-                await self.app.store.audit(actor, "watch.open", "reader", reader_id, details)
-        else:
-            await self.app.store.audit(actor, "watch.open", "all_readers", None, details)
+
+        async def audit_open() -> None:
+            # Only once the watch is accepted: a refused one observed nobody.
+            if reader_ids:
+                for reader_id in sorted(reader_ids):
+                    await self.app.store.audit(actor, "watch.open", "reader", reader_id, details)
+            else:
+                await self.app.store.audit(actor, "watch.open", "all_readers", None, details)
+
         snapshot = (lambda: self._snapshot(wanted)) if request.include_snapshot else None
-        await open_stream(self.app, context, caller, wanted, request.after, _activity_tail, snapshot)
+        # Nothing awaits before open_stream subscribes.
+        await open_stream(self.app, context, caller, wanted, request.after, _activity_tail, snapshot, audit_open)
 
     async def _snapshot(self, wanted: EventFilter) -> list[bytes]:
         """Every active reader that matches, then the end-of-snapshot marker."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.clock import new_id
-from cursor_grpc.errors import AlreadyExists, CursorError, InvalidArgument, PermissionDenied
+from cursor_grpc.errors import AlreadyExists, CursorError, InvalidArgument, PermissionDenied, quoted
 from cursor_grpc.live.streams import Tail, run_stream
 from cursor_grpc.services import convert
 from cursor_grpc.storage.consents import ConsentRecord
@@ -41,7 +40,7 @@ async def list_interactions_page(
     type_ = validation.interaction_type(type_filter) if type_filter else None
     limit = paging.page_size(page_size, app.settings.limits)
     request_fingerprint = paging.fingerprint("interactions", reader_id, type_)
-    key = paging.decode_token(page_token, request_fingerprint, int)
+    key = paging.decode_token(page_token, request_fingerprint, paging.SEQ)
     # Walks into archive files when the page reaches archived history.
     page = await app.store.list_interaction_history(reader_id, type_, key[0] if key else None, limit + 1)
     records, next_token = paging.cut(page.records, limit, lambda r: [r.seq], request_fingerprint)
@@ -234,7 +233,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         limit = paging.page_size(request.page_size, self.app.settings.limits)
         request_fingerprint = paging.fingerprint("consents", caller.account_id, request.received,
                                                  request.show_revoked)
-        key = paging.decode_token(request.page_token, request_fingerprint, str)
+        key = paging.decode_token(request.page_token, request_fingerprint, paging.ROW_ID)
         records = await self.app.store.list_consents(
             caller.account_id, request.received, request.show_revoked, key[0] if key else None, limit + 1
         )
@@ -289,7 +288,7 @@ async def list_messages_page(app: App, reader_id: str, page_size: int, page_toke
     """One newest-first page of a conversation; shared by both sides."""
     limit = paging.page_size(page_size, app.settings.limits)
     request_fingerprint = paging.fingerprint("messages", reader_id)
-    key = paging.decode_token(page_token, request_fingerprint, int)
+    key = paging.decode_token(page_token, request_fingerprint, paging.SEQ)
     records = await app.store.list_messages(reader_id, key[0] if key else None, limit + 1)
     return paging.cut(records, limit, lambda r: [r.seq], request_fingerprint)
 
@@ -297,23 +296,32 @@ async def list_messages_page(app: App, reader_id: str, page_size: int, page_toke
 async def open_stream(
     app: App, context: Context, caller: Principal, wanted: EventFilter, after_text: str,
     tail: Tail, first: Callable[[], Awaitable[list[bytes]]] | None = None,
+    opened: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Subscribe, check the resume cursor, and run the stream; shared by
-    every streaming RPC so there is one mechanism."""
+    """Subscribe, check the session and the resume cursor, and run the
+    stream; shared by every streaming RPC so there is one mechanism.
+    `opened` runs (the audit row) once everything was accepted.
+
+    Subscribing comes before anything that waits, and the session is
+    checked again right after it: a session that ends from then on closes
+    the subscription, so no stream outlives it."""
     broadcaster = app.broadcaster
     live = app.settings.live
     subscription = broadcaster.subscribe(
         wanted, live.stream_buffer_events, caller.session_id, (caller.kind, caller.account_id)
     )
     try:
+        await app.sessions.validate(caller.token_hash)
         after = None
         if after_text:
             after = broadcaster.parse_cursor(after_text, await app.store.history_floor())
         opening = await first() if first is not None else None
+        if opened is not None and subscription.closed is None:
+            await opened()
     except BaseException:
         broadcaster.unsubscribe(subscription)
         raise
-    await run_stream(context, caller, broadcaster, app.store, subscription, after, live, tail, opening)
+    await run_stream(context, caller, app.sessions, broadcaster, app.store, subscription, after, live, tail, opening)
 
 
 # --- consent helpers ---------------------------------------------------------------------
@@ -347,10 +355,6 @@ class ProfileUpdate:
     metadata: str | None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def metadata_json(value: str, field: str) -> str:
     """A JSON object as text, at most 16 KiB; empty means `{}`."""
     if not value:
@@ -358,12 +362,7 @@ def metadata_json(value: str, field: str) -> str:
     if len(value.encode()) > MAX_METADATA_BYTES:
         raise InvalidArgument(f"{field} is larger than {MAX_METADATA_BYTES} bytes", field=field,
                               reason="METADATA_TOO_LARGE")
-    try:
-        parsed = json.loads(value, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise InvalidArgument(f"{field} is not valid JSON", field=field, reason="INVALID_METADATA") from None
-    if not isinstance(parsed, dict):
-        raise InvalidArgument(f"{field} must be a JSON object", field=field, reason="INVALID_METADATA")
+    validation.json_object(value, field, "INVALID_METADATA")
     return value
 
 
@@ -385,7 +384,7 @@ def profile_update(given: resources_pb2.Reader, mask: Any | None, prefix: str = 
         for path in paths:
             if path not in PROFILE_FIELDS:
                 raise InvalidArgument(
-                    f"update_mask path {path!r} cannot be updated; use {', '.join(PROFILE_FIELDS)} or *",
+                    f"update_mask path {quoted(path)} cannot be updated; use {', '.join(PROFILE_FIELDS)} or *",
                     field="update_mask",
                 )
             chosen.add(path)

@@ -145,8 +145,12 @@ class EventFilter:
         return not (self.reader_ids or self.kinds or self.interaction_types)
 
 
-def replay(conn: apsw.Connection, after: int, upto: int, wanted: EventFilter) -> list[Event]:
-    """Committed events with after < seq <= upto that match, in seq order."""
+def replay(conn: apsw.Connection, after: int, upto: int, wanted: EventFilter,
+           max_bytes: int | None = None) -> tuple[list[Event], int]:
+    """Committed events with after < seq <= upto that match, in seq order,
+    and how far they reach. With `max_bytes`, reading stops at the event
+    that brings the payloads and summaries read to that many bytes (so at
+    least one event); the second value is then its seq, else `upto`."""
     parts: list[str] = []
     params: list[Any] = []
     reader_clause = ""
@@ -174,14 +178,22 @@ def replay(conn: apsw.Connection, after: int, upto: int, wanted: EventFilter) ->
         )
         params += [after, upto, *other, *reader_params]
     if not parts:
-        return []
+        return [], upto
     found = []
-    for seq, kind, reader_id, ref_id, type_, body, summary, created_at in fetch_all(
-        conn, " UNION ALL ".join(parts) + " ORDER BY 1", params
-    ):
-        if kind == KIND_INTERACTION:
-            record = InteractionRecord(seq, ref_id, reader_id, type_, body, summary, created_at)
-            found.append(Event(seq, kind, reader_id, created_at, summary, record))
-        else:
-            found.append(Event(seq, kind, reader_id, created_at, summary, None, json.loads(body)))
-    return found
+    size = 0
+    # Rows are stepped through, not fetched at once, so stopping early
+    # leaves the rest unread.
+    rows = conn.execute(" UNION ALL ".join(parts) + " ORDER BY 1", params)
+    try:
+        for seq, kind, reader_id, ref_id, type_, body, summary, created_at in rows:
+            if kind == KIND_INTERACTION:
+                record = InteractionRecord(seq, ref_id, reader_id, type_, body, summary, created_at)
+                found.append(Event(seq, kind, reader_id, created_at, summary, record))
+            else:
+                found.append(Event(seq, kind, reader_id, created_at, summary, None, json.loads(body)))
+            size += len(body) + len(summary)
+            if max_bytes is not None and size >= max_bytes and seq < upto:
+                return found, int(seq)
+    finally:
+        rows.close()
+    return found, upto

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import apsw
@@ -66,3 +67,20 @@ def touch_sessions(conn: apsw.Connection, touches: Iterable[tuple[str, str]]) ->
         "UPDATE sessions SET last_active_at = ?2 WHERE id = ?1 AND last_active_at < ?2",
         list(touches),
     )
+
+
+def ended_sessions(conn: apsw.Connection, session_ids: list[str], now: str) -> list[tuple[str, str]]:
+    """Of these sessions, those that no longer authenticate, each with why:
+    'missing', 'revoked', 'inactive' (the account) or 'expired'. One query
+    for all of them, by primary key."""
+    active = "CASE s.actor_type WHEN 'reader' THEN u.is_active ELSE c.is_active END"
+    return [(str(session_id), str(why)) for session_id, why in fetch_all(
+        conn,
+        "SELECT j.value, CASE WHEN s.id IS NULL THEN 'missing' WHEN s.revoked_at IS NOT NULL THEN 'revoked' "
+        f"WHEN NOT coalesce({active}, 0) THEN 'inactive' ELSE 'expired' END "
+        "FROM json_each(?) j LEFT JOIN sessions s ON s.id = j.value "
+        "LEFT JOIN users u ON s.actor_type = 'reader' AND u.id = s.actor_id "
+        "LEFT JOIN consultants c ON s.actor_type = 'consultant' AND c.id = s.actor_id "
+        f"WHERE s.id IS NULL OR s.revoked_at IS NOT NULL OR NOT coalesce({active}, 0) OR s.expires_at <= ?",
+        (json.dumps(session_ids), now),
+    )]

@@ -190,6 +190,10 @@ class Store:
     async def session_by_token_hash(self, token_hash: bytes) -> SessionRecord | None:
         return await self.reads.run(lambda conn: sessions.session_by_token_hash(conn, token_hash))
 
+    async def ended_sessions(self, session_ids: list[str], now: str) -> list[tuple[str, str]]:
+        """(session id, why) for each of these that no longer authenticates."""
+        return await self.reads.run(lambda conn: sessions.ended_sessions(conn, session_ids, now))
+
     async def end_session(self, session_id: str, reason: str) -> None:
         await self.writer.submit(lambda conn: sessions.revoke_session(conn, session_id, reason))
 
@@ -241,8 +245,11 @@ class Store:
 
     # --- events ------------------------------------------------------------------
 
-    async def replay(self, after: int, upto: int, wanted: EventFilter) -> list[Event]:
-        return await self.reads.run(lambda conn: events.replay(conn, after, upto, wanted))
+    async def replay(self, after: int, upto: int, wanted: EventFilter,
+                     max_bytes: int | None = None) -> tuple[list[Event], int]:
+        """Events after `after` up to `upto`, at most about `max_bytes` of
+        them, and the seq they reach (see `events.replay`)."""
+        return await self.reads.run(lambda conn: events.replay(conn, after, upto, wanted, max_bytes))
 
     async def history_floor(self) -> int:
         return await self.reads.run(events.history_floor)
