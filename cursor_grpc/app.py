@@ -11,9 +11,9 @@ from cursor_grpc.config import Settings
 from cursor_grpc.errors import Unauthenticated
 from cursor_grpc.live.broadcaster import Broadcaster
 from cursor_grpc.live.presence import PresenceSweeper
-from cursor_grpc.ops.dblock import DatabaseLock
-from cursor_grpc.ops.housekeeping import Operations
-from cursor_grpc.storage.store import Store
+from cursor_grpc.storage import Store, open_store
+from cursor_grpc.storage.sqlite.dblock import DatabaseLock
+from cursor_grpc.storage.sqlite.housekeeping import Operations
 
 
 class App:
@@ -22,7 +22,7 @@ class App:
         # Held while serving: a second server or a restore on this database refuses to start.
         self.db_lock = DatabaseLock(settings.storage.path).acquire_exclusive("serve")
         try:
-            self.store = Store(settings.storage)
+            self.store: Store = open_store(settings.storage)
         except BaseException:
             self.db_lock.release()
             raise

@@ -49,8 +49,8 @@ def _require_current_schema(settings: Settings) -> None:
     """Refuse, with a clear MigrationError, a database that is missing or not
     migrated, before anything opens (and so creates) it for writing. The
     store checks again when it opens; this check only reads."""
-    from cursor_grpc.storage.connection import fetch_all, open_connection
-    from cursor_grpc.storage.migrations import MigrationError, verify_current
+    from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+    from cursor_grpc.storage.sqlite.migrations import MigrationError, verify_current
 
     path = settings.storage.path
     hint = "run `cursor-grpc migrate` first (or serve with --migrate)"
@@ -66,9 +66,9 @@ def _require_current_schema(settings: Settings) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from cursor_grpc.ops.dblock import DatabaseLock
     from cursor_grpc.server import serve_forever
-    from cursor_grpc.storage.store import apply_migrations
+    from cursor_grpc.storage.sqlite.dblock import DatabaseLock
+    from cursor_grpc.storage.sqlite.store import apply_migrations
 
     settings = _settings(args)
     if bool(settings.tls_cert) != bool(settings.tls_key):
@@ -92,8 +92,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from cursor_grpc.ops.commands import cmd_migrate
-    from cursor_grpc.ops.dblock import DatabaseLock
-    from cursor_grpc.storage.store import apply_migrations
+    from cursor_grpc.storage.sqlite.dblock import DatabaseLock
+    from cursor_grpc.storage.sqlite.store import apply_migrations
 
     settings = _settings(args)
     # --status / --dry-run change nothing; applying takes a verified backup
@@ -122,9 +122,9 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
     from cursor_grpc import validation
     from cursor_grpc.auth.passwords import Passwords, check_password_rules
     from cursor_grpc.errors import CursorError
-    from cursor_grpc.storage import accounts
-    from cursor_grpc.storage.audit import write_audit
-    from cursor_grpc.storage.store import Store
+    from cursor_grpc.storage.sqlite import accounts
+    from cursor_grpc.storage.sqlite.audit import write_audit
+    from cursor_grpc.storage.sqlite.store import SQLiteStore
 
     settings = _settings(args)
     _require_current_schema(settings)
@@ -139,7 +139,7 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
     passwords = Passwords(settings.auth, workers=1)
     password_hash = passwords.hash_sync(password)
     passwords.close()
-    store = Store(settings.storage)
+    store = SQLiteStore(settings.storage)
     try:
         def write(conn: object) -> str:
             if accounts.count_admins(conn) and not args.additional:  # type: ignore[arg-type]
@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level, args.log_format)
     from cursor_grpc.config import ConfigError
-    from cursor_grpc.ops.dblock import DatabaseInUse
-    from cursor_grpc.storage.migrations import MigrationError
+    from cursor_grpc.storage.sqlite.dblock import DatabaseInUse
+    from cursor_grpc.storage.sqlite.migrations import MigrationError
 
     try:
         return int(args.func(args))

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
@@ -40,7 +38,7 @@ from prometheus_client.registry import Collector
 from cursor_grpc.config import ConfigError
 
 if TYPE_CHECKING:
-    from cursor_grpc.storage.store import Store
+    from cursor_grpc.storage import Store
 
 log = logging.getLogger("cursor.metrics")
 
@@ -128,13 +126,6 @@ def observe_batch(tasks: int, seconds: float) -> None:
 # --- gauges read at scrape time ----------------------------------------------------
 
 
-def _file_size(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
 class StorageCollector(Collector):
     """Writer queue depth, busy/locked retries, database and WAL file sizes of
     the bound store (the last one bound: one per process outside tests)."""
@@ -172,13 +163,13 @@ class StorageCollector(Collector):
         db_size = GaugeMetricFamily("cursor_db_size_bytes", "Size of the main database file.")
         wal_size = GaugeMetricFamily("cursor_db_wal_size_bytes", "Size of the database's WAL file.")
         if store is not None:
-            path = Path(store.settings.path)
-            depth.add_metric([], store.writer.queue_depth())
-            retries.add_metric([], store.writer.busy_retries)
-            for reason, count in sorted(store.writer.refused_writes.items()):
+            stats = store.stats()
+            depth.add_metric([], stats.queue_depth)
+            retries.add_metric([], stats.busy_retries)
+            for reason, count in sorted(stats.refused_writes.items()):
                 refused.add_metric([reason], count)
-            db_size.add_metric([], _file_size(path))
-            wal_size.add_metric([], _file_size(path.with_name(path.name + "-wal")))
+            db_size.add_metric([], stats.size_bytes)
+            wal_size.add_metric([], stats.log_bytes)
         return [depth, retries, refused, db_size, wal_size]
 
 
@@ -188,8 +179,7 @@ REGISTRY.register(STORAGE)
 
 def bind_store(store: Store) -> None:
     """Feed the writer histograms from this store and report its gauges."""
-    if observe_batch not in store.writer.batch_observers:
-        store.writer.batch_observers.append(observe_batch)
+    store.observe_commits(observe_batch)
     STORAGE.bind(store)
 
 

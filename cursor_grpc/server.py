@@ -199,7 +199,7 @@ def _report_writer_failure(app: App, health: health_aio.HealthServicer) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed: the process is ending anyway
             asyncio.run_coroutine_threadsafe(not_serving(), loop)
 
-    app.store.writer.on_failure(stopped)
+    app.store.on_failure(stopped)
 
 
 async def wait_for_stop_signal() -> None:

@@ -25,7 +25,7 @@ from cursor.v1 import (
 from cursor_grpc import cli
 from cursor_grpc.config import AuthSettings, Settings, StorageSettings
 from cursor_grpc.server import RunningServer, start_server
-from cursor_grpc.storage.store import apply_migrations
+from cursor_grpc.storage.sqlite.store import apply_migrations
 
 PASSWORD = "correct horse battery staple"
 ADMIN_EMAIL = "admin@example.com"

@@ -21,7 +21,7 @@ from cursor.v1 import auth_service_pb2 as pb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.store import apply_migrations
+from cursor_grpc.storage.sqlite.store import apply_migrations
 from tests import conftest
 from tests.conftest import PASSWORD, Client, Harness, bearer
 from tests.helpers import db_rows, error_details, error_reason, retry_delay, rpc_error, table_count

@@ -23,9 +23,9 @@ from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
 from cursor_grpc import cli
-from cursor_grpc.ops.backup import inspect_database, list_backups, manifest_path_for, verify_backup
-from cursor_grpc.ops.files import sha256_file
-from cursor_grpc.storage.migrations import load_migrations
+from cursor_grpc.storage.sqlite.backup import inspect_database, list_backups, manifest_path_for, verify_backup
+from cursor_grpc.storage.sqlite.files import sha256_file
+from cursor_grpc.storage.sqlite.migrations import load_migrations
 from tests.conftest import PASSWORD, Harness
 from tests.helpers import table_count
 from tests.ops_support import WriteLoad, bulk_record, new_reader, record, run_cli, start_server

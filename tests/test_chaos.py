@@ -34,7 +34,7 @@ from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.store import apply_migrations
+from cursor_grpc.storage.sqlite.store import apply_migrations
 from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, create_admin
 from tests.helpers import db_rows
 from tests.ops_support import FAST_AUTH_ENV, new_reader

@@ -18,7 +18,7 @@ from typing import Any
 import apsw
 import pytest
 
-from cursor_grpc.storage.migrations import load_migrations
+from cursor_grpc.storage.sqlite.migrations import load_migrations
 from tests.helpers import db_rows
 from tests.procs import ServerProcess
 

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from cursor.v1 import admin_service_pb2, auth_service_pb2, consultant_service_pb2, reader_service_pb2, resources_pb2
 from cursor_grpc.config import AuthSettings, StorageSettings
-from cursor_grpc.storage.store import apply_migrations
+from cursor_grpc.storage.sqlite.store import apply_migrations
 from tests import conftest
 from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, ServerThread, bearer, create_admin
 from tests.test_access import service_descriptors

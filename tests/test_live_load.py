@@ -26,7 +26,7 @@ from tests.procs import ServerProcess
 
 def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> ServerProcess:
     from cursor_grpc.config import StorageSettings
-    from cursor_grpc.storage.store import apply_migrations
+    from cursor_grpc.storage.sqlite.store import apply_migrations
 
     db = tmp_path / "live.db"
     apply_migrations(StorageSettings(path=db))

@@ -22,7 +22,7 @@ from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor_grpc import logging_setup, metrics
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.connection import open_connection
+from cursor_grpc.storage.sqlite.connection import open_connection
 from tests.conftest import PASSWORD, Client
 from tests.helpers import rpc_error
 from tests.ops_support import WriteLoad, new_reader, record, run_cli, start_server

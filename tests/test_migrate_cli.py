@@ -15,11 +15,11 @@ import apsw
 import pytest
 
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.ops.backup import list_backups, verify_backup
-from cursor_grpc.ops.files import sha256_file
-from cursor_grpc.ops.rebuild import TableRebuild, rebuild_table
-from cursor_grpc.storage.connection import open_connection
-from cursor_grpc.storage.migrations import load_migrations, migrate
+from cursor_grpc.storage.sqlite.backup import list_backups, verify_backup
+from cursor_grpc.storage.sqlite.connection import open_connection
+from cursor_grpc.storage.sqlite.files import sha256_file
+from cursor_grpc.storage.sqlite.migrations import load_migrations, migrate
+from cursor_grpc.storage.sqlite.rebuild import TableRebuild, rebuild_table
 from tests.helpers import db_rows
 from tests.ops_support import run_cli
 
@@ -150,8 +150,8 @@ def test_a_migration_that_cannot_apply_changes_nothing(tmp_path: Path) -> None:
 _REBUILD_SCRIPT = """
 import sys
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.ops.rebuild import TableRebuild, rebuild_table
-from cursor_grpc.storage.connection import open_connection
+from cursor_grpc.storage.sqlite.rebuild import TableRebuild, rebuild_table
+from cursor_grpc.storage.sqlite.connection import open_connection
 conn = open_connection(StorageSettings(path={db!r}))
 rebuild_table(conn, TableRebuild("interactions", {definition!r}, chunk_rows=200), pause_seconds=0.05)
 """

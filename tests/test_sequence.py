@@ -10,7 +10,7 @@ from pathlib import Path
 from cursor_grpc.clock import new_id
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.storage.records import NewInteractionData
-from cursor_grpc.storage.store import Store, apply_migrations
+from cursor_grpc.storage.sqlite.store import SQLiteStore, apply_migrations
 
 
 def item(n: int) -> NewInteractionData:
@@ -20,7 +20,7 @@ def item(n: int) -> NewInteractionData:
 def test_two_writers_on_one_file_never_share_a_seq(tmp_path: Path) -> None:
     settings = StorageSettings(path=tmp_path / "two.db")
     apply_migrations(settings)
-    first, second = Store(settings), Store(settings)
+    first, second = SQLiteStore(settings), SQLiteStore(settings)
 
     async def go() -> list[int]:
         reader = await first.create_reader("ann@example.com", "x", "Ann")

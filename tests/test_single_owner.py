@@ -13,7 +13,7 @@ import pytest
 
 from cursor.v1 import auth_service_pb2 as apb
 from cursor.v1 import auth_service_pb2_grpc
-from cursor_grpc.ops.dblock import DatabaseInUse
+from cursor_grpc.storage.sqlite.dblock import DatabaseInUse
 from tests import conftest
 from tests.ops_support import run_cli
 from tests.procs import ServerProcess

@@ -21,8 +21,8 @@ from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2 as pb
 from cursor_grpc.config import LiveSettings, StorageSettings
-from cursor_grpc.storage.events import EventFilter
-from cursor_grpc.storage.store import apply_migrations
+from cursor_grpc.storage.records import EventFilter
+from cursor_grpc.storage.sqlite.store import apply_migrations
 from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, Harness, bearer, create_admin
 from tests.helpers import db_rows, error_details, error_reason
 from tests.procs import ServerProcess

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from cursor_grpc.live.broadcaster import Encoded, Subscription
-from cursor_grpc.storage.events import EventFilter
+from cursor_grpc.storage.records import EventFilter
 
 
 def test_news_arriving_as_the_wait_times_out_is_not_reported_as_quiet() -> None:

@@ -183,7 +183,7 @@ def test_optimize_and_vacuum_on_schedule(tmp_path: Path) -> None:
     enough of the file is free pages, and then gives them back."""
     from cursor_grpc import metrics
     from cursor_grpc.config import OpsSettings, StorageSettings
-    from cursor_grpc.storage.store import apply_migrations
+    from cursor_grpc.storage.sqlite.store import apply_migrations
     from tests.conftest import ServerThread, test_settings
 
     db = tmp_path / "vac.db"

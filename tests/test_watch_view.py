@@ -28,7 +28,7 @@ from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2 as pb
 from cursor_grpc import cli
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.store import apply_migrations
+from cursor_grpc.storage.sqlite.store import apply_migrations
 from cursor_grpc.watch_view import WatchClient, WatchModel, WatchView
 from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, Harness, bearer, create_admin
 from tests.procs import ServerProcess

@@ -27,7 +27,7 @@ from cursor.v1 import reader_service_pb2 as rpb
 from cursor_grpc import metrics
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import Unavailable
-from cursor_grpc.storage.writer import Writer
+from cursor_grpc.storage.sqlite.writer import Writer
 from tests.helpers import error_reason, table_count
 from tests.streams import StreamReader
 

@@ -27,8 +27,8 @@ from cursor_grpc.auth.passwords import Passwords
 from cursor_grpc.auth.sessions import hash_token
 from cursor_grpc.clock import iso_from_ns, new_id, now_iso
 from cursor_grpc.config import AuthSettings, StorageSettings
-from cursor_grpc.storage.connection import open_connection
-from cursor_grpc.storage.store import apply_migrations
+from cursor_grpc.storage.sqlite.connection import open_connection
+from cursor_grpc.storage.sqlite.store import apply_migrations
 
 # The same password for every bench account; never used outside a temp database.
 BENCH_PASSWORD = "bench password, temp databases only"  # noqa: S105

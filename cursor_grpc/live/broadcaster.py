@@ -25,8 +25,8 @@ from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, InvalidArgument, OutOfRange
 from cursor_grpc.live.stream_limits import StreamLimits
 from cursor_grpc.services import convert
-from cursor_grpc.storage.events import Event, EventFilter
-from cursor_grpc.storage.store import Store
+from cursor_grpc.storage import Store
+from cursor_grpc.storage.records import Event, EventFilter
 
 log = logging.getLogger("cursor.live")
 
@@ -164,7 +164,7 @@ class Broadcaster:
         # Highest seq handed to the streams; everything at or below it is
         # committed, and every stream has it in its buffer or has caught up
         # past it. Committed events waiting for the flush are above it.
-        self.head = store.last_seq
+        self.head = store.head
         self._settings = settings
         self._subscriptions: set[Subscription] = set()
         self._limits = StreamLimits(settings)
@@ -175,7 +175,7 @@ class Broadcaster:
         # Pacing (see LiveSettings); plain attributes, so they can be tuned live.
         self.min_interval = settings.fanout_interval_seconds
         self.messages_per_second = settings.fanout_messages_per_second
-        store.on_events(self.from_writer)
+        store.on_commit(self.from_writer)
 
     # --- cursors -----------------------------------------------------------
 

@@ -8,7 +8,7 @@ import contextlib
 import logging
 
 from cursor_grpc.config import LiveSettings
-from cursor_grpc.storage.store import Store
+from cursor_grpc.storage import Store
 
 log = logging.getLogger("cursor.live.presence")
 

@@ -17,7 +17,7 @@ from cursor_grpc.auth.sessions import Principal, SessionManager, session_ended
 from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, ResourceExhausted, Unauthenticated
 from cursor_grpc.live.broadcaster import Broadcaster, Encoded, Subscription
-from cursor_grpc.storage.store import Store
+from cursor_grpc.storage import Store
 
 # Most sequence numbers one replay query covers (it also stops at
 # `LiveSettings.replay_page_bytes`).

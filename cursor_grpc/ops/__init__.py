@@ -1,3 +1,3 @@
-"""Operations: backups and restore, archival, WAL housekeeping, the
-scheduler that runs them inside `serve`, and the lock that keeps `restore`
-away from a running server. See docs/operations.md."""
+"""The operations commands of `cursor-grpc` (backup, restore, archive,
+migrate): argument parsing and what they print. The work itself belongs to
+the storage backend (`cursor_grpc.storage.sqlite`). See docs/operations.md."""

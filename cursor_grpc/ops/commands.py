@@ -65,14 +65,14 @@ def apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 def _backup_dir(settings: Settings) -> Path:
-    from cursor_grpc.ops.files import default_dir
+    from cursor_grpc.storage.sqlite.files import default_dir
 
     return default_dir(Path(settings.storage.path), settings.ops.backup_dir, "backups")
 
 
 def cmd_backup(settings: Settings) -> int:
     from cursor_grpc import metrics
-    from cursor_grpc.ops.backup import BackupError, prune_backups, take_backup
+    from cursor_grpc.storage.sqlite.backup import BackupError, prune_backups, take_backup
 
     metrics.BACKUP_RUNS.inc()
     target = _backup_dir(settings)
@@ -99,8 +99,8 @@ def cmd_backup(settings: Settings) -> int:
 
 
 def cmd_restore(backup: Path, db_path: Path) -> int:
-    from cursor_grpc.ops.backup import BackupError, DatabaseInUse, restore_backup
-    from cursor_grpc.storage.migrations import load_migrations
+    from cursor_grpc.storage.sqlite.backup import BackupError, DatabaseInUse, restore_backup
+    from cursor_grpc.storage.sqlite.migrations import load_migrations
 
     try:
         result = restore_backup(backup, db_path)
@@ -122,13 +122,13 @@ def cmd_restore(backup: Path, db_path: Path) -> int:
 
 def cmd_archive(settings: Settings) -> int:
     from cursor_grpc import metrics
-    from cursor_grpc.ops.archive import ArchiveError, run_archive
-    from cursor_grpc.ops.files import default_dir
-    from cursor_grpc.storage.store import Store
+    from cursor_grpc.storage.sqlite.archive import ArchiveError, run_archive
+    from cursor_grpc.storage.sqlite.files import default_dir
+    from cursor_grpc.storage.sqlite.store import SQLiteStore
 
     target = default_dir(Path(settings.storage.path), settings.ops.archive_dir, "archive")
     metrics.ARCHIVE_RUNS.inc()
-    store = Store(settings.storage)
+    store = SQLiteStore(settings.storage)
     try:
         stats = run_archive(settings.storage, store.writer.submit_sync, target,
                             retention_days=settings.ops.archive_retention_days,
@@ -149,7 +149,7 @@ def cmd_archive(settings: Settings) -> int:
 def _has_tables(path: Path) -> bool:
     import apsw
 
-    from cursor_grpc.storage.connection import fetch_all
+    from cursor_grpc.storage.sqlite.connection import fetch_all
 
     if not path.exists() or path.stat().st_size == 0:
         return False
@@ -162,8 +162,8 @@ def _has_tables(path: Path) -> bool:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace,
                 apply: Callable[[], list[str]]) -> int:
-    from cursor_grpc.storage.connection import fetch_all, open_connection
-    from cursor_grpc.storage.migrations import load_migrations, plan, status
+    from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+    from cursor_grpc.storage.sqlite.migrations import load_migrations, plan, status
 
     path = Path(settings.storage.path)
     known = load_migrations()
@@ -208,7 +208,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace,
         finally:
             conn.close()
         if pending:
-            from cursor_grpc.ops.backup import BackupError, take_backup
+            from cursor_grpc.storage.sqlite.backup import BackupError, take_backup
 
             try:
                 result = take_backup(settings.storage, _backup_dir(settings), method=settings.ops.backup_method,
@@ -254,7 +254,7 @@ def add_commands(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
 
 
 def _archive(settings: Settings) -> int:
-    from cursor_grpc.storage.migrations import MigrationError
+    from cursor_grpc.storage.sqlite.migrations import MigrationError
 
     path = Path(settings.storage.path)
     if not path.exists():

@@ -22,8 +22,7 @@ from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied, quoted
 from cursor_grpc.services import convert
 from cursor_grpc.services.reader import profile_update
-from cursor_grpc.storage.audit import AuditQuery
-from cursor_grpc.storage.store import Actor
+from cursor_grpc.storage.records import Actor, AuditQuery
 
 log = logging.getLogger("cursor.admin")
 Context = aio.ServicerContext[Any, Any]

@@ -18,8 +18,7 @@ from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.errors import InvalidArgument
 from cursor_grpc.services import convert
 from cursor_grpc.services.reader import list_interactions_page, list_messages_page, open_stream
-from cursor_grpc.storage.events import EventFilter
-from cursor_grpc.storage.store import Actor
+from cursor_grpc.storage.records import Actor, EventFilter
 
 Context = aio.ServicerContext[Any, Any]
 MAX_WINDOW_SECONDS = 7 * 24 * 3600

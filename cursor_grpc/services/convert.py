@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from cursor.v1 import resources_pb2 as pb
 from cursor_grpc.clock import timestamp_from_iso
-from cursor_grpc.storage.audit import AuditRecord
-from cursor_grpc.storage.consents import ConsentRecord
-from cursor_grpc.storage.events import Event
-from cursor_grpc.storage.messages import MessageRecord, ReadPosition
-from cursor_grpc.storage.records import ConsultantRecord, InteractionRecord, ReaderRecord, ReaderStateRecord
+from cursor_grpc.storage.records import (
+    AuditRecord,
+    ConsentRecord,
+    ConsultantRecord,
+    Event,
+    InteractionRecord,
+    MessageRecord,
+    ReaderRecord,
+    ReaderStateRecord,
+    ReadPosition,
+)
 
 READER_STATUS = {
     "active": pb.READER_STATUS_ACTIVE,

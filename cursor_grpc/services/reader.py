@@ -20,10 +20,16 @@ from cursor_grpc.clock import new_id
 from cursor_grpc.errors import AlreadyExists, CursorError, InvalidArgument, PermissionDenied, quoted
 from cursor_grpc.live.streams import Tail, run_stream
 from cursor_grpc.services import convert
-from cursor_grpc.storage.consents import ConsentRecord
-from cursor_grpc.storage.events import KIND_INTERACTION, KIND_PRESENCE, KIND_STATE, EventFilter
-from cursor_grpc.storage.records import NewInteractionData, RecordOutcome
-from cursor_grpc.storage.store import Actor
+from cursor_grpc.storage.records import (
+    KIND_INTERACTION,
+    KIND_PRESENCE,
+    KIND_STATE,
+    Actor,
+    ConsentRecord,
+    EventFilter,
+    NewInteractionData,
+    RecordOutcome,
+)
 
 Context = aio.ServicerContext[Any, Any]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
@@ -101,3 +101,201 @@ class SessionRecord:
     revoked_at: str | None
     account_active: bool
     role: str
+
+
+# --- messages --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: str
+    reader_id: str
+    consultant_id: str | None
+    direction: str  # 'to_reader' | 'from_reader' | 'system'
+    body: str
+    created_at: str
+    read_at: str | None
+    seq: int
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "consultant_id": self.consultant_id, "direction": self.direction, "body": self.body,
+            "created_at": self.created_at, "read_at": self.read_at, "seq": self.seq,
+        }
+
+    @classmethod
+    def from_data(cls, reader_id: str, data: dict[str, Any]) -> MessageRecord:
+        return cls(data["id"], reader_id, data["consultant_id"], data["direction"], data["body"],
+                   data["created_at"], data["read_at"], data["seq"])
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPosition:
+    reader_id: str
+    participant_type: str
+    participant_id: str
+    last_read_seq: int
+
+
+# --- consents --------------------------------------------------------------
+
+
+SCOPE_STATE = "state"
+
+
+SCOPE_INTERACTIONS = "state_and_interactions"
+
+
+SCOPES = (SCOPE_STATE, SCOPE_INTERACTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRecord:
+    id: str
+    granter_id: str
+    grantee_id: str
+    scope: str  # 'state' | 'state_and_interactions'
+    created_at: str
+    revoked_at: str | None
+
+    @property
+    def shares_interactions(self) -> bool:
+        return self.scope == SCOPE_INTERACTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class GrantOutcome:
+    """What GrantConsent did: the live consent, and the one it replaced."""
+
+    consent: ConsentRecord
+    replaced: ConsentRecord | None
+    changed: bool
+
+
+# --- audit -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: str
+    actor_type: str  # 'reader' | 'consultant' | 'system'
+    actor_id: str | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    details: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters of ListAuditLogs; None means any. `target_id` is matched only
+    when `target_type` is set; a target_type with target_id None matches rows
+    that name no id (e.g. a watch of all readers)."""
+
+    actor_type: str | None = None
+    actor_id: str | None = None
+    action: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    start: str | None = None  # created_at >= start
+    end: str | None = None  # created_at < end
+
+
+# --- events ----------------------------------------------------------------
+
+
+KIND_INTERACTION = "interaction"
+
+
+KIND_STATE = "state"
+
+
+KIND_MESSAGE = "message"
+
+
+KIND_MESSAGE_READ = "message_read"
+
+
+KIND_PRESENCE = "presence"
+
+
+ALL_KINDS = frozenset({KIND_INTERACTION, KIND_STATE, KIND_MESSAGE, KIND_MESSAGE_READ, KIND_PRESENCE})
+
+
+@dataclass(slots=True)
+class Event:
+    """One committed event. `interaction` is set for interaction events;
+    `data` holds the stored object of every other kind."""
+
+    seq: int
+    kind: str
+    reader_id: str
+    created_at: str
+    summary: str = ""
+    interaction: InteractionRecord | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def interaction_type(self) -> str | None:
+        return self.interaction.type if self.interaction is not None else None
+
+
+@dataclass(slots=True)
+class Evented:
+    """A write result that carries the events it committed."""
+
+    value: Any
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a stream wants. Empty sets mean everything."""
+
+    reader_ids: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset()
+    interaction_types: frozenset[str] = frozenset()
+
+    def matches(self, event: Event) -> bool:
+        if self.reader_ids and event.reader_id not in self.reader_ids:
+            return False
+        if self.kinds and event.kind not in self.kinds:
+            return False
+        return not (
+            self.interaction_types
+            and event.kind == KIND_INTERACTION
+            and event.interaction_type not in self.interaction_types
+        )
+
+    @property
+    def everything(self) -> bool:
+        return not (self.reader_ids or self.kinds or self.interaction_types)
+
+
+# --- store -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who does a write, for the audit log."""
+
+    type: str  # 'reader' | 'consultant' | 'system'
+    id: str | None
+
+
+SYSTEM = Actor("system", None)
+
+
+# --- history ---------------------------------------------------------------
+
+
+@dataclass
+class HistoryPage:
+    records: list[InteractionRecord]
+    # seqs of the returned records that came from archive files
+    archived: set[int]
+
+    @property
+    def includes_archived(self) -> bool:
+        return bool(self.archived)

@@ -3,58 +3,26 @@ consultant-set reader status. Every change commits with its event."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
 
 from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.errors import NotFound
-from cursor_grpc.storage.accounts import STATE_COLUMNS
-from cursor_grpc.storage.connection import fetch_all
-from cursor_grpc.storage.events import (
+from cursor_grpc.storage.records import (
     KIND_MESSAGE,
     KIND_MESSAGE_READ,
     KIND_STATE,
     Evented,
-    SequenceAllocator,
-    insert_event,
-    state_data,
+    MessageRecord,
+    ReaderStateRecord,
+    ReadPosition,
 )
-from cursor_grpc.storage.records import ReaderStateRecord
+from cursor_grpc.storage.sqlite.accounts import STATE_COLUMNS
+from cursor_grpc.storage.sqlite.connection import fetch_all
+from cursor_grpc.storage.sqlite.events import SequenceAllocator, insert_event, state_data
 
 MESSAGE_COLUMNS = "id, reader_id, consultant_id, direction, body, created_at, read_at, seq"
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRecord:
-    id: str
-    reader_id: str
-    consultant_id: str | None
-    direction: str  # 'to_reader' | 'from_reader' | 'system'
-    body: str
-    created_at: str
-    read_at: str | None
-    seq: int
-
-    def data(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "consultant_id": self.consultant_id, "direction": self.direction, "body": self.body,
-            "created_at": self.created_at, "read_at": self.read_at, "seq": self.seq,
-        }
-
-    @classmethod
-    def from_data(cls, reader_id: str, data: dict[str, Any]) -> MessageRecord:
-        return cls(data["id"], reader_id, data["consultant_id"], data["direction"], data["body"],
-                   data["created_at"], data["read_at"], data["seq"])
-
-
-@dataclass(frozen=True, slots=True)
-class ReadPosition:
-    reader_id: str
-    participant_type: str
-    participant_id: str
-    last_read_seq: int
 
 
 def _require_reader(conn: apsw.Connection, reader_id: str) -> None:

@@ -8,43 +8,16 @@ so a row's scope never changes and the table is the history of every grant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
 
 from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.errors import InvalidArgument, NotFound, PermissionDenied
-from cursor_grpc.storage.connection import fetch_all
-
-SCOPE_STATE = "state"
-SCOPE_INTERACTIONS = "state_and_interactions"
-SCOPES = (SCOPE_STATE, SCOPE_INTERACTIONS)
+from cursor_grpc.storage.records import SCOPES, ConsentRecord, GrantOutcome
+from cursor_grpc.storage.sqlite.connection import fetch_all
 
 CONSENT_COLUMNS = "id, granter_id, grantee_id, scope, created_at, revoked_at"
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentRecord:
-    id: str
-    granter_id: str
-    grantee_id: str
-    scope: str  # 'state' | 'state_and_interactions'
-    created_at: str
-    revoked_at: str | None
-
-    @property
-    def shares_interactions(self) -> bool:
-        return self.scope == SCOPE_INTERACTIONS
-
-
-@dataclass(frozen=True, slots=True)
-class GrantOutcome:
-    """What GrantConsent did: the live consent, and the one it replaced."""
-
-    consent: ConsentRecord
-    replaced: ConsentRecord | None
-    changed: bool
 
 
 def live_consent(conn: apsw.Connection, granter_id: str, grantee_id: str) -> ConsentRecord | None:

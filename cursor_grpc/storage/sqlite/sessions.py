@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import apsw
 
 from cursor_grpc.clock import new_id, now_iso
-from cursor_grpc.storage.connection import fetch_all
 from cursor_grpc.storage.records import SessionRecord
+from cursor_grpc.storage.sqlite.connection import fetch_all
 
 _SELECT = """
 SELECT s.id, s.actor_type, s.actor_id, s.created_at, s.last_active_at, s.expires_at, s.revoked_at,

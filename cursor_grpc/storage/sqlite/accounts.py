@@ -10,8 +10,8 @@ import apsw
 
 from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.errors import AlreadyExists, FailedPrecondition, NotFound
-from cursor_grpc.storage.connection import fetch_all
 from cursor_grpc.storage.records import ConsultantRecord, Credential, ReaderRecord, ReaderStateRecord
+from cursor_grpc.storage.sqlite.connection import fetch_all
 
 READER_COLUMNS = """
     u.id, u.email, u.display_name, u.is_active, u.created_at,
@@ -199,7 +199,6 @@ def set_active(conn: apsw.Connection, kind: str, account_id: str, active: bool) 
 
 def count_admins(conn: apsw.Connection) -> int:
     return int(fetch_all(conn, "SELECT count(*) FROM consultants WHERE role = 'admin' AND is_active = 1")[0][0])
-
 
 
 def get_reader_metadata(conn: apsw.Connection, reader_id: str) -> str:

@@ -8,7 +8,7 @@ corrupt data written by a newer or different version.
 
 A migration may also be a Python file `NNNN_name.py` defining
 `migrate(conn, record)`: it manages its own transactions (for changes too
-large for one, see cursor_grpc/ops/rebuild.py) and calls `record(conn)`
+large for one, see cursor_grpc/storage/sqlite/rebuild.py) and calls `record(conn)`
 inside its last transaction, so the change and its ledger row commit
 together. Its checksum is that of its source text.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import apsw
 
 from cursor_grpc.clock import now_iso
-from cursor_grpc.storage.connection import fetch_all
+from cursor_grpc.storage.sqlite.connection import fetch_all
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.(sql|py)$")
 
@@ -67,7 +67,7 @@ class Migration:
 def migrations_dir() -> Path:
     """The folder of SQL files: the repository's `migrations/` when run from
     a checkout, the packaged copy otherwise."""
-    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    checkout = Path(__file__).resolve().parents[3] / "migrations"
     if checkout.is_dir():
         return checkout
     return Path(str(importlib.resources.files("cursor_grpc.sql")))

@@ -47,9 +47,9 @@ import apsw
 
 from cursor_grpc.clock import now_iso
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.ops.dblock import DatabaseInUse, DatabaseLock
-from cursor_grpc.ops.files import fsync_dir, fsync_file, sha256_file, sqlite_side_files, write_json_atomic
-from cursor_grpc.storage.connection import fetch_all, open_connection
+from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+from cursor_grpc.storage.sqlite.dblock import DatabaseInUse, DatabaseLock
+from cursor_grpc.storage.sqlite.files import fsync_dir, fsync_file, sha256_file, sqlite_side_files, write_json_atomic
 
 log = logging.getLogger("cursor.ops.backup")
 
@@ -131,7 +131,7 @@ def inspect_database(path: Path) -> dict[str, Any]:
         problems = [str(r[0]) for r in fetch_all(conn, "PRAGMA integrity_check(20)")]
         if problems != ["ok"]:
             raise BackupError(f"{path.name}: integrity_check failed: {'; '.join(problems)}")
-        tables = {name: int(fetch_all(conn, f"SELECT count(*) FROM {_quote(name)}")[0][0])  # noqa: S608
+        tables = {name: int(fetch_all(conn, f"SELECT count(*) FROM {_quote(name)}")[0][0])
                   for name in _tables(conn)}
         migrations: list[str] = []
         if "schema_migrations" in tables:

@@ -12,22 +12,18 @@ from typing import Any
 import apsw
 
 from cursor_grpc.clock import iso_from_ns
-from cursor_grpc.storage.connection import fetch_all
-from cursor_grpc.storage.events import (
+from cursor_grpc.storage.records import (
     KIND_INTERACTION,
     KIND_PRESENCE,
     KIND_STATE,
     Event,
-    SequenceAllocator,
-    insert_event,
-    state_data,
-)
-from cursor_grpc.storage.records import (
     InteractionRecord,
     NewInteractionData,
     ReaderStateRecord,
     RecordOutcome,
 )
+from cursor_grpc.storage.sqlite.connection import fetch_all
+from cursor_grpc.storage.sqlite.events import SequenceAllocator, insert_event, state_data
 
 INTERACTION_COLUMNS = "seq, id, user_id, type, payload, summary, created_at"
 
@@ -183,7 +179,7 @@ def list_interactions(
 ) -> list[InteractionRecord]:
     """Newest first, keyset on seq. `reader_id=None` lists every reader's.
     `schema` names an ATTACHed archive file to read instead of the main
-    database (cursor_grpc/ops/history.py walks history into archives)."""
+    database (cursor_grpc/storage/sqlite/history.py walks history into archives)."""
     if not schema.isidentifier():
         raise ValueError(f"not a schema name: {schema!r}")
     clauses: list[str] = []

@@ -51,10 +51,10 @@ import apsw
 
 from cursor_grpc import metrics
 from cursor_grpc.config import Settings, StorageSettings
-from cursor_grpc.ops.archive import run_archive
-from cursor_grpc.ops.backup import prune_backups, take_backup
-from cursor_grpc.ops.files import default_dir
-from cursor_grpc.storage.connection import fetch_all, open_connection
+from cursor_grpc.storage.sqlite.archive import run_archive
+from cursor_grpc.storage.sqlite.backup import prune_backups, take_backup
+from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+from cursor_grpc.storage.sqlite.files import default_dir
 
 log = logging.getLogger("cursor.ops")
 

@@ -13,7 +13,7 @@ from typing import TypeVar
 import apsw
 
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.connection import open_connection
+from cursor_grpc.storage.sqlite.connection import open_connection
 
 T = TypeVar("T")
 

@@ -12,46 +12,19 @@ rolled back is simply never used: cursors need order, not density.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
 
-from cursor_grpc.storage.connection import fetch_all
-from cursor_grpc.storage.records import InteractionRecord, ReaderStateRecord
-
-KIND_INTERACTION = "interaction"
-KIND_STATE = "state"
-KIND_MESSAGE = "message"
-KIND_MESSAGE_READ = "message_read"
-KIND_PRESENCE = "presence"
-ALL_KINDS = frozenset({KIND_INTERACTION, KIND_STATE, KIND_MESSAGE, KIND_MESSAGE_READ, KIND_PRESENCE})
-
-
-@dataclass(slots=True)
-class Event:
-    """One committed event. `interaction` is set for interaction events;
-    `data` holds the stored object of every other kind."""
-
-    seq: int
-    kind: str
-    reader_id: str
-    created_at: str
-    summary: str = ""
-    interaction: InteractionRecord | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def interaction_type(self) -> str | None:
-        return self.interaction.type if self.interaction is not None else None
-
-
-@dataclass(slots=True)
-class Evented:
-    """A write result that carries the events it committed."""
-
-    value: Any
-    events: list[Event]
+from cursor_grpc.storage.records import (
+    ALL_KINDS,
+    KIND_INTERACTION,
+    Event,
+    EventFilter,
+    InteractionRecord,
+    ReaderStateRecord,
+)
+from cursor_grpc.storage.sqlite.connection import fetch_all
 
 
 class SequenceAllocator:
@@ -119,30 +92,6 @@ def state_data(state: ReaderStateRecord) -> dict[str, Any]:
         "updated_at": state.updated_at,
         "presence": state.presence,
     }
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    """Which events a stream wants. Empty sets mean everything."""
-
-    reader_ids: frozenset[str] = frozenset()
-    kinds: frozenset[str] = frozenset()
-    interaction_types: frozenset[str] = frozenset()
-
-    def matches(self, event: Event) -> bool:
-        if self.reader_ids and event.reader_id not in self.reader_ids:
-            return False
-        if self.kinds and event.kind not in self.kinds:
-            return False
-        return not (
-            self.interaction_types
-            and event.kind == KIND_INTERACTION
-            and event.interaction_type not in self.interaction_types
-        )
-
-    @property
-    def everything(self) -> bool:
-        return not (self.reader_ids or self.kinds or self.interaction_types)
 
 
 def replay(conn: apsw.Connection, after: int, upto: int, wanted: EventFilter,

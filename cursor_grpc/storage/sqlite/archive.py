@@ -43,7 +43,7 @@ import apsw
 
 from cursor_grpc.clock import iso_from_ns, now_iso
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.connection import fetch_all, open_connection
+from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
 
 log = logging.getLogger("cursor.ops.archive")
 
@@ -211,9 +211,9 @@ def run_archive(
         col_list = ", ".join(columns)
         seq_at, created_at_index = columns.index("seq"), columns.index("created_at")
         placeholders = ", ".join("?" * len(columns))
-        select_oldest = f"SELECT {col_list} FROM {TABLE} ORDER BY seq LIMIT ?"  # noqa: S608
-        select_range = f"SELECT {col_list} FROM {TABLE} WHERE seq BETWEEN ? AND ? ORDER BY seq"  # noqa: S608
-        insert = f"INSERT OR REPLACE INTO {TABLE}({col_list}) VALUES ({placeholders})"  # noqa: S608
+        select_oldest = f"SELECT {col_list} FROM {TABLE} ORDER BY seq LIMIT ?"
+        select_range = f"SELECT {col_list} FROM {TABLE} WHERE seq BETWEEN ? AND ? ORDER BY seq"
+        insert = f"INSERT OR REPLACE INTO {TABLE}({col_list}) VALUES ({placeholders})"
         same_chunk_retries = 0
         while True:
             if stop is not None and stop.is_set():
@@ -265,7 +265,7 @@ def run_archive(
                 current = [tuple(r) for r in fetch_all(conn, select_range, (lo, hi))]
                 if current != chunk:
                     return False, time.perf_counter() - began  # changed since it was copied: copy again
-                conn.execute(f"DELETE FROM {TABLE} WHERE seq BETWEEN ? AND ?", (lo, hi))  # noqa: S608
+                conn.execute(f"DELETE FROM {TABLE} WHERE seq BETWEEN ? AND ?", (lo, hi))
                 crash.point("mid_delete")
                 conn.execute(_upsert_index_sql(), entry)
                 conn.execute(_RAISE_FLOOR, (hi,))
@@ -331,7 +331,7 @@ def count_archived(db_path: Path, entries: list[ArchiveEntry]) -> dict[str, int]
     for entry in entries:
         conn = apsw.Connection(str(resolve_archive(db_path, entry.file)), flags=apsw.SQLITE_OPEN_READONLY)
         try:
-            counts[entry.file] = int(fetch_all(conn, f"SELECT count(*) FROM {TABLE}")[0][0])  # noqa: S608
+            counts[entry.file] = int(fetch_all(conn, f"SELECT count(*) FROM {TABLE}")[0][0])
         finally:
             conn.close()
     return counts

@@ -1,51 +1,58 @@
-"""`Store`: the narrow interface services use. It owns the writer and the
-read pool; every method is one read or one write task (one transaction), so
-an action and its audit row commit together. A PostgreSQL store would
-implement the same methods."""
+"""`SQLiteStore`: the storage contract (`cursor_grpc.storage.contract`) on
+SQLite. It owns the writer and the read pool; every method is one read or
+one write task (one transaction), so an action and its audit row commit
+together."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apsw
 
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.ops import history
-from cursor_grpc.ops.history import HistoryPage, HistoryReader
-from cursor_grpc.storage import accounts, consents, events, interactions, messages, sessions
-from cursor_grpc.storage.audit import AuditQuery, AuditRecord, list_audit_logs, write_audit
-from cursor_grpc.storage.connection import open_connection
-from cursor_grpc.storage.events import Event, Evented, EventFilter, SequenceAllocator
-from cursor_grpc.storage.messages import MessageRecord, ReadPosition
-from cursor_grpc.storage.migrations import migrate, verify_current
-from cursor_grpc.storage.reads import ReadPool
+from cursor_grpc.storage.contract import StorageStats
 from cursor_grpc.storage.records import (
+    Actor,
+    AuditQuery,
+    AuditRecord,
+    ConsentRecord,
     ConsultantRecord,
     Credential,
+    Event,
+    Evented,
+    EventFilter,
+    GrantOutcome,
+    HistoryPage,
     InteractionRecord,
+    MessageRecord,
     NewInteractionData,
     ReaderRecord,
     ReaderStateRecord,
+    ReadPosition,
     RecordOutcome,
     SessionRecord,
 )
-from cursor_grpc.storage.writer import Writer
+from cursor_grpc.storage.sqlite import accounts, consents, events, history, interactions, messages, sessions
+from cursor_grpc.storage.sqlite.audit import list_audit_logs, write_audit
+from cursor_grpc.storage.sqlite.connection import open_connection
+from cursor_grpc.storage.sqlite.events import SequenceAllocator
+from cursor_grpc.storage.sqlite.history import HistoryReader
+from cursor_grpc.storage.sqlite.migrations import migrate, verify_current
+from cursor_grpc.storage.sqlite.reads import ReadPool
+from cursor_grpc.storage.sqlite.writer import Writer
 
 log = logging.getLogger("cursor.storage")
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who does a write, for the audit log."""
-
-    type: str  # 'reader' | 'consultant' | 'system'
-    id: str | None
-
-
-SYSTEM = Actor("system", None)
+def _file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def apply_migrations(settings: StorageSettings) -> list[str]:
@@ -58,7 +65,7 @@ def apply_migrations(settings: StorageSettings) -> list[str]:
         conn.close()
 
 
-class Store:
+class SQLiteStore:
     def __init__(self, settings: StorageSettings) -> None:
         self.settings = settings
         log.info("SQLite %s (APSW %s) at %s", apsw.sqlite_lib_version(), apsw.apsw_version(), settings.path)
@@ -74,7 +81,7 @@ class Store:
             self.close()
             raise
 
-    def on_events(self, listener: Callable[[list[Event]], None]) -> None:
+    def on_commit(self, listener: Callable[[list[Event]], None]) -> None:
         """Call `listener(events)` on the writer thread after every commit
         that carried events, in commit order. Never before the commit."""
 
@@ -86,9 +93,28 @@ class Store:
         self.writer.add_commit_hook(hook)
 
     @property
-    def last_seq(self) -> int:
-        """The last sequence number handed out (read from any thread)."""
+    def head(self) -> int:
+        """The highest seq handed out (read from any thread)."""
         return self.seqs.last
+
+    # --- maintenance (what metrics and the scheduler need) ---------------------
+
+    def stats(self) -> StorageStats:
+        path = Path(self.settings.path)
+        return StorageStats(
+            queue_depth=self.writer.queue_depth(),
+            busy_retries=self.writer.busy_retries,
+            refused_writes=dict(self.writer.refused_writes),
+            size_bytes=_file_size(path),
+            log_bytes=_file_size(path.with_name(path.name + "-wal")),
+        )
+
+    def observe_commits(self, observer: Callable[[int, float], None]) -> None:
+        if observer not in self.writer.batch_observers:
+            self.writer.batch_observers.append(observer)
+
+    def on_failure(self, listener: Callable[[BaseException], None]) -> None:
+        self.writer.on_failure(listener)
 
     def close(self) -> None:
         """Commit what is queued, then close every connection. Idempotent.
@@ -313,7 +339,7 @@ class Store:
         self, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int
     ) -> HistoryPage:
         """Like `list_interactions`, walking into archive files when the page
-        reaches archived history (cursor_grpc/ops/history.py)."""
+        reaches archived history (cursor_grpc/storage/sqlite/history.py)."""
         records, entries = await self.reads.run(
             lambda conn: history.main_page(conn, reader_id, type_, before_seq, limit)
         )
@@ -367,10 +393,10 @@ class Store:
 
     # --- consents ----------------------------------------------------------------
 
-    async def grant_consent(self, granter_id: str, grantee_id: str, scope: str) -> consents.GrantOutcome:
+    async def grant_consent(self, granter_id: str, grantee_id: str, scope: str) -> GrantOutcome:
         """Give (or change) a consent, audited when anything changed."""
 
-        def write(conn: apsw.Connection) -> consents.GrantOutcome:
+        def write(conn: apsw.Connection) -> GrantOutcome:
             outcome = consents.grant(conn, granter_id, grantee_id, scope)
             if outcome.changed:
                 details: dict[str, Any] = {"consent_id": outcome.consent.id, "scope": scope}
@@ -382,8 +408,8 @@ class Store:
 
         return await self.writer.submit(write)
 
-    async def revoke_consent(self, granter_id: str, grantee_id: str) -> consents.ConsentRecord:
-        def write(conn: apsw.Connection) -> consents.ConsentRecord:
+    async def revoke_consent(self, granter_id: str, grantee_id: str) -> ConsentRecord:
+        def write(conn: apsw.Connection) -> ConsentRecord:
             revoked = consents.revoke(conn, granter_id, grantee_id)
             write_audit(conn, "reader", granter_id, "consent.revoke", "reader", grantee_id,
                         {"consent_id": revoked.id, "scope": revoked.scope})
@@ -393,14 +419,14 @@ class Store:
 
     async def list_consents(
         self, reader_id: str, received: bool, show_revoked: bool, before_id: str | None, limit: int
-    ) -> list[consents.ConsentRecord]:
+    ) -> list[ConsentRecord]:
         return await self.reads.run(
             lambda conn: consents.list_consents(conn, reader_id, received, show_revoked, before_id, limit)
         )
 
     async def require_consent(
         self, granter_id: str, grantee_id: str, *, interactions: bool = False
-    ) -> consents.ConsentRecord:
+    ) -> ConsentRecord:
         """The live consent of granter to grantee (covering interactions if
         asked), or PERMISSION_DENIED."""
         return await self.reads.run(

@@ -26,7 +26,7 @@ import apsw
 
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import CursorError, Unavailable
-from cursor_grpc.storage.connection import open_connection, retry_busy
+from cursor_grpc.storage.sqlite.connection import open_connection, retry_busy
 
 log = logging.getLogger("cursor.storage.writer")
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
 
 from cursor_grpc.clock import new_id, now_iso
-from cursor_grpc.storage.connection import fetch_all
+from cursor_grpc.storage.records import AuditQuery, AuditRecord
+from cursor_grpc.storage.sqlite.connection import fetch_all
 
 
 def write_audit(
@@ -26,33 +26,6 @@ def write_audit(
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (new_id(), actor_type, actor_id, action, target_type, target_id, json.dumps(details or {}), now_iso()),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    id: str
-    actor_type: str  # 'reader' | 'consultant' | 'system'
-    actor_id: str | None
-    action: str
-    target_type: str | None
-    target_id: str | None
-    details: str
-    created_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class AuditQuery:
-    """Filters of ListAuditLogs; None means any. `target_id` is matched only
-    when `target_type` is set; a target_type with target_id None matches rows
-    that name no id (e.g. a watch of all readers)."""
-
-    actor_type: str | None = None
-    actor_id: str | None = None
-    action: str | None = None
-    target_type: str | None = None
-    target_id: str | None = None
-    start: str | None = None  # created_at >= start
-    end: str | None = None  # created_at < end
 
 
 AUDIT_COLUMNS = "id, actor_type, actor_id, action, target_type, target_id, details, created_at"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,27 +30,16 @@ import apsw
 
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import Unavailable
-from cursor_grpc.ops.archive import ArchiveEntry, archive_entries, resolve_archive
-from cursor_grpc.storage import interactions
-from cursor_grpc.storage.reads import ReadPool
-from cursor_grpc.storage.records import InteractionRecord
+from cursor_grpc.storage.records import HistoryPage, InteractionRecord
+from cursor_grpc.storage.sqlite import interactions
+from cursor_grpc.storage.sqlite.archive import ArchiveEntry, archive_entries, resolve_archive
+from cursor_grpc.storage.sqlite.reads import ReadPool
 
 T = TypeVar("T")
 
 # SQLite allows up to SQLITE_MAX_ATTACHED (125 in APSW's build) attached
 # files; keep well below and detach the least recently used.
 MAX_ATTACHED = 64
-
-
-@dataclass
-class HistoryPage:
-    records: list[InteractionRecord]
-    # seqs of the returned records that came from archive files
-    archived: set[int]
-
-    @property
-    def includes_archived(self) -> bool:
-        return bool(self.archived)
 
 
 def needs_archives(records: list[InteractionRecord], limit: int, entries: list[ArchiveEntry]) -> bool:
