@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from cursor_grpc import metrics
 from cursor_grpc.auth.passwords import Passwords
 from cursor_grpc.auth.sessions import SessionManager
 from cursor_grpc.auth.throttle import LoginThrottle
@@ -12,20 +13,13 @@ from cursor_grpc.errors import Unauthenticated
 from cursor_grpc.live.broadcaster import Broadcaster
 from cursor_grpc.live.presence import PresenceSweeper
 from cursor_grpc.storage import Store, open_store
-from cursor_grpc.storage.sqlite.dblock import DatabaseLock
-from cursor_grpc.storage.sqlite.housekeeping import Operations
 
 
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # Held while serving: a second server or a restore on this database refuses to start.
-        self.db_lock = DatabaseLock(settings.storage.path).acquire_exclusive("serve")
-        try:
-            self.store: Store = open_store(settings.storage)
-        except BaseException:
-            self.db_lock.release()
-            raise
+        # The owner while serving: a second server or a restore on this database refuses to start.
+        self.store: Store = open_store(settings.storage, owner=True)
         self.passwords = Passwords(settings.auth, workers=settings.auth.argon2_threads)
         self.throttle = LoginThrottle(settings.auth)
         self.sessions = SessionManager(self.store, settings.auth)
@@ -33,8 +27,7 @@ class App:
         self.presence = PresenceSweeper(self.store, settings.live)
         self.sessions.on_revoked(self._end_streams)
         self.sessions.check_streaming(self.broadcaster.streaming_sessions)
-        # Metrics endpoint, scheduled backups, archival, WAL housekeeping.
-        self.ops = Operations(settings, self.store)
+        self.metrics_server: metrics.MetricsServer | None = None
 
     def _end_streams(self, session_id: str | None, account: tuple[str, str] | None, error: Unauthenticated) -> None:
         """A session or account that stops working loses its open streams at once."""
@@ -43,16 +36,24 @@ class App:
         )
 
     async def start(self) -> None:
+        """Background work: session and presence upkeep, the metrics endpoint
+        (if `ops.metrics_listen`), the backend's scheduled maintenance."""
         self.sessions.start()
         self.presence.start()
-        await self.ops.start()
+        metrics.bind_store(self.store)
+        if self.settings.ops.metrics_listen:
+            self.metrics_server = metrics.start_metrics_server(self.settings.ops.metrics_listen)
+        await self.store.start_maintenance(self.settings.ops)
 
     async def close(self) -> None:
         """Flush session activity, let queued writes commit, close the database."""
-        await self.ops.stop()
+        await self.store.stop_maintenance()
+        loop = asyncio.get_running_loop()
+        if self.metrics_server is not None:
+            await loop.run_in_executor(None, self.metrics_server.close)
+            self.metrics_server = None
+        metrics.unbind_store(self.store)
         await self.presence.stop()
         await self.sessions.stop()
-        loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.passwords.close)
         await loop.run_in_executor(None, self.store.close)
-        self.db_lock.release()

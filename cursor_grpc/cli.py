@@ -25,10 +25,14 @@ def _configure_logging(level: str, fmt: str = "text") -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from cursor_grpc.storage import resolved
+
     settings = settings_from_env()
     storage = settings.storage
     if args.db is not None:
         storage = dataclasses.replace(storage, path=args.db)
+    # Every command sees the database as its backend opens it (a plain path for SQLite).
+    storage = resolved(storage)
     if getattr(args, "synchronous", None):
         storage = dataclasses.replace(storage, synchronous=args.synchronous)
     if getattr(args, "cache_size_kib", None):
@@ -45,42 +49,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return apply_flags(settings, args)
 
 
-def _require_current_schema(settings: Settings) -> None:
-    """Refuse, with a clear MigrationError, a database that is missing or not
-    migrated, before anything opens (and so creates) it for writing. The
-    store checks again when it opens; this check only reads."""
-    from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
-    from cursor_grpc.storage.sqlite.migrations import MigrationError, verify_current
-
-    path = settings.storage.path
-    hint = "run `cursor-grpc migrate` first (or serve with --migrate)"
-    if not Path(path).exists():
-        raise MigrationError(f"{path} does not exist; {hint}")
-    conn = open_connection(settings.storage, readonly=True)
-    try:
-        if not fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"):
-            raise MigrationError(f"{path} has no schema yet; {hint}")
-        verify_current(conn)
-    finally:
-        conn.close()
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from cursor_grpc import storage
     from cursor_grpc.server import serve_forever
-    from cursor_grpc.storage.sqlite.dblock import DatabaseLock
-    from cursor_grpc.storage.sqlite.store import apply_migrations
 
     settings = _settings(args)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     if args.migrate:
-        # Under the lock, so migrations never run beneath another server.
-        with DatabaseLock(settings.storage.path).acquire_exclusive("serve"):
-            for name in apply_migrations(settings.storage):
-                logging.getLogger("cursor.migrate").info("applied %s", name)
+        for name in storage.migrate(settings.storage, purpose="serve"):
+            logging.getLogger("cursor.migrate").info("applied %s", name)
     else:
-        _require_current_schema(settings)
+        # Before anything opens (and so creates) the database for writing.
+        storage.require_current_schema(settings.storage)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - optional speed-up
@@ -91,19 +73,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    from cursor_grpc import storage
     from cursor_grpc.ops.commands import cmd_migrate
-    from cursor_grpc.storage.sqlite.dblock import DatabaseLock
-    from cursor_grpc.storage.sqlite.store import apply_migrations
 
     settings = _settings(args)
     # --status / --dry-run change nothing; applying takes a verified backup
     # of a non-empty database first unless --no-backup, and refuses while a
     # server holds the database.
-    def apply() -> list[str]:
-        with DatabaseLock(settings.storage.path).acquire_exclusive("migrate"):
-            return apply_migrations(settings.storage)
-
-    return cmd_migrate(settings, args, apply)
+    return cmd_migrate(settings, args, lambda: storage.migrate(settings.storage))
 
 
 def _admin_password() -> str:
@@ -119,15 +96,12 @@ def _admin_password() -> str:
 
 
 def _cmd_create_admin(args: argparse.Namespace) -> int:
-    from cursor_grpc import validation
+    from cursor_grpc import storage, validation
     from cursor_grpc.auth.passwords import Passwords, check_password_rules
     from cursor_grpc.errors import CursorError
-    from cursor_grpc.storage.sqlite import accounts
-    from cursor_grpc.storage.sqlite.audit import write_audit
-    from cursor_grpc.storage.sqlite.store import SQLiteStore
 
     settings = _settings(args)
-    _require_current_schema(settings)
+    storage.require_current_schema(settings.storage)
     try:
         email = validation.email(args.email)
         name = validation.display_name(args.display_name)
@@ -139,26 +113,18 @@ def _cmd_create_admin(args: argparse.Namespace) -> int:
     passwords = Passwords(settings.auth, workers=1)
     password_hash = passwords.hash_sync(password)
     passwords.close()
-    store = SQLiteStore(settings.storage)
+    store = storage.open_store(settings.storage)
     try:
-        def write(conn: object) -> str:
-            if accounts.count_admins(conn) and not args.additional:  # type: ignore[arg-type]
-                raise SystemExit(
-                    "an active admin exists already; use AdminService.CreateConsultant, or pass --additional"
-                )
-            record = accounts.create_consultant(conn, email, password_hash, name, "admin")  # type: ignore[arg-type]
-            write_audit(conn, "system", None, "consultant.create", "consultant", record.id,  # type: ignore[arg-type]
-                        {"role": "admin", "via": "create-admin"})
-            return record.id
-
-        try:
-            consultant_id = store.writer.submit_sync(write)
-        except CursorError as error:
+        admin = asyncio.run(store.create_admin(email, password_hash, name, additional=args.additional))
+    except CursorError as error:
+        if error.reason == "ADMIN_EXISTS":
+            print(f"{error.message}; use AdminService.CreateConsultant, or pass --additional", file=sys.stderr)
+        else:
             print(error.message, file=sys.stderr)
-            return 1
+        return 1
     finally:
         store.close()
-    print(f"created admin consultants/{consultant_id} <{email}>")
+    print(f"created admin consultants/{admin.id} <{email}>")
     return 0
 
 
@@ -227,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level, args.log_format)
     from cursor_grpc.config import ConfigError
-    from cursor_grpc.storage.sqlite.dblock import DatabaseInUse
-    from cursor_grpc.storage.sqlite.migrations import MigrationError
+    from cursor_grpc.storage import DatabaseInUse, MigrationError
 
     try:
         return int(args.func(args))

@@ -118,7 +118,7 @@ def stream_lag(value: int | float) -> None:
 
 
 def observe_batch(tasks: int, seconds: float) -> None:
-    """A `Writer.batch_observers` entry (runs on the writer thread)."""
+    """The store's `observe_commits` observer (runs on the backend's thread)."""
     WRITER_BATCH_TASKS.observe(tasks)
     WRITER_COMMIT_SECONDS.observe(seconds)
 

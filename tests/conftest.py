@@ -1,5 +1,9 @@
-"""Fixtures: a real server on a free loopback port over a real SQLite file in
-a temp dir, and real gRPC channels to it."""
+"""Fixtures: a real server on a free loopback port over a real database of
+each backend under test (tests/databases.py), and real gRPC channels to it.
+
+Every test that takes `backend` (directly, or through `make_harness`, `h` or
+`database`) runs once per backend `CURSOR_TEST_BACKENDS` selects; one marked
+`sqlite_only` is about SQLite itself and runs on SQLite alone."""
 
 from __future__ import annotations
 
@@ -23,22 +27,51 @@ from cursor.v1 import (
     resources_pb2,
 )
 from cursor_grpc import cli
-from cursor_grpc.config import AuthSettings, Settings, StorageSettings
+from cursor_grpc.config import AuthSettings, Settings
 from cursor_grpc.server import RunningServer, start_server
-from cursor_grpc.storage.sqlite.store import apply_migrations
+from tests.databases import BACKENDS, Backend, TestDatabase, as_database, backends_under_test, sqlite_file
 
 PASSWORD = "correct horse battery staple"
 ADMIN_EMAIL = "admin@example.com"
 _counter = itertools.count()
 
 
-def test_settings(db_path: Path, **auth: Any) -> Settings:
+def pytest_configure(config: pytest.Config) -> None:
+    backends_under_test()  # a bad CURSOR_TEST_BACKENDS stops the run before it starts
+    config.addinivalue_line(
+        "markers", "sqlite_only: about SQLite itself (files, WAL, backups, archives, the lock file, "
+        "migrations); runs on SQLite whatever CURSOR_TEST_BACKENDS selects",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One run per backend under test for every test that needs a database."""
+    if "backend" in metafunc.fixturenames:
+        names = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else backends_under_test()
+        metafunc.parametrize("backend", names, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The backend under test (a parameter: see pytest_generate_tests)."""
+    made = BACKENDS[request.param](request)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def database(backend: Backend, tmp_path: Path) -> TestDatabase:
+    """A fresh, empty database of the backend under test, not migrated."""
+    return backend.fresh_database(tmp_path, "cursor")
+
+
+def test_settings(database: TestDatabase | Path, **auth: Any) -> Settings:
     """Real defaults, except that every test talks from 127.0.0.1, so the
     per-peer login limit is raised (its own test lowers it again)."""
     auth_settings = dataclasses.replace(
         AuthSettings(), **{"peer_login_burst": 100_000, "peer_login_per_minute": 1_000_000.0, **auth}
     )
-    return Settings(listen="127.0.0.1:0", storage=StorageSettings(path=db_path), auth=auth_settings)
+    return Settings(listen="127.0.0.1:0", storage=as_database(database).storage_settings(), auth=auth_settings)
 
 
 class ServerThread:
@@ -126,9 +159,9 @@ class Client:
 class Harness:
     """What a test gets: the server, a way to make clients, an admin."""
 
-    def __init__(self, server: ServerThread, db_path: Path) -> None:
+    def __init__(self, server: ServerThread, database: TestDatabase) -> None:
         self.server = server
-        self.db_path = db_path
+        self.database = database
         self.channel = grpc.insecure_channel(server.address)
         self.anonymous = Client(self.channel)
 
@@ -159,27 +192,41 @@ class Harness:
             self._admin = self.admin()
         return self._admin.md
 
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file, for tests about SQLite itself (`sqlite_only`)."""
+        return sqlite_file(self.database)
+
     def close(self) -> None:
         self.channel.close()
 
 
-def create_admin(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def create_admin(database: TestDatabase | Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin (ADMIN_EMAIL, PASSWORD), made by `cursor-grpc create-admin`."""
     monkeypatch.setenv("CURSOR_ADMIN_PASSWORD", PASSWORD)
-    assert cli.main(["--log-level", "WARNING", "create-admin", "--db", str(db_path), "--email", ADMIN_EMAIL]) == 0
+    url = as_database(database).url
+    assert cli.main(["--log-level", "WARNING", "create-admin", "--db", url, "--email", ADMIN_EMAIL]) == 0
+
+
+def migrate_with_admin(database: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> TestDatabase:
+    """Ready to serve: migrated, with the admin unless it has consultants already."""
+    database.migrate()
+    if database.count("consultants") == 0:
+        create_admin(database, monkeypatch)
+    return database
 
 
 @pytest.fixture
-def make_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Factory: start a server (on a fresh or given database) with settings overrides."""
+def make_harness(backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Factory: start a server with settings overrides, on a fresh database of
+    the backend under test or on a given one (a restart, a restored file)."""
     started: list[Harness] = []
 
-    def make(db_path: Path | None = None, **auth: Any) -> Harness:
-        path = db_path or tmp_path / f"cursor{len(started)}.db"
-        fresh = not path.exists()
-        apply_migrations(StorageSettings(path=path))
-        if fresh:
-            create_admin(path, monkeypatch)
-        harness = Harness(ServerThread(test_settings(path, **auth)), path)
+    def make(database: TestDatabase | Path | None = None, **auth: Any) -> Harness:
+        if database is None:
+            database = backend.fresh_database(tmp_path, f"cursor{len(started)}")
+        ready = migrate_with_admin(as_database(database), monkeypatch)
+        harness = Harness(ServerThread(test_settings(ready, **auth)), ready)
         started.append(harness)
         return harness
 

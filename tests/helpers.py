@@ -6,9 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import apsw
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
+from tests.databases import SQLiteDatabase
 
 
 def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
@@ -49,15 +50,11 @@ def retry_delay(error: grpc.RpcError) -> float | None:
     return None
 
 
-def db_rows(db: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    """All rows of one query on a database file (or a harness's), through a
-    read-only connection of the test's own."""
-    conn = apsw.Connection(str(getattr(db, "db_path", db)), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def db_rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """All rows of one query on a SQLite file, for tests about SQLite itself;
+    the others read through their `TestDatabase` (tests/databases.py)."""
+    return SQLiteDatabase(db_path).rows(sql, params)
 
 
 def table_count(db_path: Path, table: str) -> int:
-    return int(db_rows(db_path, f"SELECT count(*) FROM {table}")[0][0])
+    return SQLiteDatabase(db_path).count(table)

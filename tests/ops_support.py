@@ -22,6 +22,7 @@ import grpc
 from cursor.v1 import auth_service_pb2, resources_pb2
 from cursor.v1 import reader_service_pb2 as rpb
 from tests.conftest import PASSWORD, Client
+from tests.databases import TestDatabase, as_database
 from tests.procs import ServerProcess
 
 # Cheaper password hashing for servers the operations tests start: these
@@ -38,8 +39,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     )
 
 
-def start_server(db_path: Path, **env: str) -> ServerProcess:
-    return ServerProcess(db_path, env={**FAST_AUTH_ENV, **env})
+def start_server(database: TestDatabase | Path, **env: str) -> ServerProcess:
+    """`cursor-grpc serve --migrate` on the database, with cheap hashing."""
+    return ServerProcess(as_database(database).url, env={**FAST_AUTH_ENV, **env})
 
 
 def new_reader(channel: grpc.Channel, name: str = "reader") -> Client:

@@ -19,12 +19,13 @@ _SERVING = re.compile(r"serving on 127\.0\.0\.1:(\d+)")
 class ServerProcess:
     """The server in a subprocess, its stderr collected by a thread.
 
-    By default it applies migrations (`--migrate`) and waits until it serves;
+    `db` is what `--db` takes (a SQLite path, or a `TestDatabase.url`). By
+    default it applies migrations (`--migrate`) and waits until it serves;
     `wait=False` is for a serve that is expected to refuse (see `exit_code`)."""
 
     def __init__(
         self,
-        db_path: Path,
+        db: Path | str,
         listen: str = "127.0.0.1:0",
         env: dict[str, str] | None = None,
         *,
@@ -43,7 +44,7 @@ class ServerProcess:
         }
         self.process = subprocess.Popen(
             [*(command or [sys.executable, "-m", "cursor_grpc"]), "serve", *args,
-             "--listen", listen, "--db", str(db_path)],
+             "--listen", listen, "--db", str(db)],
             cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True,
         )

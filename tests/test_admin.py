@@ -17,7 +17,7 @@ from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
 from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, Harness
-from tests.helpers import db_rows, error_reason, rpc_error, table_count
+from tests.helpers import error_reason, rpc_error
 
 READER = resources_pb2.ACCOUNT_KIND_READER
 CONSULTANT = resources_pb2.ACCOUNT_KIND_CONSULTANT
@@ -26,15 +26,15 @@ WRITTEN = ("users", "consultants", "sessions", "audit_logs")
 
 
 def counts(h: Harness) -> dict[str, int]:
-    return {table: table_count(h.db_path, table) for table in WRITTEN}
+    return {table: h.database.count(table) for table in WRITTEN}
 
 
 def audit(h: Harness) -> list[tuple[Any, ...]]:
     """(actor_type, actor_id, action, target_type, target_id, details) in order."""
     return [
         (*row[:5], json.loads(row[5]))
-        for row in db_rows(h, "SELECT actor_type, actor_id, action, target_type, target_id, details "
-                           "FROM audit_logs ORDER BY created_at, id")
+        for row in h.database.rows("SELECT actor_type, actor_id, action, target_type, target_id, details "
+                                   "FROM audit_logs ORDER BY created_at, id")
     ]
 
 
@@ -43,7 +43,7 @@ def last_audit(h: Harness) -> tuple[Any, ...]:
 
 
 def admin_id(h: Harness) -> str:
-    return str(db_rows(h, "SELECT id FROM consultants WHERE email = ?", (ADMIN_EMAIL,))[0][0])
+    return str(h.database.rows("SELECT id FROM consultants WHERE email = ?", (ADMIN_EMAIL,))[0][0])
 
 
 def register(h: Harness, email: str, name: str = "Rita Reader") -> str:
@@ -110,7 +110,7 @@ def test_create_consultant(h: Harness) -> None:
     # A consultant-only email picks the consultant account when unspecified.
     assert login(h, "carl@example.com").account == consultant.name
     # Only a hash of the password is stored.
-    [(password_hash,)] = db_rows(h, "SELECT password_hash FROM consultants WHERE id = ?", (cid,))
+    [(password_hash,)] = h.database.rows("SELECT password_hash FROM consultants WHERE id = ?", (cid,))
     assert password_hash.startswith("$argon2id$")
 
 
@@ -182,8 +182,9 @@ def test_promote_reader_gives_the_same_person_a_consultant_account(h: Harness) -
     assert consultant.promoted_from == reader_name
     assert consultant.active
     # Same password hash, linked by user_id.
-    [(user_hash,)] = db_rows(h, "SELECT password_hash FROM users WHERE id = ?", (reader_id,))
-    assert db_rows(h, "SELECT password_hash, user_id FROM consultants WHERE id = ?", (cid,)) == [(user_hash, reader_id)]
+    [(user_hash,)] = h.database.rows("SELECT password_hash FROM users WHERE id = ?", (reader_id,))
+    assert h.database.rows("SELECT password_hash, user_id FROM consultants WHERE id = ?", (cid,)) == \
+        [(user_hash, reader_id)]
     assert last_audit(h) == ("consultant", admin_id(h), "reader.promote", "reader", reader_id,
                              {"consultant_id": cid, "role": "supervisor"})
 
@@ -203,7 +204,7 @@ def test_promote_reader_gives_the_same_person_a_consultant_account(h: Harness) -
     reader.reader.GetMyState(rpb.GetMyStateRequest(), metadata=reader.md)
     # A consultant session of a promoted reader is stored (sessions.actor_id
     # does not reference users, so foreign keys don't refuse it).
-    assert db_rows(h, "SELECT actor_type FROM sessions WHERE actor_id = ?", (cid,))[0] == ("consultant",)
+    assert h.database.rows("SELECT actor_type FROM sessions WHERE actor_id = ?", (cid,))[0] == ("consultant",)
 
 
 def test_promote_with_unspecified_role_makes_a_consultant(h: Harness) -> None:
@@ -256,7 +257,7 @@ def test_set_account_active_for_readers_and_consultants(h: Harness) -> None:
         assert last_audit(h)[:5] == ("consultant", admin_id(h), "account.deactivate", kind, account_id)
         assert last_audit(h)[5] == {"changed": True, "revoked_sessions": 1}
         table = "users" if kind == "reader" else "consultants"
-        assert db_rows(h, f"SELECT is_active FROM {table} WHERE id = ?", (account_id,)) == [(0,)]
+        assert h.database.rows(f"SELECT is_active FROM {table} WHERE id = ?", (account_id,)) == [(0,)]
         # Deactivating again changes nothing but is still audited.
         again = set_active(h, client.account, False)
         assert again.revoked_session_count == 0
@@ -266,10 +267,10 @@ def test_set_account_active_for_readers_and_consultants(h: Harness) -> None:
         assert back.account == client.account
         assert back.revoked_session_count == 0
         assert last_audit(h)[2:] == ("account.activate", kind, account_id, {"changed": True, "revoked_sessions": 0})
-        assert db_rows(h, f"SELECT is_active FROM {table} WHERE id = ?", (account_id,)) == [(1,)]
+        assert h.database.rows(f"SELECT is_active FROM {table} WHERE id = ?", (account_id,)) == [(1,)]
     # The consultant's old session died and a new login works again.
     assert not can_list_readers(h, consultant.token)
-    email = db_rows(h, "SELECT email FROM consultants WHERE id = ?", (consultant.account.split("/")[1],))[0][0]
+    email = h.database.rows("SELECT email FROM consultants WHERE id = ?", (consultant.account.split("/")[1],))[0][0]
     assert can_list_readers(h, login(h, email, CONSULTANT).token)
 
 
@@ -323,5 +324,5 @@ def test_every_admin_action_is_audited(h: Harness) -> None:
     ]
     assert {"consultant_id": promoted, "role": "consultant"} in [row[5] for row in audit(h)]
     # Every row carries a timestamp in the canonical form.
-    for (created_at,) in db_rows(h, "SELECT created_at FROM audit_logs"):
+    for (created_at,) in h.database.rows("SELECT created_at FROM audit_logs"):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", created_at), created_at

@@ -25,6 +25,8 @@ from cursor_grpc.storage.sqlite.store import apply_migrations
 from tests.conftest import PASSWORD, Harness, create_admin
 from tests.ops_support import WriteLoad, run_cli, start_server
 
+pytestmark = pytest.mark.sqlite_only  # archive files are SQLite files
+
 DAY_NS = 86_400 * 1_000_000_000
 # Same bound as for backups: a chunk's write task is milliseconds; this is the
 # longest a single write, or a time without any completed write, may take.
@@ -102,7 +104,7 @@ def test_archive_survives_crashes_and_history_walks_into_archives(
     archives = tmp_path / "archive"
     seeded = seed(db, readers=2, per_quarter=150)  # 900 old rows in 3 quarters, chunks of 100 below
     create_admin(db, monkeypatch)
-    h: Harness = make_harness(db_path=db)
+    h: Harness = make_harness(db)
     reader = h.anonymous.login(seeded["emails"][0], kind=resources_pb2.ACCOUNT_KIND_READER)
     recent = [reader.reader.RecordInteraction(rpb.RecordInteractionRequest(interaction=rpb.NewInteraction(
         type="answer", payload_json=json.dumps({"recent": i}))), metadata=reader.md).interaction.sequence

@@ -8,7 +8,6 @@ import threading
 import time
 from typing import Any
 
-import apsw
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -182,18 +181,12 @@ def test_paging_walks_every_row_exactly_once_newest_first(h: Harness) -> None:
 def _insert_same_millisecond_rows(h: Harness, n: int) -> None:
     """Rows that share one created_at, written beside the running server,
     so the (created_at, id) tie-break is exercised whatever the clock does."""
-    conn = apsw.Connection(str(h.db_path))
-    conn.set_busy_timeout(5000)
-    try:
-        with conn:
-            for i in range(n):
-                conn.execute(
-                    "INSERT INTO audit_logs(id, actor_type, actor_id, action, created_at) VALUES (?, 'system', NULL, "
-                    "'test.tie', '2030-01-01T00:00:00.123Z')",
-                    (f"00000000-0000-7000-8000-{i:012d}",),
-                )
-    finally:
-        conn.close()
+    for i in range(n):
+        h.database.execute(
+            "INSERT INTO audit_logs(id, actor_type, actor_id, action, created_at) VALUES (?, 'system', NULL, "
+            "'test.tie', '2030-01-01T00:00:00.123Z')",
+            (f"00000000-0000-7000-8000-{i:012d}",),
+        )
 
 
 def _grant_many(granter: Client, grantee: Client, n: int) -> None:

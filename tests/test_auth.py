@@ -20,11 +20,10 @@ from cursor.v1 import admin_service_pb2 as apb
 from cursor.v1 import auth_service_pb2 as pb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
-from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.sqlite.store import apply_migrations
 from tests import conftest
 from tests.conftest import PASSWORD, Client, Harness, bearer
-from tests.helpers import db_rows, error_details, error_reason, retry_delay, rpc_error, table_count
+from tests.databases import Backend, TestDatabase
+from tests.helpers import error_details, error_reason, retry_delay, rpc_error
 
 READER = resources_pb2.ACCOUNT_KIND_READER
 CONSULTANT = resources_pb2.ACCOUNT_KIND_CONSULTANT
@@ -34,7 +33,7 @@ OTHER_PASSWORD = "a different long password"
 
 
 def counts(h: Harness) -> dict[str, int]:
-    return {table: table_count(h.db_path, table) for table in TABLES}
+    return {table: h.database.count(table) for table in TABLES}
 
 
 def register(h: Harness, email: str, password: str = PASSWORD, display_name: str = "Ann") -> Any:
@@ -96,10 +95,10 @@ def test_register_reader_creates_account_state_and_audit_row(h: Harness) -> None
     assert after == {**before, "users": before["users"] + 1, "reader_states": before["reader_states"] + 1,
                      "audit_logs": before["audit_logs"] + 1}
     reader_id = reader.name.split("/")[1]
-    [(password_hash,)] = db_rows(h, "SELECT password_hash FROM users WHERE id = ?", (reader_id,))
+    [(password_hash,)] = h.database.rows("SELECT password_hash FROM users WHERE id = ?", (reader_id,))
     assert password_hash.startswith("$argon2id$")
     assert PASSWORD not in password_hash
-    assert db_rows(h, "SELECT actor_type, actor_id, action FROM audit_logs WHERE target_id = ?", (reader_id,)) == [
+    assert h.database.rows("SELECT actor_type, actor_id, action FROM audit_logs WHERE target_id = ?", (reader_id,)) == [
         ("reader", reader_id, "reader.register")
     ]
     # The email is compared case-insensitively at login too.
@@ -137,7 +136,7 @@ def test_register_reader_refuses_bad_input_and_writes_nothing(
 def test_register_reader_accepts_the_limits(h: Harness) -> None:
     register(h, "limits@example.com", "p" * 10, "d" * 100)
     register(h, "limits2@example.com", "p" * 256, "D")
-    assert table_count(h.db_path, "users") == 2
+    assert h.database.count("users") == 2
 
 
 def test_register_duplicate_email_is_already_exists(h: Harness) -> None:
@@ -191,7 +190,7 @@ def test_unknown_email_costs_as_much_as_a_wrong_password(h: Harness) -> None:
     """An unknown email still runs an argon2 verify, so timing doesn't tell
     whether an email has an account."""
     reader = h.new_reader()  # five wrong passwords below: all within the free failures
-    reader_email = db_rows(h, "SELECT email FROM users WHERE id = ?", (reader.account.split("/")[1],))[0][0]
+    reader_email = h.database.rows("SELECT email FROM users WHERE id = ?", (reader.account.split("/")[1],))[0][0]
     wrong: list[float] = []
     unknown: list[float] = []
     for i in range(5):
@@ -259,7 +258,7 @@ def test_register_refuses_an_overlong_password_before_hashing(h: Harness, hashin
     for password in (HUGE_PASSWORD, OVER_CAP_PASSWORD, "x" * 257):
         assert_too_long(rpc_error(lambda p=password: register(h, "long@example.com", p)), "password")  # type: ignore[misc]
     assert hashing.calls == 0
-    assert table_count(h.db_path, "users") == 0
+    assert h.database.count("users") == 0
 
 
 def test_login_refuses_an_overlong_password_before_hashing_whoever_it_names(
@@ -301,24 +300,24 @@ def test_create_consultant_refuses_an_overlong_password_before_hashing(h: Harnes
         role=resources_pb2.CONSULTANT_ROLE_CONSULTANT), metadata=admin_md))
     assert_too_long(error, "password")
     assert hashing.calls == hashed
-    assert table_count(h.db_path, "consultants") == 1
+    assert h.database.count("consultants") == 1
 
 
 def test_create_admin_refuses_an_overlong_password_before_hashing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    database: TestDatabase, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cursor_grpc import cli
     from cursor_grpc.auth.passwords import Passwords
 
-    path = tmp_path / "cli.db"
-    apply_migrations(StorageSettings(path=path))
+    database.migrate()
     hashed: list[str] = []
     monkeypatch.setattr(Passwords, "hash_sync", lambda self, password: hashed.append(password) or "")
     monkeypatch.setenv("CURSOR_ADMIN_PASSWORD", "é" * 600)
-    assert cli.main(["--log-level", "WARNING", "create-admin", "--db", str(path), "--email", "root@example.com"]) == 2
+    command = ["--log-level", "WARNING", "create-admin", "--db", database.url, "--email", "root@example.com"]
+    assert cli.main(command) == 2
     assert "1024 bytes" in capsys.readouterr().err
     assert not hashed
-    assert table_count(path, "consultants") == 0
+    assert database.count("consultants") == 0
 
 
 # --- Authentication failures ------------------------------------------------------------------------------------
@@ -389,8 +388,8 @@ def test_rotate_session_retires_the_old_token(h: Harness) -> None:
     assert rotated.account == reader.account
     assert rejected(h, reader.token) == "SESSION_REVOKED"
     assert works(h, rotated.token)
-    rows = db_rows(h, "SELECT revoke_reason FROM sessions WHERE token_hash = ?",
-                   (hashlib.sha256(reader.token.encode()).digest(),))
+    rows = h.database.rows("SELECT revoke_reason FROM sessions WHERE token_hash = ?",
+                           (hashlib.sha256(reader.token.encode()).digest(),))
     assert rows == [("rotated",)]
     # The old token cannot rotate (or do anything) any more.
     error = rpc_error(lambda: reader.auth.RotateSession(pb.RotateSessionRequest(), metadata=reader.md))
@@ -399,7 +398,7 @@ def test_rotate_session_retires_the_old_token(h: Harness) -> None:
 
 def test_logout_ends_only_the_calling_session(h: Harness) -> None:
     reader = h.new_reader()
-    email = db_rows(h, "SELECT email FROM users WHERE id = ?", (reader.account.split("/")[1],))[0][0]
+    email = h.database.rows("SELECT email FROM users WHERE id = ?", (reader.account.split("/")[1],))[0][0]
     other = h.anonymous.login(email)
     reader.auth.Logout(pb.LogoutRequest(), metadata=reader.md)
     assert rejected(h, reader.token) == "SESSION_REVOKED"
@@ -440,7 +439,7 @@ def test_change_password(h: Harness) -> None:
 
 def test_deactivation_ends_sessions_at_once_and_blocks_login(h: Harness) -> None:
     reader = h.new_reader()
-    email = db_rows(h, "SELECT email FROM users WHERE id = ?", (reader.account.split("/")[1],))[0][0]
+    email = h.database.rows("SELECT email FROM users WHERE id = ?", (reader.account.split("/")[1],))[0][0]
     assert works(h, reader.token)  # cached in the server now
     response = h.admin().admin.SetAccountActive(
         apb.SetAccountActiveRequest(account=reader.account, active=False), metadata=h.admin_md()
@@ -509,18 +508,18 @@ def test_delay_grows_with_further_failures(h: Harness) -> None:
 
 
 @pytest.fixture
-def two_addresses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[Harness, Client]]]:
+def two_addresses(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., tuple[Harness, Client]]]:
     """Factory: a server listening on `localhost`, so that it is reachable from
     two peer addresses: the harness talks from 127.0.0.1, the returned client
     from [::1]."""
     started: list[tuple[Harness, grpc.Channel]] = []
 
     def make(**auth: Any) -> tuple[Harness, Client]:
-        path = tmp_path / f"two{len(started)}.db"
-        apply_migrations(StorageSettings(path=path))
-        conftest.create_admin(path, monkeypatch)
-        settings = dataclasses.replace(conftest.test_settings(path, **auth), listen="localhost:0")
-        harness = Harness(conftest.ServerThread(settings), path)
+        database = conftest.migrate_with_admin(backend.fresh_database(tmp_path, f"two{len(started)}"), monkeypatch)
+        settings = dataclasses.replace(conftest.test_settings(database, **auth), listen="localhost:0")
+        harness = Harness(conftest.ServerThread(settings), database)
         assert harness.server.running is not None
         channel = grpc.insecure_channel(f"[::1]:{harness.server.running.port}")
         started.append((harness, channel))
@@ -611,7 +610,7 @@ def test_registration_is_throttled_per_address_like_login(limited_peer: Harness)
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_reason(error) == "REGISTRATION_RATE_LIMITED"
         assert 30 < (retry_delay(error) or 0.0) <= 60
-    assert table_count(h.db_path, "users") == 1
+    assert h.database.count("users") == 1
 
 
 def test_a_short_wait_is_never_announced_as_zero_seconds(make_harness: Any) -> None:
@@ -633,7 +632,7 @@ def test_only_a_hash_of_the_token_is_stored(h: Harness) -> None:
     reader: Client = h.new_reader()
     token = reader.token
     assert len(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))) == 32, "256 random bits"
-    rows = db_rows(h, "SELECT * FROM sessions")
+    rows = h.database.rows("SELECT * FROM sessions")
     assert rows
     for row in rows:
         for value in row:
@@ -642,11 +641,16 @@ def test_only_a_hash_of_the_token_is_stored(h: Harness) -> None:
             else:
                 assert token not in str(value)
     digest = hashlib.sha256(token.encode()).digest()
-    [(token_hash,)] = db_rows(h, "SELECT token_hash FROM sessions WHERE actor_id = ?", (reader.account.split("/")[1],))
+    [(token_hash,)] = h.database.rows("SELECT token_hash FROM sessions WHERE actor_id = ?",
+                                      (reader.account.split("/")[1],))
     assert isinstance(token_hash, bytes)
     assert len(token_hash) == 32
     assert token_hash == digest
-    # Nor does the token appear anywhere in the database files.
+
+
+@pytest.mark.sqlite_only
+def test_the_token_appears_in_no_database_file(h: Harness) -> None:
+    token = h.new_reader().token
     for path in h.db_path.parent.glob(h.db_path.name + "*"):
         assert token.encode() not in path.read_bytes(), path.name
 

@@ -30,6 +30,8 @@ from tests.conftest import PASSWORD, Harness
 from tests.helpers import table_count
 from tests.ops_support import WriteLoad, bulk_record, new_reader, record, run_cli, start_server
 
+pytestmark = pytest.mark.sqlite_only  # backups and restores are copies of SQLite files
+
 WRITE_STALL_BOUND = 0.5  # seconds
 
 
@@ -145,7 +147,7 @@ def test_restore_into_fresh_path_then_serve(make_harness: Any, tmp_path: Path) -
     assert original_epoch in done.stdout
     assert restored_epoch in done.stdout
 
-    h2: Harness = make_harness(db_path=fresh)
+    h2: Harness = make_harness(fresh)
     counts = {t: table_count(fresh, t) for t in ("users", "consultants", "interactions")}
     assert counts == {t: manifest["tables"][t] for t in counts}
     # Readers sign in with their old passwords; every interaction is there.

@@ -1,10 +1,10 @@
 """The server going away under load: `cursor-grpc serve` processes on one
-SQLite file, writers that choose their interaction ids and keep a ledger of
+database (of each backend under test), writers that choose their interaction ids and keep a ledger of
 what the server acknowledged, and a consultant watching the activity.
 
 * SIGKILL at random moments, restarting on the same database each time:
   nothing acknowledged is lost or stored twice, the database passes
-  `integrity_check`, and the watcher, resuming behind its last cursor after
+  its integrity check, and the watcher, resuming behind its last cursor after
   each kill, sees every committed interaction once, in order.
 * SIGTERM: what callers see (docs/operations.md, "Shutdown").
 
@@ -33,10 +33,8 @@ from cursor.v1 import admin_service_pb2 as apb
 from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
-from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.sqlite.store import apply_migrations
-from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, create_admin
-from tests.helpers import db_rows
+from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, migrate_with_admin
+from tests.databases import Backend, TestDatabase
 from tests.ops_support import FAST_AUTH_ENV, new_reader
 from tests.procs import ServerProcess
 
@@ -231,12 +229,10 @@ class Cluster:
     """The server process (restarted on the same database and port), the
     writers and the watcher, and what they leave behind."""
 
-    def __init__(self, db: Path, monkeypatch: pytest.MonkeyPatch, writers: int, in_flight: int,
+    def __init__(self, database: TestDatabase, monkeypatch: pytest.MonkeyPatch, writers: int, in_flight: int,
                  channel_options: list[tuple[str, Any]], seed: int, watch: bool = True) -> None:
-        apply_migrations(StorageSettings(path=db))
-        create_admin(db, monkeypatch)
-        self.db = db
-        self.server = ServerProcess(db, env=FAST_AUTH_ENV)
+        self.database = migrate_with_admin(database, monkeypatch)
+        self.server = ServerProcess(database.url, env=FAST_AUTH_ENV)
         self.port = self.server.port
         self.ledger = Ledger()
         self.stopping = threading.Event()
@@ -276,7 +272,7 @@ class Cluster:
             channel.close()
 
     def restart(self) -> None:
-        self.server = ServerProcess(self.db, listen=f"127.0.0.1:{self.port}", env=FAST_AUTH_ENV)
+        self.server = ServerProcess(self.database.url, listen=f"127.0.0.1:{self.port}", env=FAST_AUTH_ENV)
 
     def finish(self) -> dict[str, Any]:
         """Stop the load (every batch ends acknowledged), let the watcher catch
@@ -287,15 +283,15 @@ class Cluster:
         for writer in self.writers:
             writer.join(BATCH_DEADLINE + 30)
         assert not self.ledger.errors, self.ledger.errors[:5]
-        [(head,)] = db_rows(self.db, "SELECT coalesce(max(seq), 0) FROM interactions")
+        [(head,)] = self.database.rows("SELECT coalesce(max(seq), 0) FROM interactions")
         if self.watcher is not None:
             self.watcher.wait_until_seen(head)
             self.watcher.close()
         exit_code = self.server.terminate()
         for channel in self.channels:
             channel.close()
-        stored = dict(db_rows(self.db, "SELECT id, count(*) FROM interactions GROUP BY id"))
-        db_seqs = [seq for (seq,) in db_rows(self.db, "SELECT seq FROM interactions ORDER BY seq")]
+        stored = dict(self.database.rows("SELECT id, count(*) FROM interactions GROUP BY id"))
+        db_seqs = [seq for (seq,) in self.database.rows("SELECT seq FROM interactions ORDER BY seq")]
         seen = self.watcher.seqs if self.watcher is not None else db_seqs
         return {
             "exit_code": exit_code,
@@ -304,7 +300,7 @@ class Cluster:
             "lost": len(self.ledger.acknowledged - stored.keys()),
             "duplicated": sum(1 for n in stored.values() if n > 1),
             "not_sent": len(stored.keys() - self.ledger.attempted),
-            "integrity": db_rows(self.db, "PRAGMA integrity_check"),
+            "integrity_errors": self.database.integrity_errors(),
             "failed_calls": dict(self.ledger.failures),
             "stored_before_answer": self.ledger.stored_before_answer,
             "gaps": len(set(db_seqs) - set(seen)),
@@ -317,7 +313,7 @@ class Cluster:
 
 def assert_exactly_once(result: dict[str, Any]) -> None:
     assert result["exit_code"] == 0
-    assert result["integrity"] == [("ok",)]
+    assert result["integrity_errors"] == []
     assert result["acknowledged"] > 0
     for figure in ("unacknowledged", "lost", "duplicated", "not_sent",
                    "gaps", "repeated", "out_of_order", "not_committed"):
@@ -332,12 +328,15 @@ def seed() -> int:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> Iterator[Callable[..., Cluster]]:
+def cluster(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> Iterator[Callable[..., Cluster]]:
     """Factory: a Cluster on a fresh database, closed at the end whatever happened."""
     made: list[Cluster] = []
 
     def make(**options: Any) -> Cluster:
-        made.append(Cluster(tmp_path / f"chaos{len(made)}.db", monkeypatch, seed=seed, **options))
+        database = backend.fresh_database(tmp_path, f"chaos{len(made)}")
+        made.append(Cluster(database, monkeypatch, seed=seed, **options))
         return made[-1]
 
     yield make

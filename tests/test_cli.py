@@ -19,6 +19,7 @@ import apsw
 import pytest
 
 from cursor_grpc.storage.sqlite.migrations import load_migrations
+from tests.databases import TestDatabase
 from tests.helpers import db_rows
 from tests.procs import ServerProcess
 
@@ -64,7 +65,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     """Factory of served subprocesses; each is killed at the end whatever happened."""
     started: list[ServerProcess] = []
 
-    def start(db: Path, *extra: str) -> ServerProcess:
+    def start(db: Path | str, *extra: str) -> ServerProcess:
         served = ServerProcess(db, args=("--grace", "2", *extra), command=cli_command(), cwd=tmp_path,
                                base_env=clean_env(), wait=False)
         started.append(served)
@@ -92,16 +93,23 @@ def grpcurl_json(address: str, method: str, data: Any = None, token: str = "") -
     return json.loads(result.stdout)
 
 
-def migrated(tmp_path: Path, name: str = "cursor.db") -> Path:
-    db = tmp_path / name
-    result = run_cli(tmp_path, "migrate", "--db", str(db))
+def migrate(cwd: Path, db: Path | str) -> None:
+    """`cursor-grpc migrate --db DB`, which must succeed."""
+    result = run_cli(cwd, "migrate", "--db", str(db))
     assert result.returncode == 0, result.stderr
+
+
+def migrated(tmp_path: Path, name: str = "cursor.db") -> Path:
+    """A migrated SQLite file in the test's folder."""
+    db = tmp_path / name
+    migrate(tmp_path, db)
     return db
 
 
 # --- migrate ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 def test_migrate_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
     db = tmp_path / "cursor.db"
     first = run_cli(tmp_path, "migrate", "--db", str(db))
@@ -125,10 +133,11 @@ def test_migrate_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
 # --- serve, grpcurl, restart ---------------------------------------------------------------------------------
 
 
-def test_serve_answers_grpcurl_and_survives_a_restart(tmp_path: Path, serve: Any) -> None:
+def test_serve_answers_grpcurl_and_survives_a_restart(tmp_path: Path, serve: Any, database: TestDatabase) -> None:
     assert GRPCURL.exists(), "grpcurl is installed next to the interpreter by `make setup`"
-    db = migrated(tmp_path)
-    created = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "boss@example.com",
+    db = database.url
+    migrate(tmp_path, db)
+    created = run_cli(tmp_path, "create-admin", "--db", db, "--email", "boss@example.com",
                       env=clean_env(CURSOR_ADMIN_PASSWORD=ADMIN_PASSWORD))
     assert created.returncode == 0, created.stderr
 
@@ -183,6 +192,7 @@ def test_serve_answers_grpcurl_and_survives_a_restart(tmp_path: Path, serve: Any
 # --- refusals -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 def test_serve_refuses_a_database_with_an_unknown_migration(tmp_path: Path, serve: Any) -> None:
     db = migrated(tmp_path)
     write(db, "INSERT INTO schema_migrations(name, checksum, applied_at) VALUES (?, ?, ?)",
@@ -200,6 +210,7 @@ def test_serve_refuses_a_database_with_an_unknown_migration(tmp_path: Path, serv
     assert db_rows(db, "SELECT count(*) FROM schema_migrations WHERE name = '9999_from_the_future.sql'") == [(1,)]
 
 
+@pytest.mark.sqlite_only
 def test_serve_refuses_a_database_whose_migration_changed(tmp_path: Path, serve: Any) -> None:
     db = migrated(tmp_path)
     first = load_migrations()[0].name
@@ -212,6 +223,7 @@ def test_serve_refuses_a_database_whose_migration_changed(tmp_path: Path, serve:
     assert "serving on" not in server.stderr
 
 
+@pytest.mark.sqlite_only
 def test_serve_refuses_pending_migrations_unless_told_to_migrate(tmp_path: Path, serve: Any) -> None:
     fresh = tmp_path / "fresh.db"
     refused = serve(fresh)
@@ -270,47 +282,74 @@ def test_serve_says_when_it_cannot_listen(tmp_path: Path, serve: Any) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_create_admin(tmp_path: Path) -> None:
-    db = migrated(tmp_path)
+@pytest.mark.parametrize(("command", "where"), [
+    (("migrate", "--db", "mysql://cursor:secret@localhost/cursor"), {}),
+    (("serve", "--listen", "127.0.0.1:0"), {"CURSOR_DB": "mysql://cursor:secret@localhost/cursor"}),
+    (("create-admin", "--email", "root@example.com"), {"CURSOR_DB": "mysql://cursor:secret@localhost/cursor"}),
+])
+def test_an_unknown_database_scheme_is_refused_in_one_line(
+    tmp_path: Path, command: tuple[str, ...], where: dict[str, str]
+) -> None:
+    result = run_cli(tmp_path, *command, env=clean_env(CURSOR_ADMIN_PASSWORD=ADMIN_PASSWORD, **where), timeout=30)
+    assert result.returncode == 2, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("cursor-grpc: "), line
+    assert "unknown backend 'mysql'" in line
+    assert "secret" not in result.stderr, "the rest of the URL may hold a password"
+    assert list(tmp_path.iterdir()) == [], "nothing was created"
+
+
+@pytest.mark.sqlite_only
+def test_a_sqlite_url_names_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "by_url.db"
+    migrate(tmp_path, f"sqlite://{db}")
+    assert db.exists()
+    assert [m.name for m in load_migrations()] == [row[0] for row in db_rows(
+        db, "SELECT name FROM schema_migrations ORDER BY name")]
+
+
+def test_create_admin(tmp_path: Path, database: TestDatabase) -> None:
+    db = database.url
+    migrate(tmp_path, db)
     with_password = clean_env(CURSOR_ADMIN_PASSWORD=ADMIN_PASSWORD)
 
-    first = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "Root@Example.com",
+    first = run_cli(tmp_path, "create-admin", "--db", db, "--email", "Root@Example.com",
                     "--display-name", "Root", env=with_password)
     assert first.returncode == 0, first.stderr
     assert re.search(r"created admin consultants/[0-9a-f-]{36} <root@example.com>", first.stdout)
     assert ADMIN_PASSWORD not in first.stdout + first.stderr
-    [(cid, role, name, password_hash)] = db_rows(db, "SELECT id, role, display_name, password_hash FROM consultants")
+    [(cid, role, name, password_hash)] = database.rows("SELECT id, role, display_name, password_hash FROM consultants")
     assert (role, name) == ("admin", "Root")
     assert password_hash.startswith("$argon2id$")
     assert ADMIN_PASSWORD not in password_hash
-    assert db_rows(db, "SELECT actor_type, actor_id, action, target_id FROM audit_logs") == [
+    assert database.rows("SELECT actor_type, actor_id, action, target_id FROM audit_logs") == [
         ("system", None, "consultant.create", cid)
     ]
 
-    second = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "second@example.com", env=with_password)
+    second = run_cli(tmp_path, "create-admin", "--db", db, "--email", "second@example.com", env=with_password)
     assert second.returncode != 0
     assert "--additional" in second.stderr
-    assert db_rows(db, "SELECT count(*) FROM consultants") == [(1,)]
+    assert database.rows("SELECT count(*) FROM consultants") == [(1,)]
 
-    extra = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "second@example.com", "--additional",
+    extra = run_cli(tmp_path, "create-admin", "--db", db, "--email", "second@example.com", "--additional",
                     env=with_password)
     assert extra.returncode == 0, extra.stderr
-    assert db_rows(db, "SELECT count(*) FROM consultants WHERE role = 'admin'") == [(2,)]
+    assert database.rows("SELECT count(*) FROM consultants WHERE role = 'admin'") == [(2,)]
 
     # No password in the environment and no terminal to ask on: refused, nothing written.
-    no_password = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "third@example.com", "--additional")
+    no_password = run_cli(tmp_path, "create-admin", "--db", db, "--email", "third@example.com", "--additional")
     assert no_password.returncode != 0
     assert "CURSOR_ADMIN_PASSWORD" in no_password.stderr
-    weak = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "third@example.com", "--additional",
+    weak = run_cli(tmp_path, "create-admin", "--db", db, "--email", "third@example.com", "--additional",
                    env=clean_env(CURSOR_ADMIN_PASSWORD="short"))
     assert weak.returncode != 0
     assert "at least 10" in weak.stderr
-    duplicate = run_cli(tmp_path, "create-admin", "--db", str(db), "--email", "root@example.com", "--additional",
+    duplicate = run_cli(tmp_path, "create-admin", "--db", db, "--email", "root@example.com", "--additional",
                         env=with_password)
     assert duplicate.returncode != 0
     assert "already exists" in duplicate.stderr
-    assert db_rows(db, "SELECT count(*) FROM consultants") == [(2,)]
-    assert db_rows(db, "SELECT count(*) FROM audit_logs") == [(2,)]
+    assert database.rows("SELECT count(*) FROM consultants") == [(2,)]
+    assert database.rows("SELECT count(*) FROM audit_logs") == [(2,)]
 
 
 def test_create_admin_refuses_an_unmigrated_database(tmp_path: Path) -> None:

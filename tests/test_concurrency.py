@@ -8,7 +8,6 @@ import time
 import uuid
 from typing import Any
 
-import apsw
 import grpc
 
 from cursor.v1 import reader_service_pb2 as rpb
@@ -71,25 +70,18 @@ def test_fifty_readers_two_hundred_each_store_exactly_ten_thousand(h: Harness) -
     print(f"\n{total} interactions from {READERS} concurrent readers in {elapsed:.2f} s "
           f"({total / elapsed:.0f}/s mixed); unary ~{unary_rate:.0f}/s, streamed ~{stream_rate:.0f}/s")
 
-    conn = apsw.Connection(str(h.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        assert conn.execute("SELECT count(*), count(DISTINCT id), count(DISTINCT seq) FROM interactions").fetchall() \
-            == [(total, total, total)]
-        expected = {i for r in results for i in r["ids"]}
-        stored = {row[0] for row in conn.execute("SELECT id FROM interactions")}
-        assert stored == expected
-        for reader in readers:
-            reader_id = reader.account.split("/")[1]
-            last = conn.execute(
-                "SELECT id, payload FROM interactions WHERE user_id = ? ORDER BY seq DESC LIMIT 1", (reader_id,)
-            ).fetchall()[0]
-            state = conn.execute(
-                "SELECT last_interaction_id, progress, current_step FROM reader_states WHERE user_id = ?",
-                (reader_id,),
-            ).fetchall()[0]
-            payload = json.loads(last[1])
-            assert state == (last[0], payload["percent"], payload["step"])
-            count = conn.execute("SELECT count(*) FROM interactions WHERE user_id = ?", (reader_id,)).fetchall()
-            assert count == [(PER_READER,)]
-    finally:
-        conn.close()
+    db = h.database
+    assert db.rows("SELECT count(*), count(DISTINCT id), count(DISTINCT seq) FROM interactions") \
+        == [(total, total, total)]
+    expected = {i for r in results for i in r["ids"]}
+    stored = {row[0] for row in db.rows("SELECT id FROM interactions")}
+    assert stored == expected
+    for reader in readers:
+        reader_id = reader.account.split("/")[1]
+        [last] = db.rows("SELECT id, payload FROM interactions WHERE user_id = ? ORDER BY seq DESC LIMIT 1",
+                         (reader_id,))
+        [state] = db.rows("SELECT last_interaction_id, progress, current_step FROM reader_states WHERE user_id = ?",
+                          (reader_id,))
+        payload = json.loads(last[1])
+        assert state == (last[0], payload["percent"], payload["step"])
+        assert db.rows("SELECT count(*) FROM interactions WHERE user_id = ?", (reader_id,)) == [(PER_READER,)]

@@ -8,13 +8,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import apsw
 import grpc
 import pytest
 
 from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
+from cursor_grpc.clock import iso_from_ns, now_ns
 from tests.conftest import Client, Harness
 from tests.helpers import error_reason, rpc_error
 
@@ -51,26 +51,16 @@ def walk(fetch: Callable[[str], Any], items: str, page_size_seen: int) -> list[A
 
 def set_last_seen_minutes_ago(h: Harness, reader: Client, minutes: int) -> None:
     """Move a reader's last_seen_at back through a connection of our own."""
-    conn = apsw.Connection(str(h.db_path))
-    conn.set_busy_timeout(5000)
-    try:
-        conn.execute(
-            "UPDATE reader_states SET last_seen_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) WHERE user_id = ?",
-            (f"-{minutes} minutes", reader.account.split("/")[1]),
-        )
-        assert conn.changes() == 1
-    finally:
-        conn.close()
+    seen = iso_from_ns(now_ns() - minutes * 60 * 10**9)
+    changed = h.database.execute("UPDATE reader_states SET last_seen_at = ? WHERE user_id = ?",
+                                 (seen, reader.account.split("/")[1]))
+    assert changed == 1
 
 
 def email_of(h: Harness, client: Client) -> tuple[str, str]:
-    conn = apsw.Connection(str(h.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        row = conn.execute("SELECT email, display_name FROM users WHERE id = ?",
-                           (client.account.split("/")[1],)).fetchall()[0]
-        return str(row[0]), str(row[1])
-    finally:
-        conn.close()
+    [(email, display_name)] = h.database.rows("SELECT email, display_name FROM users WHERE id = ?",
+                                              (client.account.split("/")[1],))
+    return str(email), str(display_name)
 
 
 # --- ListActiveReaders --------------------------------------------------------------------------------------------

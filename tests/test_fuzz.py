@@ -23,10 +23,8 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import apsw
 import grpc
 import pytest
 from google.protobuf import descriptor as pb_descriptor
@@ -36,10 +34,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cursor.v1 import admin_service_pb2, auth_service_pb2, consultant_service_pb2, reader_service_pb2, resources_pb2
-from cursor_grpc.config import AuthSettings, StorageSettings
-from cursor_grpc.storage.sqlite.store import apply_migrations
+from cursor_grpc.config import AuthSettings
 from tests import conftest
-from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, ServerThread, bearer, create_admin
+from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, ServerThread, bearer, migrate_with_admin
+from tests.databases import Backend, TestDatabase
 from tests.test_access import service_descriptors
 
 EXAMPLES = int(os.environ.get("CURSOR_FUZZ_EXAMPLES", "3000"))
@@ -82,7 +80,7 @@ class Target:
     """The server under fuzz, its callers, and values worth sending."""
 
     server: ServerThread
-    db_path: Path
+    database: TestDatabase
     channel: grpc.Channel
     identities: dict[str, Identity]
     names: list[str]
@@ -94,21 +92,12 @@ class Target:
     log_errors: list[str] = field(default_factory=list)
 
     def table_counts(self) -> tuple[int, ...]:
-        conn = apsw.Connection(str(self.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-        try:
-            return tuple(conn.execute(COUNT_ALL).fetchall()[0])
-        finally:
-            conn.close()
+        return tuple(self.database.rows(COUNT_ALL)[0])
 
     def login(self, identity: Identity) -> None:
         """Sign in again (after a fuzzed Logout, RotateSession or deactivation)."""
         table = "consultants" if identity.account.startswith("consultants/") else "users"
-        conn = apsw.Connection(str(self.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-        try:
-            (email,) = conn.execute(f"SELECT email FROM {table} WHERE id = ?",
-                                    (identity.account.split("/")[1],)).fetchall()[0]
-        finally:
-            conn.close()
+        [(email,)] = self.database.rows(f"SELECT email FROM {table} WHERE id = ?", (identity.account.split("/")[1],))
         session = Client(self.channel).login(str(email), PASSWORD, identity.kind)
         identity.token, identity.email = session.token, str(email)
 
@@ -135,16 +124,15 @@ def _forged_tokens(real: list[str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    db_path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    apply_migrations(StorageSettings(path=db_path))
+def target(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    database = backend.fresh_database(tmp_path_factory.mktemp("fuzz"), "fuzz")
     with pytest.MonkeyPatch.context() as patch:
-        create_admin(db_path, patch)
+        migrate_with_admin(database, patch)
     # Cheap hashing, so valid registrations and logins do not dominate the run;
     # failed logins of the callers' own emails must not lock them out.
     auth = {"argon2_memory_kib": 1024, "argon2_time_cost": 1, "free_login_failures": 10**9}
     assert set(auth) <= {f.name for f in dataclasses.fields(AuthSettings)}
-    server = ServerThread(conftest.test_settings(db_path, **auth))
+    server = ServerThread(conftest.test_settings(database, **auth))
     channel = grpc.insecure_channel(server.address)
     client = Client(channel)
     errors: list[str] = []
@@ -193,7 +181,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         cursors = [cursor, f"{epoch}-0", f"{epoch}-{int(seq) + 1000}", f"{epoch}-²", f"{epoch}-①",
                    f"{epoch}-" + "9" * 5000, f"{epoch}-{2**63}", f"{epoch}--1", f"0123456789abcdef-{seq}", "-", "x-1"]
         tokens = real_tokens + list(_forged_tokens(real_tokens))
-        yield Target(server, db_path, channel, identities, names, cursors, tokens, log_errors=errors)
+        yield Target(server, database, channel, identities, names, cursors, tokens, log_errors=errors)
     finally:
         logging.getLogger().removeHandler(handler)
         channel.close()

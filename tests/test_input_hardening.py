@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,7 +24,8 @@ from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
 from cursor_grpc.config import LimitSettings
 from tests.conftest import PASSWORD, Client, Harness
-from tests.helpers import error_details, error_reason, rpc_error, table_count
+from tests.databases import TestDatabase
+from tests.helpers import error_details, error_reason, rpc_error
 from tests.procs import ServerProcess
 from tests.test_access import service_descriptors
 
@@ -76,7 +76,7 @@ def test_payload_json_refuses_non_finite_numbers_duplicate_keys_and_lone_surroga
     reader = h.new_reader()
     cases = {name: (lambda p=payload: record(reader, new_interaction(p))) for name, payload in BAD_JSON.items()}
     assert failures(cases, INVALID, "INVALID_PAYLOAD") == []
-    assert table_count(h.db_path, "interactions") == 0
+    assert h.database.count("interactions") == 0
     assert not record(reader, new_interaction(GOOD_JSON)).duplicate
 
 
@@ -124,7 +124,7 @@ def test_nul_and_control_characters_are_refused_in_every_text_field(h: Harness) 
         return reader.reader.UpdateMyProfile(rpb.UpdateMyProfileRequest(
             reader=resources_pb2.Reader(**fields), update_mask=mask(paths=list(fields))), metadata=reader.md)
 
-    messages_before = table_count(h.db_path, "messages")
+    messages_before = h.database.count("messages")
     cases = {
         "reader message body NUL": lambda: reader.reader.SendMyMessage(
             rpb.SendMyMessageRequest(body="\u0000hello"), metadata=reader.md),
@@ -146,8 +146,8 @@ def test_nul_and_control_characters_are_refused_in_every_text_field(h: Harness) 
             apb.ListAuditLogsRequest(action="reader.register\x00"), metadata=consultant.md),
     }
     assert failures(cases, INVALID) == []
-    assert table_count(h.db_path, "messages") == messages_before
-    assert table_count(h.db_path, "interactions") == 0
+    assert h.database.count("messages") == messages_before
+    assert h.database.count("interactions") == 0
     # Free text keeps its line breaks and tabs.
     sent = reader.reader.SendMyMessage(rpb.SendMyMessageRequest(body="line one\nline two\r\n\tend"), metadata=reader.md)
     assert sent.message.body == "line one\nline two\r\n\tend"
@@ -267,7 +267,7 @@ def test_a_raw_bytes_upload_chunk_is_an_invalid_argument(h: Harness) -> None:
     error = rpc_error(lambda: upload(iter([b"\xff\xff\xff"]), metadata=reader.md, timeout=10))
     assert error.code() == INVALID
     assert error_reason(error) == "MALFORMED_REQUEST"
-    assert table_count(h.db_path, "interactions") == 0
+    assert h.database.count("interactions") == 0
 
 
 def test_undecodable_bodies_log_one_line_without_a_traceback(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
@@ -361,7 +361,7 @@ def test_the_largest_legitimate_chunk_is_accepted_and_a_larger_one_refused(h: Ha
     error = rpc_error(lambda: reader.reader.RecordInteractions(iter([too_big]), metadata=reader.md, timeout=60))
     assert error.code() == TOO_LARGE
     assert str(limits.max_message_bytes) in (error.details() or "")
-    assert table_count(h.db_path, "interactions") == limits.max_chunk_interactions
+    assert h.database.count("interactions") == limits.max_chunk_interactions
 
 
 OVERSIZED = 15 * 1024 * 1024
@@ -389,7 +389,7 @@ def _flood(address: str, size: int, count: int = CONCURRENT) -> list[grpc.Status
         return list(pool.map(one, range(count)))
 
 
-def test_oversized_unauthenticated_requests_do_not_grow_the_server(tmp_path: Path) -> None:
+def test_oversized_unauthenticated_requests_do_not_grow_the_server(database: TestDatabase) -> None:
     """Before the caps, each flood of 20 such requests added 250-650 MiB that
     stayed (1.0-1.5 GiB after these four). Now gRPC refuses what is over the
     server-wide cap and the guard what is over an RPC's own, and what stays
@@ -397,7 +397,7 @@ def test_oversized_unauthenticated_requests_do_not_grow_the_server(tmp_path: Pat
     at the server-wide cap, each held three times on the way to the guard:
     gRPC's buffer, the bytes grpc.aio assembles, their copy): freed memory is
     reused, not added to. Measured: 100-230 MiB."""
-    server = ServerProcess(tmp_path / "rss.db")
+    server = ServerProcess(database.url)
     try:
         # A round of small ones first, so the measured rounds start from a process that has served.
         _flood(server.address, 64 * 1024, count=4)

@@ -7,10 +7,8 @@ import asyncio
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-import apsw
 import grpc
 import pytest
 
@@ -19,41 +17,35 @@ from cursor.v1 import auth_service_pb2_grpc, consultant_service_pb2_grpc, reader
 from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2 as pb
-from tests.conftest import ADMIN_EMAIL, PASSWORD, bearer, create_admin
+from tests.conftest import ADMIN_EMAIL, PASSWORD, bearer, migrate_with_admin
+from tests.databases import TestDatabase
 from tests.helpers import error_details
 from tests.procs import ServerProcess
 
 
-def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> ServerProcess:
-    from cursor_grpc.config import StorageSettings
-    from cursor_grpc.storage.sqlite.store import apply_migrations
-
-    db = tmp_path / "live.db"
-    apply_migrations(StorageSettings(path=db))
-    create_admin(db, monkeypatch)
+def _start(database: TestDatabase, monkeypatch: pytest.MonkeyPatch, **env: str) -> ServerProcess:
+    migrate_with_admin(database, monkeypatch)
     # These tests watch with one consultant session many times over: lift
     # the per-session and per-account stream caps (tests/test_stream_bounds.py
     # tests them).
     caps = {"CURSOR_MAX_STREAMS_PER_SESSION": "1000", "CURSOR_MAX_STREAMS_PER_ACCOUNT": "1000"}
-    process = ServerProcess(db, env={"CURSOR_HEARTBEAT_SECONDS": "1", **caps, **env})
-    process.db = db  # type: ignore[attr-defined]
-    return process
+    return ServerProcess(database.url, env={"CURSOR_HEARTBEAT_SECONDS": "1", **caps, **env})
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    process = _start(tmp_path, monkeypatch)
+def server(database: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> Any:
+    process = _start(database, monkeypatch)
     yield process
     process.kill()
 
 
 @pytest.fixture
-def small_cache_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def small_cache_server(database: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Every opened watch writes an audit row, so the database grows during
     churn and SQLite's page cache (64 MiB per connection by default) fills
     with it: real memory, but not what churn measures. A 1 MiB cache keeps
     SQLite flat, so what is left is gRPC's and the streams' own memory."""
-    process = _start(tmp_path, monkeypatch, CURSOR_CACHE_SIZE_KIB="1024")
+    process = _start(database, monkeypatch, CURSOR_CACHE_SIZE_KIB="1024")
     yield process
     process.kill()
 
@@ -75,17 +67,15 @@ async def _readers(channel: grpc.aio.Channel, count: int, prefix: str) -> list[s
     return list(await asyncio.gather(*(one(n) for n in range(count))))
 
 
-def _all_event_ids(db: Path, after: int) -> list[tuple[int, str]]:
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return [(int(seq), str(reader)) for seq, reader in conn.execute(
-            "SELECT seq, user_id FROM interactions WHERE seq > ? UNION ALL "
-            "SELECT seq, reader_id FROM events WHERE seq > ? ORDER BY 1", (after, after))]
-    finally:
-        conn.close()
+def _all_event_ids(database: TestDatabase, after: int) -> list[tuple[int, str]]:
+    return [(int(seq), str(reader)) for seq, reader in database.rows(
+        "SELECT seq, user_id FROM interactions WHERE seq > ? UNION ALL "
+        "SELECT seq, reader_id FROM events WHERE seq > ? ORDER BY 1", (after, after))]
 
 
-def test_twenty_watchers_fifty_writers_every_event_once_in_commit_order(server: ServerProcess) -> None:
+def test_twenty_watchers_fifty_writers_every_event_once_in_commit_order(
+    server: ServerProcess, database: TestDatabase
+) -> None:
     watchers, writers, per_writer = 20, 50, 40
 
     async def main() -> tuple[list[list[pb.ActivityEvent]], int]:
@@ -118,14 +108,14 @@ def test_twenty_watchers_fifty_writers_every_event_once_in_commit_order(server: 
                     received[n].extend(response.events)
 
             await asyncio.gather(*(write(t) for t in tokens))
-            expected = len(_all_event_ids(server.db, start))  # type: ignore[attr-defined]
+            expected = len(_all_event_ids(database, start))
             await asyncio.gather(*(read(n, c, expected) for n, c in enumerate(calls)))
             for call in calls:
                 call.cancel()
             return received, start
 
     received, start = asyncio.run(main())
-    in_db = _all_event_ids(server.db, start)  # type: ignore[attr-defined]
+    in_db = _all_event_ids(database, start)
     assert len([1 for _, r in in_db]) >= writers * per_writer
     for events in received:
         ids = [e.event_id for e in events]

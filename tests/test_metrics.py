@@ -24,6 +24,7 @@ from cursor_grpc import logging_setup, metrics
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.storage.sqlite.connection import open_connection
 from tests.conftest import PASSWORD, Client
+from tests.databases import TestDatabase, as_database
 from tests.helpers import rpc_error
 from tests.ops_support import WriteLoad, new_reader, record, run_cli, start_server
 from tests.streams import collect
@@ -72,9 +73,10 @@ def _metrics_port(log: list[str]) -> int:
     raise AssertionError("no metrics address in the log:\n" + "".join(log[-20:]))
 
 
-def _admin_database(db: Path) -> None:
-    assert run_cli("migrate", "--db", str(db)).returncode == 0
-    made = run_cli("create-admin", "--db", str(db), "--email", ADMIN, env={"CURSOR_ADMIN_PASSWORD": PASSWORD})
+def _admin_database(database: TestDatabase | Path) -> None:
+    url = as_database(database).url
+    assert run_cli("migrate", "--db", url).returncode == 0
+    made = run_cli("create-admin", "--db", url, "--email", ADMIN, env={"CURSOR_ADMIN_PASSWORD": PASSWORD})
     assert made.returncode == 0, made.stderr
 
 
@@ -91,6 +93,7 @@ def _wait_log(server: Any, text: str, timeout: float = 20) -> None:
     assert server.wait_log(text, timeout), f"no {text!r} in the log:\n" + "".join(server.log[-30:])
 
 
+@pytest.mark.sqlite_only  # the WAL, backup and archive families, a lock held from outside
 def test_metrics_endpoint_under_load(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     _admin_database(db)
@@ -184,13 +187,12 @@ def test_stream_metrics_move_with_watch_activity(make_harness: Any) -> None:
     assert values["cursor_stream_lag_events_count"] >= 1
 
 
-def test_json_logs_carry_no_secrets(tmp_path: Path) -> None:
-    db = tmp_path / "l.db"
-    _admin_database(db)
+def test_json_logs_carry_no_secrets(database: TestDatabase) -> None:
+    _admin_database(database)
     secret_password = "Canary-Password-7f3a9e21"
     payload_canary = "payload-canary-5b1c77"
     message_canary = "message-canary-90ad1f"
-    server = start_server(db, CURSOR_LOG_FORMAT="json", CURSOR_LOG_LEVEL="DEBUG", CURSOR_SLOW_QUERY_MS="0")
+    server = start_server(database, CURSOR_LOG_FORMAT="json", CURSOR_LOG_LEVEL="DEBUG", CURSOR_SLOW_QUERY_MS="0")
     try:
         channel = grpc.insecure_channel(server.address)
         anonymous = Client(channel)
@@ -220,6 +222,7 @@ def test_json_logs_carry_no_secrets(tmp_path: Path) -> None:
         assert secret not in text, f"{secret[:8]}... appeared in the log"
 
 
+@pytest.mark.sqlite_only  # SQLite's profile hook
 def test_slow_query_log_has_sql_and_duration_but_no_values(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = StorageSettings(path=tmp_path / "s.db", slow_query_ms=20)
     conn = open_connection(settings)

@@ -23,6 +23,8 @@ from cursor_grpc.storage.sqlite.rebuild import TableRebuild, rebuild_table
 from tests.helpers import db_rows
 from tests.ops_support import run_cli
 
+pytestmark = pytest.mark.sqlite_only  # SQLite's migration runner and table rebuilds
+
 KNOWN = [m.name for m in load_migrations()]
 REBUILD = "0005_interactions_payload_object.py"
 

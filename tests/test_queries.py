@@ -19,7 +19,9 @@ from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
 from tests.conftest import PASSWORD, Client, Harness
-from tests.helpers import db_rows, rpc_error, table_count
+from tests.helpers import rpc_error
+
+pytestmark = pytest.mark.sqlite_only  # docs/queries.md is SQL for the SQLite file
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "queries.md"
 NAMES = {"active_readers", "recent_interactions", "reader_interactions", "promote_reader"}
@@ -101,7 +103,7 @@ def test_active_readers_query(h: Harness) -> None:
 
     found = read(h, "active_readers")
     assert [r[0] for r in found] == [rid(bob), rid(ann)], "most recently seen first, stale and idle ones left out"
-    emails = dict(db_rows(h, "SELECT id, email FROM users"))
+    emails = dict(h.database.rows("SELECT id, email FROM users"))
     for row in found:
         user_id, email, display_name, status, progress, step, last_interaction_id, last_seen_at = row
         name = f"readers/{user_id}"
@@ -135,7 +137,7 @@ def test_server_timestamps_are_in_the_stored_format(h: Harness) -> None:
     record(h.new_reader())
     for table, column in [("users", "created_at"), ("reader_states", "last_seen_at"),
                           ("interactions", "created_at"), ("sessions", "expires_at"), ("audit_logs", "created_at")]:
-        values = [v for (v,) in db_rows(h, f"SELECT {column} FROM {table}")]
+        values = [v for (v,) in h.database.rows(f"SELECT {column} FROM {table}")]
         assert values
         assert all(ISO.match(v) for v in values), (table, column, values)
 
@@ -193,20 +195,20 @@ def login(h: Harness, email: str, kind: Any) -> Any:
 
 def test_promote_query(h: Harness) -> None:
     reader = h.new_reader("pat")
-    [(email, password_hash, display_name)] = db_rows(
-        h, "SELECT email, password_hash, display_name FROM users WHERE id = ?", (rid(reader),))
-    consultants, audits = table_count(h.db_path, "consultants"), table_count(h.db_path, "audit_logs")
+    [(email, password_hash, display_name)] = h.database.rows(
+        "SELECT email, password_hash, display_name FROM users WHERE id = ?", (rid(reader),))
+    consultants, audits = h.database.count("consultants"), h.database.count("audit_logs")
 
     consultant_id = promote(h, rid(reader), "supervisor")
-    assert db_rows(h, "SELECT email, password_hash, display_name, role, user_id, is_active FROM consultants "
-                   "WHERE id = ?", (consultant_id,)) == [(email, password_hash, display_name, "supervisor",
-                                                          rid(reader), 1)]
-    [(created_at, updated_at)] = db_rows(h, "SELECT created_at, updated_at FROM consultants WHERE id = ?",
-                                      (consultant_id,))
+    assert h.database.rows("SELECT email, password_hash, display_name, role, user_id, is_active FROM consultants "
+                           "WHERE id = ?", (consultant_id,)) == [(email, password_hash, display_name, "supervisor",
+                                                                  rid(reader), 1)]
+    [(created_at, updated_at)] = h.database.rows("SELECT created_at, updated_at FROM consultants WHERE id = ?",
+                                                 (consultant_id,))
     assert ISO.match(created_at)
     assert created_at == updated_at
-    [audit] = db_rows(h, "SELECT actor_type, actor_id, action, target_type, target_id, details FROM audit_logs "
-                      "WHERE action = 'reader.promote'")
+    [audit] = h.database.rows("SELECT actor_type, actor_id, action, target_type, target_id, details FROM audit_logs "
+                              "WHERE action = 'reader.promote'")
     assert audit[:5] == ("system", None, "reader.promote", "reader", rid(reader))
     assert json.loads(audit[5]) == {"consultant_id": consultant_id, "role": "supervisor", "via": "sql"}
 
@@ -219,17 +221,17 @@ def test_promote_query(h: Harness) -> None:
     promoted = Client(h.channel, as_consultant.token, as_consultant.account)
     assert promoted.consultant.GetReader(cpb.GetReaderRequest(name=reader.account), metadata=promoted.md)
     # Defect 1: the consultant's session is stored, and every foreign key holds.
-    assert db_rows(h, "SELECT actor_type FROM sessions WHERE actor_id = ?", (consultant_id,)) == [("consultant",)]
-    assert db_rows(h, "PRAGMA foreign_key_list(sessions)") == []
-    assert db_rows(h, "PRAGMA foreign_key_check") == []
+    assert h.database.rows("SELECT actor_type FROM sessions WHERE actor_id = ?", (consultant_id,)) == [("consultant",)]
+    assert h.database.rows("PRAGMA foreign_key_list(sessions)") == []
+    assert h.database.rows("PRAGMA foreign_key_check") == []
 
     # A second promotion, of any role, does nothing, and audits nothing; also
     # when the same statement is simply run again.
     promote(h, rid(reader), "admin")
     write(h, QUERIES["promote_reader"], {"user_id": rid(reader), "role": "admin", "consultant_id": consultant_id,
                                          "audit_id": str(uuid.uuid4())})
-    assert table_count(h.db_path, "consultants") == consultants + 1
-    assert table_count(h.db_path, "audit_logs") == audits + 1 + 1  # + the consultant's login
+    assert h.database.count("consultants") == consultants + 1
+    assert h.database.count("audit_logs") == audits + 1 + 1  # + the consultant's login
     # The server agrees that this reader has been promoted.
     error = rpc_error(lambda: h.anonymous.admin.PromoteReader(
         apb.PromoteReaderRequest(reader=reader.account), metadata=h.admin_md()))
@@ -246,12 +248,12 @@ def test_promote_query_inserts_nothing_when_it_must_not(h: Harness, case: str) -
         h.anonymous.admin.SetAccountActive(apb.SetAccountActiveRequest(account=reader.account, active=False),
                                            metadata=h.admin_md())
     else:
-        [(email,)] = db_rows(h, "SELECT email FROM users WHERE id = ?", (user_id,))
+        [(email,)] = h.database.rows("SELECT email FROM users WHERE id = ?", (user_id,))
         h.anonymous.admin.CreateConsultant(apb.CreateConsultantRequest(
             email=email, password=PASSWORD, display_name="Namesake", role=resources_pb2.CONSULTANT_ROLE_CONSULTANT,
         ), metadata=h.admin_md())
-    consultants, audits = table_count(h.db_path, "consultants"), table_count(h.db_path, "audit_logs")
+    consultants, audits = h.database.count("consultants"), h.database.count("audit_logs")
     consultant_id = promote(h, user_id, "consultant")
-    assert db_rows(h, "SELECT count(*) FROM consultants WHERE id = ?", (consultant_id,)) == [(0,)]
-    assert table_count(h.db_path, "consultants") == consultants
-    assert table_count(h.db_path, "audit_logs") == audits
+    assert h.database.rows("SELECT count(*) FROM consultants WHERE id = ?", (consultant_id,)) == [(0,)]
+    assert h.database.count("consultants") == consultants
+    assert h.database.count("audit_logs") == audits

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import uuid
 
-import apsw
 import grpc
 import pytest
 
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
 from tests.conftest import Harness
-from tests.helpers import db_rows, error_reason, rpc_error, table_count
+from tests.helpers import error_reason, rpc_error
 
 
 def record(client, type_="progress", payload=None, summary="", id_=""):  # type: ignore[no-untyped-def]
@@ -43,12 +42,11 @@ def test_record_moves_state_in_the_same_transaction(h: Harness) -> None:
     assert done.state.status == resources_pb2.READER_STATUS_COMPLETED
     state = reader.reader.GetMyState(rpb.GetMyStateRequest(), metadata=reader.md).state
     assert state == done.state
-    # The row in SQLite agrees with what the API said.
-    conn = apsw.Connection(str(h.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-    row = conn.execute(
+    # The row in the database agrees with what the API said.
+    [row] = h.database.rows(
         "SELECT status, progress, current_step, last_interaction_id FROM reader_states WHERE user_id = ?",
         (reader.account.split("/")[1],),
-    ).fetchall()[0]
+    )
     assert row == ("completed", 1.0, 2, done.interaction.name.rsplit("/", 1)[1])
 
 
@@ -60,7 +58,7 @@ def test_retry_with_same_id_stores_once(h: Harness) -> None:
     assert not first.duplicate
     assert again.duplicate
     assert again.interaction == first.interaction
-    assert table_count(h.db_path, "interactions") == 1
+    assert h.database.count("interactions") == 1
 
 
 def test_id_of_another_reader_is_refused(h: Harness) -> None:
@@ -70,7 +68,7 @@ def test_id_of_another_reader_is_refused(h: Harness) -> None:
     error = rpc_error(lambda: record(bob, id_=chosen, type_="heartbeat"))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
     assert error_reason(error) == "ID_TAKEN"
-    assert table_count(h.db_path, "interactions") == 1
+    assert h.database.count("interactions") == 1
 
 
 @pytest.mark.parametrize(
@@ -99,7 +97,7 @@ def test_bad_interactions_are_refused_and_nothing_is_written(
     error = rpc_error(lambda: reader.reader.RecordInteraction(request, metadata=reader.md))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in error.details() or field.split(".")[-1] in error.details()
-    assert table_count(h.db_path, "interactions") == 0
+    assert h.database.count("interactions") == 0
 
 
 def test_missing_interaction_is_invalid(h: Harness) -> None:
@@ -131,7 +129,7 @@ def test_streaming_upload_counts_stored_duplicates_and_rejects(h: Harness) -> No
     assert "type" in response.rejected[0].message
     assert response.state.progress == pytest.approx(0.399)
     assert response.state.current_step == 3
-    assert table_count(h.db_path, "interactions") == 402
+    assert h.database.count("interactions") == 402
 
 
 def test_upload_chunk_mixing_new_duplicate_and_taken_ids_stores_only_the_new(h: Harness) -> None:
@@ -158,7 +156,7 @@ def test_upload_chunk_mixing_new_duplicate_and_taken_ids_stores_only_the_new(h: 
     assert [(r.index, r.id, r.reason) for r in response.rejected] == [(2, theirs, "ID_TAKEN")]
     assert response.state.progress == pytest.approx(0.3)
     assert response.state.current_step == 2
-    rows = db_rows(h.db_path, "SELECT id, user_id FROM interactions ORDER BY seq")
+    rows = h.database.rows("SELECT id, user_id FROM interactions ORDER BY seq")
     assert [r[0] for r in rows[2:5]] == [fresh[0], repeated, fresh[1]]
     assert len(rows) == 6
     assert all(r[1] == reader.account.removeprefix("readers/") for r in rows[2:])

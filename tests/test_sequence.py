@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from cursor_grpc.clock import new_id
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.storage.records import NewInteractionData
 from cursor_grpc.storage.sqlite.store import SQLiteStore, apply_migrations
+
+pytestmark = pytest.mark.sqlite_only  # two SQLite writers on one file
 
 
 def item(n: int) -> NewInteractionData:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import apsw
 import grpc
 import pytest
 
@@ -23,7 +22,7 @@ from cursor.v1 import reader_service_pb2 as rpb
 from cursor_grpc.auth import sessions as session_module
 from cursor_grpc.clock import iso_to_ns, now_iso
 from tests.conftest import PASSWORD, Client, Harness
-from tests.helpers import db_rows, error_reason
+from tests.helpers import error_reason
 from tests.streams import StreamReader
 
 # The contract: a stream ends within this long of the revoke returning.
@@ -50,12 +49,7 @@ def end_session(h: Harness, client: Client, ending: str) -> None:
 
 def write_to_db(h: Harness, sql: str, params: tuple[Any, ...]) -> None:
     """A change made behind the server's back, by a connection of our own."""
-    conn = apsw.Connection(str(h.db_path))
-    conn.set_busy_timeout(10_000)
-    try:
-        conn.execute(sql, params)
-    finally:
-        conn.close()
+    h.database.execute(sql, params)
 
 
 def token_hash(client: Client) -> bytes:
@@ -249,8 +243,8 @@ def test_a_stream_ends_when_its_session_expires(make_harness: Any) -> None:
     h = make_harness(reader_absolute_seconds=4, consultant_absolute_seconds=4)
     consultant, reader = h.new_consultant(), h.new_reader()
     streams = open_streams(consultant, reader)
-    expires_ns = max(iso_to_ns(db_rows(h, "SELECT expires_at FROM sessions WHERE token_hash = ?",
-                                       (token_hash(client),))[0][0]) for client in (consultant, reader))
+    expires_ns = max(iso_to_ns(h.database.rows("SELECT expires_at FROM sessions WHERE token_hash = ?",
+                                               (token_hash(client),))[0][0]) for client in (consultant, reader))
     # The later expiry, on the monotonic clock the streams' end times use.
     expire_at = time.monotonic() + (expires_ns / 1e9 - time.time())
     assert expire_at > time.monotonic(), "the sessions expired before the streams opened; the machine is very slow"

@@ -13,10 +13,12 @@ import pytest
 
 from cursor.v1 import auth_service_pb2 as apb
 from cursor.v1 import auth_service_pb2_grpc
-from cursor_grpc.storage.sqlite.dblock import DatabaseInUse
+from cursor_grpc.storage import DatabaseInUse
 from tests import conftest
 from tests.ops_support import run_cli
 from tests.procs import ServerProcess
+
+pytestmark = pytest.mark.sqlite_only  # the lock file beside the SQLite database
 
 
 def register(address: str, email: str) -> None:

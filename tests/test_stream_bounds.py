@@ -9,9 +9,7 @@ import contextlib
 import json
 import threading
 import time
-from pathlib import Path
 
-import apsw
 import grpc
 import pytest
 
@@ -20,11 +18,11 @@ from cursor.v1 import auth_service_pb2_grpc, consultant_service_pb2_grpc, reader
 from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2 as pb
-from cursor_grpc.config import LiveSettings, StorageSettings
+from cursor_grpc.config import LiveSettings
 from cursor_grpc.storage.records import EventFilter
-from cursor_grpc.storage.sqlite.store import apply_migrations
-from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, Harness, bearer, create_admin
-from tests.helpers import db_rows, error_details, error_reason
+from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, Harness, bearer, migrate_with_admin
+from tests.databases import TestDatabase
+from tests.helpers import error_details, error_reason
 from tests.procs import ServerProcess
 from tests.streams import StreamReader
 
@@ -59,7 +57,7 @@ def wait_stream_count(h: Harness, count: int) -> None:
 
 
 def email_of(h: Harness, client: Client) -> str:
-    return str(db_rows(h, "SELECT email FROM users WHERE id = ?", (client.account.split("/")[1],))[0][0])
+    return str(h.database.rows("SELECT email FROM users WHERE id = ?", (client.account.split("/")[1],))[0][0])
 
 
 # --- caps on open streams ---------------------------------------------------------------------------------------
@@ -97,24 +95,19 @@ def test_a_consultant_is_capped_too_and_a_refused_watch_is_not_audited(h: Harnes
     streams = [watch() for _ in range(cap)]
     assert all(opened(s) for s in streams)
     assert_refused(watch(), "session", cap)
-    rows = db_rows(h, "SELECT count(*) FROM audit_logs WHERE action = 'watch.open' AND actor_id = ?",
-                   (consultant.account.split("/")[1],))
+    rows = h.database.rows("SELECT count(*) FROM audit_logs WHERE action = 'watch.open' AND actor_id = ?",
+                           (consultant.account.split("/")[1],))
     assert rows == [(cap,)]
     for stream in streams:
         stream.cancel()
 
 
-def _server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> ServerProcess:
-    db = tmp_path / "bounds.db"
-    apply_migrations(StorageSettings(path=db))
-    create_admin(db, monkeypatch)
-    process = ServerProcess(db, env=env)
-    process.db = db  # type: ignore[attr-defined]
-    return process
+def _server(database: TestDatabase, monkeypatch: pytest.MonkeyPatch, **env: str) -> ServerProcess:
+    return ServerProcess(migrate_with_admin(database, monkeypatch).url, env=env)
 
 
-def test_the_server_caps_its_open_streams_in_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = _server(tmp_path, monkeypatch, CURSOR_MAX_STREAMS_TOTAL="12")
+def test_the_server_caps_its_open_streams_in_all(database: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _server(database, monkeypatch, CURSOR_MAX_STREAMS_TOTAL="12")
     channel = grpc.insecure_channel(server.address)
     try:
         anonymous = Client(channel)
@@ -141,10 +134,9 @@ def test_the_server_caps_its_open_streams_in_all(tmp_path: Path, monkeypatch: py
         server.kill()
 
 
-def test_a_cap_of_zero_is_refused_at_start(tmp_path: Path) -> None:
-    db = tmp_path / "zero.db"
-    apply_migrations(StorageSettings(path=db))
-    server = ServerProcess(db, env={"CURSOR_MAX_STREAMS_PER_SESSION": "0"}, wait=False)
+def test_a_cap_of_zero_is_refused_at_start(database: TestDatabase) -> None:
+    database.migrate()
+    server = ServerProcess(database.url, env={"CURSOR_MAX_STREAMS_PER_SESSION": "0"}, wait=False)
     assert server.exit_code(timeout=60) == 2
     assert "CURSOR_MAX_STREAMS_PER_SESSION must be at least 1, not 0" in server.stderr
 
@@ -181,13 +173,8 @@ async def _login(channel: grpc.aio.Channel, email: str, kind: int) -> str:
     return str(response.session.token)
 
 
-def _interaction_seqs(db: Path, after: int) -> list[int]:
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return [int(seq) for (seq,) in conn.execute("SELECT seq FROM interactions WHERE seq > ? ORDER BY seq",
-                                                    (after,))]
-    finally:
-        conn.close()
+def _interaction_seqs(database: TestDatabase, after: int) -> list[int]:
+    return [int(seq) for (seq,) in database.rows("SELECT seq FROM interactions WHERE seq > ? ORDER BY seq", (after,))]
 
 
 class RssSampler:
@@ -210,9 +197,11 @@ class RssSampler:
         return self.peak
 
 
-def test_slow_consumers_cost_bounded_memory_and_lose_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_slow_consumers_cost_bounded_memory_and_lose_nothing(
+    database: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A 1 MiB page cache keeps SQLite's own memory out of the measurement.
-    server = _server(tmp_path, monkeypatch, CURSOR_CACHE_SIZE_KIB="1024", CURSOR_HEARTBEAT_SECONDS="1")
+    server = _server(database, monkeypatch, CURSOR_CACHE_SIZE_KIB="1024", CURSOR_HEARTBEAT_SECONDS="1")
     wanted = cpb.WatchActivityRequest(kinds=[pb.EVENT_KIND_INTERACTION_RECORDED])
 
     async def main() -> tuple[int, int, int, int, list[list[int]]]:
@@ -274,7 +263,7 @@ def test_slow_consumers_cost_bounded_memory_and_lose_nothing(tmp_path: Path, mon
 
     try:
         start, baseline, written_peak, peak, received = asyncio.run(main())
-        expected = _interaction_seqs(server.db, start)  # type: ignore[attr-defined]
+        expected = _interaction_seqs(database, start)
     finally:
         server.kill()
     assert len(expected) == 4 * PER_REQUEST + EVENTS

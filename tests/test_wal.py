@@ -34,6 +34,8 @@ import pytest
 
 from tests.ops_support import WriteLoad, start_server
 
+pytestmark = pytest.mark.sqlite_only  # the WAL itself and its housekeeping
+
 THRESHOLD = 4 * 1024 * 1024
 WAL_BOUND = 48 * 1024 * 1024
 POLICY = {

@@ -72,7 +72,7 @@ def test_resume_after_disconnect_and_restart_has_no_gap_and_no_duplicate(make_ha
     again.cancel()
     # Across a restart of the server on the same database.
     h.server.stop()
-    h2 = make_harness(h.db_path)
+    h2 = make_harness(h.database)
     consultant2 = h2.anonymous.login(consultant_email(consultant, h2), kind=pb.ACCOUNT_KIND_CONSULTANT)
     reader2 = h2.anonymous.login(reader_email(reader, h2), kind=pb.ACCOUNT_KIND_READER)
     later = [record(reader2, "answer", n=i).interaction.sequence for i in range(3)]
@@ -92,13 +92,7 @@ def reader_email(client: Client, h: Harness) -> str:
 
 
 def _email(h: Harness, table: str, name: str) -> str:
-    import apsw
-
-    conn = apsw.Connection(str(h.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return str(conn.execute(f"SELECT email FROM {table} WHERE id = ?", (name.split("/")[1],)).fetchall()[0][0])
-    finally:
-        conn.close()
+    return str(h.database.rows(f"SELECT email FROM {table} WHERE id = ?", (name.split("/")[1],))[0][0])
 
 
 def test_bad_cursors_get_clear_answers(h: Harness) -> None:

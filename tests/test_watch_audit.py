@@ -7,13 +7,13 @@ import grpc
 
 from cursor.v1 import consultant_service_pb2 as cpb
 from tests.conftest import Client, Harness
-from tests.helpers import db_rows, error_reason, rpc_error
+from tests.helpers import error_reason, rpc_error
 from tests.streams import StreamReader
 
 
 def watch_open_rows(h: Harness, consultant: Client) -> list[tuple[str, str | None]]:
-    return [(str(t), i) for t, i in db_rows(
-        h, "SELECT target_type, target_id FROM audit_logs WHERE action = 'watch.open' AND actor_id = ?",
+    return [(str(t), i) for t, i in h.database.rows(
+        "SELECT target_type, target_id FROM audit_logs WHERE action = 'watch.open' AND actor_id = ?",
         (consultant.account.split("/")[1],))]
 
 

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,10 +26,9 @@ from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2 as pb
 from cursor_grpc import cli
-from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.sqlite.store import apply_migrations
 from cursor_grpc.watch_view import WatchClient, WatchModel, WatchView
-from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, Harness, bearer, create_admin
+from tests.conftest import ADMIN_EMAIL, PASSWORD, Client, Harness, bearer, migrate_with_admin
+from tests.databases import TestDatabase
 from tests.procs import ServerProcess
 
 NS = 1_000_000_000
@@ -459,11 +457,9 @@ def answers(address: str, email: str, numbers: range) -> list[str]:
 
 
 def test_view_resumes_with_its_cursor_after_a_restart_and_sees_every_event_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, background: Any
+    database: TestDatabase, monkeypatch: pytest.MonkeyPatch, background: Any
 ) -> None:
-    db = tmp_path / "restart.db"
-    apply_migrations(StorageSettings(path=db))
-    create_admin(db, monkeypatch)
+    db = migrate_with_admin(database, monkeypatch).url
     port = free_port()
     address = f"127.0.0.1:{port}"
     servers: list[ServerProcess] = []

@@ -28,8 +28,7 @@ from cursor_grpc.auth.revocations import Key, Revocations, account_key, session_
 from cursor_grpc.clock import iso_from_ns, iso_to_ns, now_iso
 from cursor_grpc.config import AuthSettings, ConfigError
 from cursor_grpc.errors import Unauthenticated
-from cursor_grpc.storage import Store
-from cursor_grpc.storage.records import Credential, SessionRecord
+from cursor_grpc.storage import Credential, SessionRecord, Store
 
 log = logging.getLogger("cursor.auth")
 

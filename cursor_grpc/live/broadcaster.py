@@ -1,8 +1,9 @@
 """Fan-out of committed events to open streams.
 
-The writer calls `Broadcaster.from_writer` after each commit; the events
-cross to the event loop with one `call_soon_threadsafe` per commit and wait
-there for the next flush (paced by `LiveSettings.fanout_*`), so one stream
+The event log calls `Broadcaster.committed` after each commit (it is the
+`EventLog.on_commit` listener, on the backend's thread); the events cross
+to the event loop with one `call_soon_threadsafe` per commit and wait there
+for the next flush (paced by `LiveSettings.fanout_*`), so one stream
 message carries what several commits wrote instead of one message per
 commit per stream. Each event is converted and serialized once, as the
 bytes of one `events` entry, and shared by every stream that wants it.
@@ -21,12 +22,11 @@ from collections import deque
 from collections.abc import Callable, KeysView
 from dataclasses import dataclass
 
+from cursor_grpc import wire
 from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, InvalidArgument, OutOfRange
 from cursor_grpc.live.stream_limits import StreamLimits
-from cursor_grpc.services import convert
-from cursor_grpc.storage import Store
-from cursor_grpc.storage.records import Event, EventFilter
+from cursor_grpc.storage import Event, EventFilter, EventLog
 
 log = logging.getLogger("cursor.live")
 
@@ -158,13 +158,16 @@ class Subscription:
 
 
 class Broadcaster:
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, settings: LiveSettings) -> None:
+    """Hands what `history` commits to the open streams; it only reads the
+    log, so any backend's `EventLog` will do."""
+
+    def __init__(self, history: EventLog, loop: asyncio.AbstractEventLoop, settings: LiveSettings) -> None:
         self._loop = loop
-        self.epoch = store.epoch
+        self.epoch = history.epoch
         # Highest seq handed to the streams; everything at or below it is
         # committed, and every stream has it in its buffer or has caught up
         # past it. Committed events waiting for the flush are above it.
-        self.head = store.head
+        self.head = history.head
         self._settings = settings
         self._subscriptions: set[Subscription] = set()
         self._limits = StreamLimits(settings)
@@ -175,7 +178,7 @@ class Broadcaster:
         # Pacing (see LiveSettings); plain attributes, so they can be tuned live.
         self.min_interval = settings.fanout_interval_seconds
         self.messages_per_second = settings.fanout_messages_per_second
-        store.on_commit(self.from_writer)
+        history.on_commit(self.committed)
 
     # --- cursors -----------------------------------------------------------
 
@@ -211,13 +214,13 @@ class Broadcaster:
 
     # --- publishing ----------------------------------------------------------
 
-    def from_writer(self, events: list[Event]) -> None:
-        """Writer thread, after COMMIT: hand the events to the loop, in order."""
+    def committed(self, events: list[Event]) -> None:
+        """Backend thread, after COMMIT: hand the events to the loop, in order."""
         with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
             self._loop.call_soon_threadsafe(self.publish, events)
 
     def encode(self, event: Event) -> Encoded:
-        body = convert.activity_event(event, self.cursor(event.seq)).SerializeToString()
+        body = wire.activity_event(event, self.cursor(event.seq)).SerializeToString()
         return Encoded(event.seq, event.reader_id, event.kind, event.interaction_type,
                        _EVENTS_TAG + _varint(len(body)) + body)
 

@@ -1,6 +1,9 @@
 """The loop every event stream runs: replay from the database when resuming
 or after falling behind, live events otherwise, heartbeats when idle; and
-its session checked again every heartbeat interval and ended on time."""
+its session checked again every heartbeat interval and ended on time.
+
+It reads an `EventLog` and writes to a `StreamSink`, so it knows neither
+the backend nor the transport."""
 
 from __future__ import annotations
 
@@ -8,16 +11,14 @@ import asyncio
 import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
-
-from grpc import aio
+from typing import Protocol
 
 from cursor_grpc import metrics
 from cursor_grpc.auth.sessions import Principal, SessionManager, session_ended
 from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, ResourceExhausted, Unauthenticated
 from cursor_grpc.live.broadcaster import Broadcaster, Encoded, Subscription
-from cursor_grpc.storage import Store
+from cursor_grpc.storage import EventLog
 
 # Most sequence numbers one replay query covers (it also stops at
 # `LiveSettings.replay_page_bytes`).
@@ -27,12 +28,20 @@ REPLAY_RANGE = 4096
 Tail = Callable[[str, bool], bytes]
 
 
+class StreamSink(Protocol):
+    """Where a stream's messages go, already serialized; a gRPC servicer
+    context is one. Waiting in `write` is the client's flow control."""
+
+    async def write(self, data: bytes, /) -> None:
+        ...
+
+
 async def run_stream(
-    context: aio.ServicerContext[Any, Any],
+    sink: StreamSink,
     caller: Principal,
     sessions: SessionManager,
     broadcaster: Broadcaster,
-    store: Store,
+    history: EventLog,
     subscription: Subscription,
     after: int | None,
     settings: LiveSettings,
@@ -77,7 +86,7 @@ async def run_stream(
             # a task per message. Closing the subscription cuts it short.
             async with asyncio.timeout(settings.stall_seconds) as deadline:
                 subscription.write_deadline = deadline
-                await context.write(data)
+                await sink.write(data)
         except TimeoutError:
             closing = ended()
             if closing is not None:
@@ -97,7 +106,7 @@ async def run_stream(
         for message in first or [tail(broadcaster.cursor(delivered), True)]:
             if (closing := ended()) is not None:
                 raise closing
-            await context.write(message)
+            await sink.write(message)
         while True:
             if (closing := ended()) is not None:
                 raise closing
@@ -112,8 +121,8 @@ async def run_stream(
                 target = broadcaster.head
                 while delivered < target and not subscription.overflowed and subscription.closed is None:
                     upto = min(delivered + REPLAY_RANGE, target)
-                    events, reached = await store.replay(delivered, upto, subscription.wanted,
-                                                         settings.replay_page_bytes)
+                    events, reached = await history.replay(delivered, upto, subscription.wanted,
+                                                           settings.replay_page_bytes)
                     for part in _batches((broadcaster.encode(e) for e in events), most, most_bytes):
                         await send([e.chunk for e in part], part[-1].seq)
                         delivered = part[-1].seq

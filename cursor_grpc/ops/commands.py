@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cursor_grpc.config import Settings, parse_duration
+from cursor_grpc.config import Settings, StorageSettings, parse_duration
 
 METHODS_HINT = ("online: SQLite's backup API in steps from one read snapshot (default); "
                 "vacuum: VACUUM INTO, a compacted copy")
@@ -99,7 +99,10 @@ def cmd_backup(settings: Settings) -> int:
 
 
 def cmd_restore(backup: Path, db_path: Path) -> int:
-    from cursor_grpc.storage.sqlite.backup import BackupError, DatabaseInUse, restore_backup
+    from cursor_grpc.storage import DatabaseInUse, resolved
+    from cursor_grpc.storage.sqlite.backup import BackupError, restore_backup
+
+    db_path = resolved(StorageSettings(path=db_path)).path
     from cursor_grpc.storage.sqlite.migrations import load_migrations
 
     try:
@@ -122,7 +125,7 @@ def cmd_restore(backup: Path, db_path: Path) -> int:
 
 def cmd_archive(settings: Settings) -> int:
     from cursor_grpc import metrics
-    from cursor_grpc.storage.sqlite.archive import ArchiveError, run_archive
+    from cursor_grpc.storage.sqlite.archive import ArchiveError
     from cursor_grpc.storage.sqlite.files import default_dir
     from cursor_grpc.storage.sqlite.store import SQLiteStore
 
@@ -130,9 +133,8 @@ def cmd_archive(settings: Settings) -> int:
     metrics.ARCHIVE_RUNS.inc()
     store = SQLiteStore(settings.storage)
     try:
-        stats = run_archive(settings.storage, store.writer.submit_sync, target,
-                            retention_days=settings.ops.archive_retention_days,
-                            chunk_rows=settings.ops.archive_chunk_rows)
+        stats = store.archive(target, retention_days=settings.ops.archive_retention_days,
+                              chunk_rows=settings.ops.archive_chunk_rows)
     except (ArchiveError, OSError) as error:
         metrics.ARCHIVE_FAILURES.inc()
         print(f"cursor-grpc archive: {error}", file=sys.stderr)
@@ -146,36 +148,14 @@ def cmd_archive(settings: Settings) -> int:
     return 0
 
 
-def _has_tables(path: Path) -> bool:
-    import apsw
-
-    from cursor_grpc.storage.sqlite.connection import fetch_all
-
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return bool(fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1"))
-    finally:
-        conn.close()
-
-
 def cmd_migrate(settings: Settings, args: argparse.Namespace,
                 apply: Callable[[], list[str]]) -> int:
-    from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
-    from cursor_grpc.storage.sqlite.migrations import load_migrations, plan, status
+    from cursor_grpc.storage.sqlite.migrations import has_tables, load_migrations, pending_of, status_of
 
     path = Path(settings.storage.path)
     known = load_migrations()
     if args.status or args.dry_run:
-        if path.exists():
-            conn = open_connection(settings.storage, readonly=True)
-            try:
-                report = status(conn, known)
-            finally:
-                conn.close()
-        else:
-            report = {"applied": [], "pending": [(m.name, "") for m in known], "unknown": [], "modified": []}
+        report = status_of(settings.storage, known)
         if args.status:
             print(f"{path}: {len(report['applied'])} applied, {len(report['pending'])} pending")
             for name, at in report["applied"]:
@@ -195,29 +175,22 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace,
             print(f"{path}: schema is up to date; nothing would run")
             return 0
         print(f"{path}: would apply {len(report['pending'])} migration(s), in this order"
-              f"{' after a verified backup' if _has_tables(path) and not args.no_backup else ''}:")
+              f"{' after a verified backup' if has_tables(path) and not args.no_backup else ''}:")
         for name, _ in report["pending"]:
             print(f"\n== {name}\n{by_name[name].describe()}")
         return 0
     # Apply, with a verified backup first when there is something to lose.
-    if not args.no_backup and _has_tables(path):
-        conn = open_connection(settings.storage, readonly=True)
-        try:
-            has_ledger = fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'")
-            pending = plan(conn, known) if has_ledger else known
-        finally:
-            conn.close()
-        if pending:
-            from cursor_grpc.storage.sqlite.backup import BackupError, take_backup
+    if not args.no_backup and has_tables(path) and pending_of(settings.storage, known):
+        from cursor_grpc.storage.sqlite.backup import BackupError, take_backup
 
-            try:
-                result = take_backup(settings.storage, _backup_dir(settings), method=settings.ops.backup_method,
-                                     reason="pre-migration")
-            except BackupError as error:
-                print(f"cursor-grpc migrate: no verified backup, so nothing was migrated: {error} "
-                      "(pass --no-backup to migrate without one)", file=sys.stderr)
-                return 1
-            print(f"backup before migrating: {result.path} (verified)")
+        try:
+            result = take_backup(settings.storage, _backup_dir(settings), method=settings.ops.backup_method,
+                                 reason="pre-migration")
+        except BackupError as error:
+            print(f"cursor-grpc migrate: no verified backup, so nothing was migrated: {error} "
+                  "(pass --no-backup to migrate without one)", file=sys.stderr)
+            return 1
+        print(f"backup before migrating: {result.path} (verified)")
     applied = apply()
     if applied:
         for name in applied:
@@ -254,7 +227,7 @@ def add_commands(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
 
 
 def _archive(settings: Settings) -> int:
-    from cursor_grpc.storage.sqlite.migrations import MigrationError
+    from cursor_grpc.storage import MigrationError
 
     path = Path(settings.storage.path)
     if not path.exists():

@@ -5,33 +5,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc import aio
 
 from cursor.v1 import admin_service_pb2 as pb
 from cursor.v1 import admin_service_pb2_grpc as pb_grpc
 from cursor.v1 import resources_pb2
-from cursor_grpc import paging, validation
+from cursor_grpc import paging, validation, wire
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.passwords import check_password_rules
 from cursor_grpc.auth.sessions import Principal, session_ended
 from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied, quoted
-from cursor_grpc.services import convert
-from cursor_grpc.services.reader import profile_update
-from cursor_grpc.storage.records import Actor, AuditQuery
+from cursor_grpc.services.common import Context, PageRequest, profile_update
+from cursor_grpc.storage import Actor, AuditQuery
 
 log = logging.getLogger("cursor.admin")
-Context = aio.ServicerContext[Any, Any]
 
 
 def _role(value: int, *, required: bool) -> str:
     if value == resources_pb2.CONSULTANT_ROLE_UNSPECIFIED and not required:
         return "consultant"
-    role = convert.ROLE_NAME.get(value)  # type: ignore[call-overload]
+    role = wire.ROLE_NAME.get(value)  # type: ignore[call-overload]
     if role is None:
         raise InvalidArgument("role must be CONSULTANT_ROLE_CONSULTANT, _SUPERVISOR or _ADMIN", field="role")
     return str(role)
@@ -54,7 +50,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
             Actor("consultant", caller.account_id), email, password_hash, name, role
         )
         log.info("%s created consultants/%s (%s)", caller.name, record.id, role)
-        return pb.CreateConsultantResponse(consultant=convert.consultant(record))
+        return pb.CreateConsultantResponse(consultant=wire.consultant(record))
 
     @rpc(Access.ADMIN)
     async def PromoteReader(self, request: pb.PromoteReaderRequest, context: Context,
@@ -63,7 +59,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
         role = _role(request.role, required=False)
         record = await self.app.store.promote_reader(Actor("consultant", caller.account_id), reader_id, role)
         log.info("%s promoted readers/%s to consultants/%s (%s)", caller.name, reader_id, record.id, role)
-        return pb.PromoteReaderResponse(consultant=convert.consultant(record))
+        return pb.PromoteReaderResponse(consultant=wire.consultant(record))
 
     @rpc(Access.ADMIN)
     async def SetAccountActive(self, request: pb.SetAccountActiveRequest, context: Context,
@@ -102,19 +98,21 @@ class AdminService(pb_grpc.AdminServiceServicer):
             notice=_profile_notice,
         )
         log.info("%s updated readers/%s (%s)", caller.name, reader_id, ", ".join(changed) or "no change")
-        return pb.UpdateReaderResponse(reader=convert.reader_profile(record, metadata))
+        return pb.UpdateReaderResponse(reader=wire.reader_profile(record, metadata))
 
     @rpc(Access.ADMIN)
     async def ListAuditLogs(self, request: pb.ListAuditLogsRequest, context: Context,
                             caller: Principal) -> pb.ListAuditLogsResponse:
         query = _audit_query(request)
-        limit = paging.page_size(request.page_size, self.app.settings.limits)
-        request_fingerprint = paging.fingerprint("audit", query.actor_type, query.actor_id, query.action,
-                                                 query.target_type, query.target_id, query.start, query.end)
-        key = paging.decode_token(request.page_token, request_fingerprint, paging.TIMESTAMP, paging.ROW_ID)
-        records = await self.app.store.list_audit_logs(query, (key[0], key[1]) if key else None, limit + 1)
-        records, token = paging.cut(records, limit, lambda r: [r.created_at, r.id], request_fingerprint)
-        return pb.ListAuditLogsResponse(audit_logs=[convert.audit_log(r) for r in records], next_page_token=token)
+        page = PageRequest.parse(request.page_size, request.page_token, self.app.settings.limits,
+                                 ("audit", query.actor_type, query.actor_id, query.action, query.target_type,
+                                  query.target_id, query.start, query.end),
+                                 paging.TIMESTAMP, paging.ROW_ID)
+        records, token = await page.read(
+            lambda key, how_many: self.app.store.list_audit_logs(query, (key[0], key[1]) if key else None, how_many),
+            lambda r: [r.created_at, r.id],
+        )
+        return pb.ListAuditLogsResponse(audit_logs=[wire.audit_log(r) for r in records], next_page_token=token)
 
 
 REACTIVATED = "Your account has been re-activated by an administrator."

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc import aio
 
 from cursor.v1 import auth_service_pb2 as pb
 from cursor.v1 import auth_service_pb2_grpc as pb_grpc
 from cursor.v1 import resources_pb2
-from cursor_grpc import validation
+from cursor_grpc import validation, wire
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.passwords import check_password_rules, check_password_size
 from cursor_grpc.auth.sessions import IssuedSession, Principal
 from cursor_grpc.auth.throttle import peer_address
 from cursor_grpc.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
-from cursor_grpc.services import convert
-from cursor_grpc.storage.records import Credential
+from cursor_grpc.services.common import Context
+from cursor_grpc.storage import Credential
 
 log = logging.getLogger("cursor.auth")
 
-Context = aio.ServicerContext[Any, Any]
 BAD_LOGIN = "email or password is incorrect"
 
 
@@ -34,8 +31,8 @@ def session_message(issued: IssuedSession) -> pb.Session:
     return pb.Session(
         token=issued.token,
         account=p.name,
-        account_kind=convert.ACCOUNT_KIND[p.kind],
-        role=convert.CONSULTANT_ROLE.get(p.role, resources_pb2.CONSULTANT_ROLE_UNSPECIFIED),
+        account_kind=wire.ACCOUNT_KIND[p.kind],
+        role=wire.CONSULTANT_ROLE.get(p.role, resources_pb2.CONSULTANT_ROLE_UNSPECIFIED),
         expire_time=expire,
         idle_timeout_seconds=p.idle_ns // 1_000_000_000,
     )
@@ -73,7 +70,7 @@ class AuthService(pb_grpc.AuthServiceServicer):
         password_hash = await self.app.passwords.hash(request.password)
         reader = await self.app.store.create_reader(email, password_hash, name)
         log.info("reader registered: readers/%s", reader.id)
-        return pb.RegisterReaderResponse(reader=convert.reader(reader))
+        return pb.RegisterReaderResponse(reader=wire.reader(reader))
 
     @rpc(Access.PUBLIC)
     async def Login(self, request: pb.LoginRequest, context: Context, caller: None) -> pb.LoginResponse:

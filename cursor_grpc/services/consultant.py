@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from grpc import aio
 
 from cursor.v1 import consultant_service_pb2 as pb
 from cursor.v1 import consultant_service_pb2_grpc as pb_grpc
 from cursor.v1 import resources_pb2
-from cursor_grpc import paging, validation
+from cursor_grpc import paging, validation, wire
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.errors import InvalidArgument
-from cursor_grpc.services import convert
-from cursor_grpc.services.reader import list_interactions_page, list_messages_page, open_stream
-from cursor_grpc.storage.records import Actor, EventFilter
+from cursor_grpc.services.common import Context, PageRequest, list_interactions_page, list_messages_page, open_stream
+from cursor_grpc.storage import Actor, EventFilter
 
-Context = aio.ServicerContext[Any, Any]
 MAX_WINDOW_SECONDS = 7 * 24 * 3600
 MAX_WATCHED_READERS = 1000
 SNAPSHOT_READERS_PER_MESSAGE = 200
@@ -38,41 +33,38 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         if request.window_seconds < 0 or request.window_seconds > MAX_WINDOW_SECONDS:
             raise InvalidArgument(f"window_seconds must be 0 to {MAX_WINDOW_SECONDS}", field="window_seconds")
         window = request.window_seconds or self.app.settings.limits.active_window_seconds
-        limit = paging.page_size(request.page_size, self.app.settings.limits)
-        request_fingerprint = paging.fingerprint("active", window)
-        key = paging.decode_token(request.page_token, request_fingerprint, paging.TIMESTAMP, paging.TIMESTAMP,
-                                  paging.ROW_ID)
-        if key is None:
-            # The window is fixed at the first page, so later pages don't shift.
-            since = iso_from_ns(time.time_ns() - window * 1_000_000_000)
-            after = None
-        else:
-            since, after = key[0], (key[1], key[2])
-        records = await self.app.store.list_active_readers(since, after, limit + 1)
-        records, token = paging.cut(
-            records, limit, lambda r: [since, r.state.last_seen_at if r.state else "", r.id], request_fingerprint
+        page = PageRequest.parse(request.page_size, request.page_token, self.app.settings.limits,
+                                 ("active", window), paging.TIMESTAMP, paging.TIMESTAMP, paging.ROW_ID)
+        # The window is fixed at the first page, so later pages don't shift.
+        since = page.key[0] if page.key else iso_from_ns(time.time_ns() - window * 1_000_000_000)
+        records, token = await page.read(
+            lambda key, how_many: self.app.store.list_active_readers(
+                since, (key[1], key[2]) if key else None, how_many
+            ),
+            lambda r: [since, r.state.last_seen_at if r.state else "", r.id],
         )
-        return pb.ListActiveReadersResponse(readers=[convert.reader(r) for r in records], next_page_token=token)
+        return pb.ListActiveReadersResponse(readers=[wire.reader(r) for r in records], next_page_token=token)
 
     @rpc(Access.CONSULTANT)
     async def ListReaders(self, request: pb.ListReadersRequest, context: Context,
                           caller: Principal) -> pb.ListReadersResponse:
         if request.status not in resources_pb2.ReaderStatus.values():
             raise InvalidArgument(f"status {request.status} is not known", field="status")
-        status = convert.STATUS_NAME.get(request.status)
-        limit = paging.page_size(request.page_size, self.app.settings.limits)
-        request_fingerprint = paging.fingerprint("readers", status)
-        key = paging.decode_token(request.page_token, request_fingerprint, paging.ROW_ID)
-        records = await self.app.store.list_readers(status, key[0] if key else None, limit + 1)
-        records, token = paging.cut(records, limit, lambda r: [r.id], request_fingerprint)
-        return pb.ListReadersResponse(readers=[convert.reader(r) for r in records], next_page_token=token)
+        status = wire.STATUS_NAME.get(request.status)
+        page = PageRequest.parse(request.page_size, request.page_token, self.app.settings.limits,
+                                 ("readers", status), paging.ROW_ID)
+        records, token = await page.read(
+            lambda key, how_many: self.app.store.list_readers(status, key[0] if key else None, how_many),
+            lambda r: [r.id],
+        )
+        return pb.ListReadersResponse(readers=[wire.reader(r) for r in records], next_page_token=token)
 
     @rpc(Access.CONSULTANT)
     async def GetReader(self, request: pb.GetReaderRequest, context: Context,
                         caller: Principal) -> pb.GetReaderResponse:
         reader_id = validation.resource_id(request.name, "readers", "name")
         # Get returns the whole resource (AIP-131), metadata included; lists leave it out.
-        return pb.GetReaderResponse(reader=convert.reader_profile(*await self.app.store.get_reader_profile(reader_id)))
+        return pb.GetReaderResponse(reader=wire.reader_profile(*await self.app.store.get_reader_profile(reader_id)))
 
     @rpc(Access.CONSULTANT)
     async def ListInteractions(self, request: pb.ListInteractionsRequest, context: Context,
@@ -94,9 +86,9 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         reader_ids = frozenset(validation.resource_id(name, "readers", "readers") for name in request.readers)
         kinds = set()
         for kind in request.kinds:
-            if kind not in convert.KIND_NAME:
+            if kind not in wire.KIND_NAME:
                 raise InvalidArgument(f"kinds has an unknown or unspecified value {kind}", field="kinds")
-            kinds.add(convert.KIND_NAME[kind])
+            kinds.add(wire.KIND_NAME[kind])
         types = frozenset(validation.interaction_type(t, "interaction_types") for t in request.interaction_types)
         wanted = EventFilter(reader_ids, frozenset(kinds), types)
         actor = Actor("consultant", caller.account_id)
@@ -130,7 +122,7 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
             after = (last.state.last_seen_at, last.id)
         messages = [
             pb.WatchActivityResponse(
-                snapshot_readers=[convert.reader(r) for r in readers[i:i + SNAPSHOT_READERS_PER_MESSAGE]]
+                snapshot_readers=[wire.reader(r) for r in readers[i:i + SNAPSHOT_READERS_PER_MESSAGE]]
             ).SerializeToString()
             for i in range(0, len(readers), SNAPSHOT_READERS_PER_MESSAGE)
         ]
@@ -144,7 +136,7 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         reader_id = validation.resource_id(request.reader, "readers", "reader")
         body = validation.message_body(request.body)
         record = await self.app.store.send_message(Actor("consultant", caller.account_id), reader_id, "to_reader", body)
-        return pb.SendMessageResponse(message=convert.message(record))
+        return pb.SendMessageResponse(message=wire.message(record))
 
     @rpc(Access.CONSULTANT)
     async def ListMessages(self, request: pb.ListMessagesRequest, context: Context,
@@ -153,8 +145,8 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         records, token = await list_messages_page(self.app, reader_id, request.page_size, request.page_token)
         reads = await self.app.store.read_positions(reader_id)
         return pb.ListMessagesResponse(
-            messages=[convert.message(r) for r in records], next_page_token=token,
-            reads=[convert.message_read(p) for p in reads],
+            messages=[wire.message(r) for r in records], next_page_token=token,
+            reads=[wire.message_read(p) for p in reads],
         )
 
     @rpc(Access.CONSULTANT)
@@ -165,7 +157,7 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
             raise InvalidArgument("up_to_sequence must not be negative", field="up_to_sequence")
         position = await self.app.store.mark_read(Actor("consultant", caller.account_id), reader_id,
                                                   request.up_to_sequence)
-        return pb.MarkMessagesReadResponse(read=convert.message_read(position))
+        return pb.MarkMessagesReadResponse(read=wire.message_read(position))
 
     @rpc(Access.CONSULTANT)
     async def ListUnreadCounts(self, request: pb.ListUnreadCountsRequest, context: Context,
@@ -183,7 +175,7 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         if status is None:
             raise InvalidArgument("status must be READER_STATUS_PAUSED or READER_STATUS_ACTIVE", field="status")
         state = await self.app.store.set_reader_status(Actor("consultant", caller.account_id), reader_id, status)
-        return pb.SetReaderStatusResponse(state=convert.reader_state(state))
+        return pb.SetReaderStatusResponse(state=wire.reader_state(state))
 
 
 def _activity_tail(cursor: str, heartbeat: bool) -> bytes:

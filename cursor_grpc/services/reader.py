@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
-
-from grpc import aio
+from collections.abc import AsyncIterator
 
 from cursor.v1 import reader_service_pb2 as pb
 from cursor.v1 import reader_service_pb2_grpc as pb_grpc
-from cursor.v1 import resources_pb2
-from cursor_grpc import paging, validation
+from cursor_grpc import paging, validation, wire
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.clock import new_id
-from cursor_grpc.errors import AlreadyExists, CursorError, InvalidArgument, PermissionDenied, quoted
-from cursor_grpc.live.streams import Tail, run_stream
-from cursor_grpc.services import convert
-from cursor_grpc.storage.records import (
+from cursor_grpc.errors import AlreadyExists, CursorError, InvalidArgument, PermissionDenied
+from cursor_grpc.services.common import (
+    Context,
+    PageRequest,
+    list_interactions_page,
+    list_messages_page,
+    open_stream,
+    profile_update,
+)
+from cursor_grpc.storage import (
     KIND_INTERACTION,
     KIND_PRESENCE,
     KIND_STATE,
@@ -31,27 +32,9 @@ from cursor_grpc.storage.records import (
     RecordOutcome,
 )
 
-Context = aio.ServicerContext[Any, Any]
-
 # Chunks of one upload written concurrently: reading the next chunk overlaps
 # the commit of the previous one, and memory stays bounded.
 UPLOAD_CHUNKS_IN_FLIGHT = 4
-
-
-async def list_interactions_page(
-    app: App, reader_id: str | None, type_filter: str, page_size: int, page_token: str
-) -> tuple[list[Any], str, bool]:
-    """One newest-first page of interactions, its next token, and whether it
-    reached into archive files; shared by readers and consultants."""
-    type_ = validation.interaction_type(type_filter) if type_filter else None
-    limit = paging.page_size(page_size, app.settings.limits)
-    request_fingerprint = paging.fingerprint("interactions", reader_id, type_)
-    key = paging.decode_token(page_token, request_fingerprint, paging.SEQ)
-    # Walks into archive files when the page reaches archived history.
-    page = await app.store.list_interaction_history(reader_id, type_, key[0] if key else None, limit + 1)
-    records, next_token = paging.cut(page.records, limit, lambda r: [r.seq], request_fingerprint)
-    archived = any(r.seq in page.archived for r in records)
-    return [convert.interaction(r) for r in records], next_token, archived
 
 
 class ReaderService(pb_grpc.ReaderServiceServicer):
@@ -77,12 +60,12 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
             )
         if outcome.stored:
             return pb.RecordInteractionResponse(
-                interaction=convert.interaction(outcome.stored[0]), duplicate=False,
-                state=convert.reader_state(outcome.state) if outcome.state else None,
+                interaction=wire.interaction(outcome.stored[0]), duplicate=False,
+                state=wire.reader_state(outcome.state) if outcome.state else None,
             )
         state = await self.app.store.get_reader_state(caller.account_id)
         return pb.RecordInteractionResponse(
-            interaction=convert.interaction(outcome.duplicates[0]), duplicate=True, state=convert.reader_state(state)
+            interaction=wire.interaction(outcome.duplicates[0]), duplicate=True, state=wire.reader_state(state)
         )
 
     @rpc(Access.READER)
@@ -137,14 +120,14 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
                 pending.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         if last_state is None:
             last_state = await self.app.store.get_reader_state(caller.account_id)
-        response.state.CopyFrom(convert.reader_state(last_state))
+        response.state.CopyFrom(wire.reader_state(last_state))
         return response
 
     @rpc(Access.READER)
     async def GetMyState(self, request: pb.GetMyStateRequest, context: Context,
                          caller: Principal) -> pb.GetMyStateResponse:
         state = await self.app.store.get_reader_state(caller.account_id)
-        return pb.GetMyStateResponse(state=convert.reader_state(state))
+        return pb.GetMyStateResponse(state=wire.reader_state(state))
 
     @rpc(Access.READER)
     async def ListMyInteractions(self, request: pb.ListMyInteractionsRequest, context: Context,
@@ -160,13 +143,13 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         body = validation.message_body(request.body)
         record = await self.app.store.send_message(Actor("reader", caller.account_id), caller.account_id,
                                                    "from_reader", body)
-        return pb.SendMyMessageResponse(message=convert.message(record))
+        return pb.SendMyMessageResponse(message=wire.message(record))
 
     @rpc(Access.READER)
     async def ListMyMessages(self, request: pb.ListMyMessagesRequest, context: Context,
                              caller: Principal) -> pb.ListMyMessagesResponse:
         records, token = await list_messages_page(self.app, caller.account_id, request.page_size, request.page_token)
-        return pb.ListMyMessagesResponse(messages=[convert.message(r) for r in records], next_page_token=token)
+        return pb.ListMyMessagesResponse(messages=[wire.message(r) for r in records], next_page_token=token)
 
     @rpc(Access.READER)
     async def MarkMyMessagesRead(self, request: pb.MarkMyMessagesReadRequest, context: Context,
@@ -175,7 +158,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
             raise InvalidArgument("up_to_sequence must not be negative", field="up_to_sequence")
         position = await self.app.store.mark_read(Actor("reader", caller.account_id), caller.account_id,
                                                   request.up_to_sequence)
-        return pb.MarkMyMessagesReadResponse(read=convert.message_read(position))
+        return pb.MarkMyMessagesReadResponse(read=wire.message_read(position))
 
     @rpc(Access.READER)
     async def WatchMyMessages(self, request: pb.WatchMyMessagesRequest, context: Context, caller: Principal) -> None:
@@ -188,7 +171,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
     async def GetMyProfile(self, request: pb.GetMyProfileRequest, context: Context,
                            caller: Principal) -> pb.GetMyProfileResponse:
         profile = await self.app.store.get_reader_profile(caller.account_id)
-        return pb.GetMyProfileResponse(reader=convert.reader_profile(*profile))
+        return pb.GetMyProfileResponse(reader=wire.reader_profile(*profile))
 
     @rpc(Access.READER)
     async def UpdateMyProfile(self, request: pb.UpdateMyProfileRequest, context: Context,
@@ -201,7 +184,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         record, metadata, _ = await self.app.store.update_reader_profile(
             Actor("reader", caller.account_id), caller.account_id, update.display_name, update.email, update.metadata
         )
-        return pb.UpdateMyProfileResponse(reader=convert.reader_profile(record, metadata))
+        return pb.UpdateMyProfileResponse(reader=wire.reader_profile(record, metadata))
 
     # --- consent: sharing with another reader ----------------------------------------
 
@@ -209,7 +192,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
     async def GrantConsent(self, request: pb.GrantConsentRequest, context: Context,
                            caller: Principal) -> pb.GrantConsentResponse:
         grantee_id = validation.resource_id(request.grantee, "readers", "grantee")
-        scope = convert.SCOPE_NAME.get(request.scope)
+        scope = wire.SCOPE_NAME.get(request.scope)
         if scope is None:
             raise InvalidArgument("scope must be CONSENT_SCOPE_STATE or CONSENT_SCOPE_STATE_AND_INTERACTIONS",
                                   field="scope")
@@ -219,7 +202,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
             # Narrowed: open streams still carry interactions; end them.
             self.app.broadcaster.close_shared(caller.account_id, grantee_id, PermissionDenied(
                 "the consent was changed to state only; open the stream again", reason="CONSENT_CHANGED"))
-        return pb.GrantConsentResponse(consent=convert.consent(outcome.consent))
+        return pb.GrantConsentResponse(consent=wire.consent(outcome.consent))
 
     @rpc(Access.READER)
     async def RevokeConsent(self, request: pb.RevokeConsentRequest, context: Context,
@@ -231,27 +214,28 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         self.app.broadcaster.close_shared(caller.account_id, grantee_id, error)
         revoked = await self.app.store.revoke_consent(caller.account_id, grantee_id)
         self.app.broadcaster.close_shared(caller.account_id, grantee_id, error)
-        return pb.RevokeConsentResponse(consent=convert.consent(revoked))
+        return pb.RevokeConsentResponse(consent=wire.consent(revoked))
 
     @rpc(Access.READER)
     async def ListConsents(self, request: pb.ListConsentsRequest, context: Context,
                            caller: Principal) -> pb.ListConsentsResponse:
-        limit = paging.page_size(request.page_size, self.app.settings.limits)
-        request_fingerprint = paging.fingerprint("consents", caller.account_id, request.received,
-                                                 request.show_revoked)
-        key = paging.decode_token(request.page_token, request_fingerprint, paging.ROW_ID)
-        records = await self.app.store.list_consents(
-            caller.account_id, request.received, request.show_revoked, key[0] if key else None, limit + 1
+        page = PageRequest.parse(request.page_size, request.page_token, self.app.settings.limits,
+                                 ("consents", caller.account_id, request.received, request.show_revoked),
+                                 paging.ROW_ID)
+        records, token = await page.read(
+            lambda key, how_many: self.app.store.list_consents(
+                caller.account_id, request.received, request.show_revoked, key[0] if key else None, how_many
+            ),
+            lambda r: [r.id],
         )
-        records, token = paging.cut(records, limit, lambda r: [r.id], request_fingerprint)
-        return pb.ListConsentsResponse(consents=[convert.consent(r) for r in records], next_page_token=token)
+        return pb.ListConsentsResponse(consents=[wire.consent(r) for r in records], next_page_token=token)
 
     @rpc(Access.READER)
     async def GetSharedState(self, request: pb.GetSharedStateRequest, context: Context,
                              caller: Principal) -> pb.GetSharedStateResponse:
         granter_id = validation.resource_id(request.reader, "readers", "reader")
         state = await self.app.store.shared_state(granter_id, caller.account_id)
-        return pb.GetSharedStateResponse(state=convert.reader_state(state))
+        return pb.GetSharedStateResponse(state=wire.reader_state(state))
 
     @rpc(Access.READER)
     async def ListSharedInteractions(self, request: pb.ListSharedInteractionsRequest, context: Context,
@@ -290,46 +274,6 @@ def _my_messages_tail(cursor: str, heartbeat: bool) -> bytes:
     return pb.WatchMyMessagesResponse(cursor=cursor, heartbeat=heartbeat).SerializeToString()
 
 
-async def list_messages_page(app: App, reader_id: str, page_size: int, page_token: str) -> tuple[list[Any], str]:
-    """One newest-first page of a conversation; shared by both sides."""
-    limit = paging.page_size(page_size, app.settings.limits)
-    request_fingerprint = paging.fingerprint("messages", reader_id)
-    key = paging.decode_token(page_token, request_fingerprint, paging.SEQ)
-    records = await app.store.list_messages(reader_id, key[0] if key else None, limit + 1)
-    return paging.cut(records, limit, lambda r: [r.seq], request_fingerprint)
-
-
-async def open_stream(
-    app: App, context: Context, caller: Principal, wanted: EventFilter, after_text: str,
-    tail: Tail, first: Callable[[], Awaitable[list[bytes]]] | None = None,
-    opened: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Subscribe, check the session and the resume cursor, and run the
-    stream; shared by every streaming RPC so there is one mechanism.
-    `opened` runs (the audit row) once everything was accepted.
-
-    Subscribing comes before anything that waits, and the session is
-    checked again right after it: a session that ends from then on closes
-    the subscription, so no stream outlives it."""
-    broadcaster = app.broadcaster
-    live = app.settings.live
-    subscription = broadcaster.subscribe(
-        wanted, live.stream_buffer_events, caller.session_id, (caller.kind, caller.account_id)
-    )
-    try:
-        await app.sessions.validate(caller.token_hash)
-        after = None
-        if after_text:
-            after = broadcaster.parse_cursor(after_text, await app.store.history_floor())
-        opening = await first() if first is not None else None
-        if opened is not None and subscription.closed is None:
-            await opened()
-    except BaseException:
-        broadcaster.unsubscribe(subscription)
-        raise
-    await run_stream(context, caller, app.sessions, broadcaster, app.store, subscription, after, live, tail, opening)
-
-
 # --- consent helpers ---------------------------------------------------------------------
 
 
@@ -344,59 +288,3 @@ def shared_filter(consent: ConsentRecord) -> EventFilter:
     if consent.shares_interactions:
         kinds.add(KIND_INTERACTION)
     return EventFilter(reader_ids=frozenset({consent.granter_id}), kinds=frozenset(kinds))
-
-
-# --- profile updates (AIP-134 update_mask over the restricted fields) ---------------------
-
-PROFILE_FIELDS = ("display_name", "email", "metadata_json")
-MAX_METADATA_BYTES = 16 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileUpdate:
-    """Validated new values; None leaves a field as it is."""
-
-    display_name: str | None
-    email: str | None
-    metadata: str | None
-
-
-def metadata_json(value: str, field: str) -> str:
-    """A JSON object as text, at most 16 KiB; empty means `{}`."""
-    if not value:
-        return "{}"
-    if len(value.encode()) > MAX_METADATA_BYTES:
-        raise InvalidArgument(f"{field} is larger than {MAX_METADATA_BYTES} bytes", field=field,
-                              reason="METADATA_TOO_LARGE")
-    validation.json_object(value, field, "INVALID_METADATA")
-    return value
-
-
-def profile_update(given: resources_pb2.Reader, mask: Any | None, prefix: str = "reader.") -> ProfileUpdate:
-    """The fields an update names, validated. `mask` is the request's
-    FieldMask, or None when absent: then every restricted field with a
-    non-empty value is updated (AIP-134). `*` means all three."""
-    paths = list(mask.paths) if mask is not None else []
-    if not paths:
-        chosen = {name for name in PROFILE_FIELDS if getattr(given, name)}
-        if not chosen:
-            raise InvalidArgument(
-                f"nothing to update: set update_mask to some of {', '.join(PROFILE_FIELDS)}", field="update_mask"
-            )
-    elif paths == ["*"]:
-        chosen = set(PROFILE_FIELDS)
-    else:
-        chosen = set()
-        for path in paths:
-            if path not in PROFILE_FIELDS:
-                raise InvalidArgument(
-                    f"update_mask path {quoted(path)} cannot be updated; use {', '.join(PROFILE_FIELDS)} or *",
-                    field="update_mask",
-                )
-            chosen.add(path)
-    return ProfileUpdate(
-        display_name=validation.display_name(given.display_name, prefix + "display_name")
-        if "display_name" in chosen else None,
-        email=validation.email(given.email, prefix + "email") if "email" in chosen else None,
-        metadata=metadata_json(given.metadata_json, prefix + "metadata_json") if "metadata_json" in chosen else None,
-    )

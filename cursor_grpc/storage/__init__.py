@@ -1,5 +1,6 @@
 """The storage contract: records, the `Store`, `EventLog` and `Maintenance`
-protocols, and `open_store`, which picks the backend from `CURSOR_DB`.
+protocols, and the entry points that pick the backend from `CURSOR_DB`:
+`open_store`, `migrate`, `require_current_schema`.
 
 Everything above storage (services, live, auth, metrics, the app and the
 command line) imports storage from here, never from a backend package;
@@ -9,8 +10,20 @@ storage. docs/storage.md describes the layers and what a backend must do.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
+
 from cursor_grpc.config import ConfigError, StorageSettings
-from cursor_grpc.storage.contract import CommitListener, EventLog, Maintenance, StorageStats, Store
+from cursor_grpc.storage.contract import (
+    CommitListener,
+    DatabaseInUse,
+    EventLog,
+    Maintenance,
+    MigrationError,
+    StorageStats,
+    Store,
+)
 from cursor_grpc.storage.records import (
     ALL_KINDS,
     KIND_INTERACTION,
@@ -43,37 +56,75 @@ from cursor_grpc.storage.records import (
     SessionRecord,
 )
 
+# `scheme://…` at the start of `CURSOR_DB`. A Path folds `//` into `/`, so
+# `scheme:/…` counts too; one-letter schemes would be Windows drives.
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(.*)$", re.S)
 # Schemes `CURSOR_DB` may name; a plain path is a SQLite file.
 _SCHEMES = ("sqlite",)
 
 
 def backend_name(settings: StorageSettings) -> str:
-    """The backend `settings.path` names: a path is SQLite (`sqlite:///path`
-    too); an unknown `scheme://` is refused in one line."""
-    text = str(settings.path)
-    scheme, sep, _ = text.partition("://")
-    if not sep:
+    """The backend `settings.path` names: a path is SQLite, `sqlite:///path`
+    too; an unknown `scheme://` is refused in one line (ConfigError), which
+    names only the scheme: the rest may hold a password."""
+    found = _URL.match(str(settings.path))
+    if found is None:
         return "sqlite"
+    scheme = found.group(1).lower()
     if scheme in _SCHEMES:
         return scheme
     raise ConfigError(
-        f"CURSOR_DB {text!r} names an unknown backend {scheme!r}; give a SQLite file path (e.g. var/cursor.db)"
+        f"the database {scheme}://… names an unknown backend {scheme!r}; "
+        "give a SQLite file path (e.g. var/cursor.db) or sqlite:///path/to/file.db"
     )
 
 
-def open_store(settings: StorageSettings) -> Store:
-    """The store for `settings`, from the backend its path names."""
+def resolved(settings: StorageSettings) -> StorageSettings:
+    """`settings` with `CURSOR_DB` as its backend opens it: `sqlite:///srv/c.db`
+    becomes the path /srv/c.db, a plain path stays; an unknown scheme is a
+    ConfigError."""
     backend_name(settings)
+    found = _URL.match(str(settings.path))
+    if found is None:
+        return settings
+    return dataclasses.replace(settings, path=Path("/" + found.group(2)))
+
+
+def open_store(settings: StorageSettings, *, owner: bool = False) -> Store:
+    """The store for `settings`, from the backend its path names. With
+    `owner` (a server), the store holds the database for itself while open:
+    a second owner is refused with DatabaseInUse."""
+    settings = resolved(settings)
     from cursor_grpc.storage.sqlite.store import SQLiteStore
 
-    return SQLiteStore(settings)
+    return SQLiteStore(settings, owner=owner)
+
+
+def migrate(settings: StorageSettings, *, purpose: str = "migrate") -> list[str]:
+    """Apply pending migrations, holding the database for `purpose` ("migrate",
+    or "serve" for `serve --migrate`) so they never run beneath a server.
+    Returns the names applied."""
+    settings = resolved(settings)
+    from cursor_grpc.storage.sqlite.store import migrate_database
+
+    return migrate_database(settings, purpose)
+
+
+def require_current_schema(settings: StorageSettings) -> None:
+    """Refuse with MigrationError a database that is missing, not migrated,
+    or not at this version's schema, without creating or changing it."""
+    settings = resolved(settings)
+    from cursor_grpc.storage.sqlite.store import require_current_schema as require_sqlite_schema
+
+    require_sqlite_schema(settings)
 
 
 __all__ = [
     "ALL_KINDS", "KIND_INTERACTION", "KIND_MESSAGE", "KIND_MESSAGE_READ", "KIND_PRESENCE", "KIND_STATE",
     "SCOPES", "SCOPE_INTERACTIONS", "SCOPE_STATE", "SYSTEM", "Actor", "AuditQuery", "AuditRecord",
-    "CommitListener", "ConsentRecord", "ConsultantRecord", "Credential", "Event", "EventFilter", "EventLog",
-    "Evented", "GrantOutcome", "HistoryPage", "InteractionRecord", "Maintenance", "MessageRecord",
-    "NewInteractionData", "ReadPosition", "ReaderRecord", "ReaderStateRecord", "RecordOutcome", "SessionRecord",
-    "StorageStats", "Store", "backend_name", "open_store",
+    "CommitListener", "ConsentRecord", "ConsultantRecord", "Credential", "DatabaseInUse", "Event", "EventFilter",
+    "EventLog", "Evented", "GrantOutcome", "HistoryPage", "InteractionRecord", "Maintenance", "MessageRecord",
+    "MigrationError", "NewInteractionData", "ReadPosition", "ReaderRecord", "ReaderStateRecord", "RecordOutcome",
+    "SessionRecord", "StorageStats", "Store", "backend_name", "migrate", "open_store", "require_current_schema",
+    "resolved",
 ]

@@ -6,7 +6,9 @@ transaction, so an action and its audit row commit together); `EventLog` is
 the commit-ordered history the live engine reads; `Maintenance` is what
 metrics and scheduled jobs need. Nothing here knows SQL, files or threads.
 A backend implements all three (`cursor_grpc.storage.sqlite` does); what
-else it must guarantee is in docs/storage.md.
+else it must guarantee is in docs/storage.md. Its own exceptions never leave
+it: it raises the `CursorError` tree (cursor_grpc/errors.py), and the two
+errors below for the command line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cursor_grpc.config import OpsSettings
 from cursor_grpc.storage.records import (
     Actor,
     AuditQuery,
@@ -38,6 +41,16 @@ from cursor_grpc.storage.records import (
 
 # Called after every commit that carried events, with them, in commit order.
 CommitListener = Callable[[list[Event]], None]
+
+
+class MigrationError(RuntimeError):
+    """The database and the code disagree about the schema (the command
+    line prints it in one line and exits with status 3)."""
+
+
+class DatabaseInUse(RuntimeError):
+    """Another process owns the database (serving or restoring it); the
+    command line prints it in one line and exits with status 2."""
 
 
 class EventLog(Protocol):
@@ -98,6 +111,17 @@ class Maintenance(Protocol):
         """Call `listener(error)` if the backend can no longer write at all."""
         ...
 
+    async def start_maintenance(self, ops: OpsSettings) -> None:
+        """Start the scheduled jobs `ops` asks for (backups, archival, log
+        housekeeping, statistics, compaction); they log and count their own
+        failures and never take the server down."""
+        ...
+
+    async def stop_maintenance(self) -> None:
+        """Stop scheduling and wait for a running job to end at its next
+        step. Idempotent; before `close`."""
+        ...
+
 
 class Store(EventLog, Maintenance, Protocol):
     """The domain methods: one transaction each."""
@@ -137,6 +161,14 @@ class Store(EventLog, Maintenance, Protocol):
         ...
 
     async def promote_reader(self, actor: Actor, reader_id: str, role: str) -> ConsultantRecord:
+        ...
+
+    async def create_admin(
+        self, email: str, password_hash: str, display_name: str, *, additional: bool = False
+    ) -> ConsultantRecord:
+        """An admin made by the system (`cursor-grpc create-admin`), audited.
+        Unless `additional`, refused with FAILED_PRECONDITION / ADMIN_EXISTS
+        while an active admin exists: later admins come through AdminService."""
         ...
 
     async def set_account_active(self, actor: Actor, kind: str, account_id: str, active: bool) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ class RecordOutcome:
     # (index, id) of interactions whose id belongs to another reader.
     conflicts: list[tuple[int, str]]
     state: ReaderStateRecord | None
-    events: list[Any]
+    events: list[Event]
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,10 +244,12 @@ class Event:
 
 
 @dataclass(slots=True)
-class Evented:
-    """A write result that carries the events it committed."""
+class Evented(Generic[T]):
+    """A write result and the events its transaction stores: the backend
+    publishes `events` after the commit and hands the caller `value`, so a
+    write that produces events says so in its type."""
 
-    value: Any
+    value: T
     events: list[Event]
 
 

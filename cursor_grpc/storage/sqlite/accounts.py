@@ -12,6 +12,7 @@ from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.errors import AlreadyExists, FailedPrecondition, NotFound
 from cursor_grpc.storage.records import ConsultantRecord, Credential, ReaderRecord, ReaderStateRecord
 from cursor_grpc.storage.sqlite.connection import fetch_all
+from cursor_grpc.storage.sqlite.keyset import Where, newest_first
 
 READER_COLUMNS = """
     u.id, u.email, u.display_name, u.is_active, u.created_at,
@@ -73,17 +74,11 @@ def list_readers(
     conn: apsw.Connection, status: str | None, after_id: str | None, limit: int
 ) -> list[ReaderRecord]:
     """Newest account first (ids are time-ordered), keyset on id."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if status is not None:
-        clauses.append("s.status = ?")
-        params.append(status)
-    if after_id is not None:
-        clauses.append("u.id < ?")
-        params.append(after_id)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT {READER_COLUMNS} {READER_FROM} {where} ORDER BY u.id DESC LIMIT ?"
-    return [reader_from_row(r) for r in fetch_all(conn, sql, (*params, limit))]
+    sql, params = newest_first(
+        f"SELECT {READER_COLUMNS} {READER_FROM}", Where().equals("s.status", status), ("u.id",),
+        None if after_id is None else (after_id,), limit,
+    )
+    return [reader_from_row(r) for r in fetch_all(conn, sql, params)]
 
 
 def list_active_readers(
@@ -91,15 +86,10 @@ def list_active_readers(
 ) -> list[ReaderRecord]:
     """Readers seen at or after `since`, most recent first; keyset on
     (last_seen_at, user_id), served by idx_reader_states_last_seen."""
-    if after is None:
-        sql = f"""SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.user_id
-                 WHERE s.last_seen_at >= ? ORDER BY s.last_seen_at DESC, s.user_id DESC LIMIT ?"""
-        params: tuple[Any, ...] = (since, limit)
-    else:
-        sql = f"""SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.user_id
-                 WHERE s.last_seen_at >= ? AND (s.last_seen_at, s.user_id) < (?, ?)
-                 ORDER BY s.last_seen_at DESC, s.user_id DESC LIMIT ?"""
-        params = (since, after[0], after[1], limit)
+    sql, params = newest_first(
+        f"SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.user_id",
+        Where().add("s.last_seen_at >= ?", since), ("s.last_seen_at", "s.user_id"), after, limit,
+    )
     return [reader_from_row(r) for r in fetch_all(conn, sql, params)]
 
 

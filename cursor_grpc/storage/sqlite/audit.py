@@ -10,6 +10,7 @@ import apsw
 from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.storage.records import AuditQuery, AuditRecord
 from cursor_grpc.storage.sqlite.connection import fetch_all
+from cursor_grpc.storage.sqlite.keyset import Where, newest_first
 
 
 def write_audit(
@@ -35,30 +36,15 @@ def list_audit_logs(
     conn: apsw.Connection, query: AuditQuery, before: tuple[str, str] | None, limit: int
 ) -> list[AuditRecord]:
     """Newest first, keyset on (created_at, id); every filter is bound."""
-    clauses: list[str] = []
-    params: list[Any] = []
+    where = Where()
     if query.actor_type is not None:
-        clauses.append("actor_type = ?")
-        params.append(query.actor_type)
-        clauses.append("actor_id IS ?")
-        params.append(query.actor_id)
-    if query.action is not None:
-        clauses.append("action = ?")
-        params.append(query.action)
+        where.add("actor_type = ?", query.actor_type).add("actor_id IS ?", query.actor_id)
+    where.equals("action", query.action)
     if query.target_type is not None:
-        clauses.append("target_type = ?")
-        params.append(query.target_type)
-        clauses.append("target_id IS ?")
-        params.append(query.target_id)
+        where.add("target_type = ?", query.target_type).add("target_id IS ?", query.target_id)
     if query.start is not None:
-        clauses.append("created_at >= ?")
-        params.append(query.start)
+        where.add("created_at >= ?", query.start)
     if query.end is not None:
-        clauses.append("created_at < ?")
-        params.append(query.end)
-    if before is not None:
-        clauses.append("(created_at, id) < (?, ?)")
-        params += [before[0], before[1]]
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT {AUDIT_COLUMNS} FROM audit_logs {where} ORDER BY created_at DESC, id DESC LIMIT ?"
-    return [AuditRecord(*row) for row in fetch_all(conn, sql, (*params, limit))]
+        where.add("created_at < ?", query.end)
+    sql, params = newest_first(f"SELECT {AUDIT_COLUMNS} FROM audit_logs", where, ("created_at", "id"), before, limit)
+    return [AuditRecord(*row) for row in fetch_all(conn, sql, params)]

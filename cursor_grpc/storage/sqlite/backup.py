@@ -47,8 +47,9 @@ import apsw
 
 from cursor_grpc.clock import now_iso
 from cursor_grpc.config import StorageSettings
+from cursor_grpc.storage.contract import DatabaseInUse
 from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
-from cursor_grpc.storage.sqlite.dblock import DatabaseInUse, DatabaseLock
+from cursor_grpc.storage.sqlite.dblock import DatabaseLock
 from cursor_grpc.storage.sqlite.files import fsync_dir, fsync_file, sha256_file, sqlite_side_files, write_json_atomic
 
 log = logging.getLogger("cursor.ops.backup")

@@ -8,14 +8,13 @@ so a row's scope never changes and the table is the history of every grant.
 
 from __future__ import annotations
 
-from typing import Any
-
 import apsw
 
 from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.errors import InvalidArgument, NotFound, PermissionDenied
 from cursor_grpc.storage.records import SCOPES, ConsentRecord, GrantOutcome
 from cursor_grpc.storage.sqlite.connection import fetch_all
+from cursor_grpc.storage.sqlite.keyset import Where, newest_first
 
 CONSENT_COLUMNS = "id, granter_id, grantee_id, scope, created_at, revoked_at"
 
@@ -90,13 +89,10 @@ def list_consents(
 ) -> list[ConsentRecord]:
     """The consents a reader gave (or received), newest first, keyset on id
     (ids are time-ordered)."""
-    side = "grantee_id" if received else "granter_id"
-    clauses = [f"{side} = ?"]
-    params: list[Any] = [reader_id]
+    where = Where().add(f"{'grantee_id' if received else 'granter_id'} = ?", reader_id)
     if not show_revoked:
-        clauses.append("revoked_at IS NULL")
-    if before_id is not None:
-        clauses.append("id < ?")
-        params.append(before_id)
-    sql = f"SELECT {CONSENT_COLUMNS} FROM consents WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
-    return [ConsentRecord(*row) for row in fetch_all(conn, sql, (*params, limit))]
+        where.add("revoked_at IS NULL")
+    sql, params = newest_first(
+        f"SELECT {CONSENT_COLUMNS} FROM consents", where, ("id",), None if before_id is None else (before_id,), limit
+    )
+    return [ConsentRecord(*row) for row in fetch_all(conn, sql, params)]

@@ -21,14 +21,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cursor_grpc.storage.contract import DatabaseInUse
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
-
-
-class DatabaseInUse(RuntimeError):
-    """Another process holds the database (serving or restoring it)."""
 
 
 def lock_path(db_path: Path) -> Path:

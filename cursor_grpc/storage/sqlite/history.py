@@ -33,6 +33,7 @@ from cursor_grpc.errors import Unavailable
 from cursor_grpc.storage.records import HistoryPage, InteractionRecord
 from cursor_grpc.storage.sqlite import interactions
 from cursor_grpc.storage.sqlite.archive import ArchiveEntry, archive_entries, resolve_archive
+from cursor_grpc.storage.sqlite.errors import READING, service_errors
 from cursor_grpc.storage.sqlite.reads import ReadPool
 
 T = TypeVar("T")
@@ -123,6 +124,11 @@ class HistoryReader(ReadPool):
         return {f: attached.by_file[f] for f in files}
 
     def _merged(self, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int) -> HistoryPage:
+        with service_errors(READING):
+            return self._merged_page(reader_id, type_, before_seq, limit)
+
+    def _merged_page(self, reader_id: str | None, type_: str | None, before_seq: int | None,
+                     limit: int) -> HistoryPage:
         conn, attached = self._attached_connection()
         for _ in range(5):
             wanted = [e.file for e in archive_entries(conn, before_seq)]

@@ -1,6 +1,8 @@
 """What `serve` runs on a schedule: backups, archival, WAL housekeeping,
-`PRAGMA optimize` and (off by default) `VACUUM`. Failures are logged and
-counted in metrics; a job never takes the server down.
+`PRAGMA optimize` and (off by default) `VACUUM`, started and stopped by
+`SQLiteStore.start_maintenance` / `stop_maintenance` (the `Maintenance`
+contract). Failures are logged and counted in metrics; a job never takes the
+server down.
 
 WAL policy (docs/operations.md has the reasoning and the numbers):
 
@@ -45,16 +47,18 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
 
 from cursor_grpc import metrics
-from cursor_grpc.config import Settings, StorageSettings
-from cursor_grpc.storage.sqlite.archive import run_archive
+from cursor_grpc.config import OpsSettings, StorageSettings
 from cursor_grpc.storage.sqlite.backup import prune_backups, take_backup
 from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
 from cursor_grpc.storage.sqlite.files import default_dir
+
+if TYPE_CHECKING:
+    from cursor_grpc.storage.sqlite.store import SQLiteStore
 
 log = logging.getLogger("cursor.ops")
 
@@ -103,14 +107,13 @@ def free_fraction(conn: apsw.Connection) -> float:
 
 
 class Operations:
-    """The scheduled jobs and the metrics endpoint of one server."""
+    """The scheduled jobs of one server's store."""
 
-    def __init__(self, settings: Settings, store: Any) -> None:
-        self.settings = settings
-        self.ops = settings.ops
+    def __init__(self, store: SQLiteStore, ops: OpsSettings) -> None:
+        self.ops = ops
         self.store = store
-        self.storage: StorageSettings = settings.storage
-        self.db_path = Path(settings.storage.path)
+        self.storage: StorageSettings = store.settings
+        self.db_path = Path(store.settings.path)
         self.backup_dir = default_dir(self.db_path, self.ops.backup_dir, "backups")
         self.archive_dir = default_dir(self.db_path, self.ops.archive_dir, "archive")
         self._stop = threading.Event()
@@ -124,14 +127,10 @@ class Operations:
         # process, say) keeps every TRUNCATE attempt busy.
         self._wal_busy_streak = 0
         self._wal_retry_at = 0.0
-        self.metrics_server: metrics.MetricsServer | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        metrics.bind_store(self.store)
-        if self.ops.metrics_listen:
-            self.metrics_server = metrics.start_metrics_server(self.ops.metrics_listen)
         limit = int(self.ops.wal_truncate_bytes)
         await self.store.writer.submit(lambda c: fetch_all(c, f"PRAGMA journal_size_limit={limit}"),
                                        in_transaction=False)
@@ -160,12 +159,7 @@ class Operations:
         self._tasks.clear()
         if self._running:
             await asyncio.wait(list(self._running), timeout=wait_seconds)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._close_side_thread)
-        if self.metrics_server is not None:
-            await loop.run_in_executor(None, self.metrics_server.close)
-            self.metrics_server = None
-        metrics.unbind_store(self.store)
+        await asyncio.get_running_loop().run_in_executor(None, self._close_side_thread)
 
     def _close_side_thread(self) -> None:
         def close_side() -> None:
@@ -229,10 +223,9 @@ class Operations:
     async def archive_once(self) -> None:
         metrics.ARCHIVE_RUNS.inc()
         try:
-            stats = await self._in_thread(lambda: run_archive(
-                self.storage, self.store.writer.submit_sync, self.archive_dir,
-                retention_days=self.ops.archive_retention_days, chunk_rows=self.ops.archive_chunk_rows,
-                stop=self._stop,
+            stats = await self._in_thread(lambda: self.store.archive(
+                self.archive_dir, retention_days=self.ops.archive_retention_days,
+                chunk_rows=self.ops.archive_chunk_rows, stop=self._stop,
             ))
         except Exception as error:
             metrics.ARCHIVE_FAILURES.inc()

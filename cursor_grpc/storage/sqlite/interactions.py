@@ -24,6 +24,7 @@ from cursor_grpc.storage.records import (
 )
 from cursor_grpc.storage.sqlite.connection import fetch_all
 from cursor_grpc.storage.sqlite.events import SequenceAllocator, insert_event, state_data
+from cursor_grpc.storage.sqlite.keyset import Where, newest_first
 
 INTERACTION_COLUMNS = "seq, id, user_id, type, payload, summary, created_at"
 
@@ -182,17 +183,9 @@ def list_interactions(
     database (cursor_grpc/storage/sqlite/history.py walks history into archives)."""
     if not schema.isidentifier():
         raise ValueError(f"not a schema name: {schema!r}")
-    clauses: list[str] = []
-    params: list[Any] = []
-    if reader_id is not None:
-        clauses.append("user_id = ?")
-        params.append(reader_id)
-    if type_ is not None:
-        clauses.append("type = ?")
-        params.append(type_)
-    if before_seq is not None:
-        clauses.append("seq < ?")
-        params.append(before_seq)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT {INTERACTION_COLUMNS} FROM {schema}.interactions {where} ORDER BY seq DESC LIMIT ?"
-    return [interaction_from_row(r) for r in fetch_all(conn, sql, (*params, limit))]
+    sql, params = newest_first(
+        f"SELECT {INTERACTION_COLUMNS} FROM {schema}.interactions",
+        Where().equals("user_id", reader_id).equals("type", type_), ("seq",),
+        None if before_seq is None else (before_seq,), limit,
+    )
+    return [interaction_from_row(r) for r in fetch_all(conn, sql, params)]

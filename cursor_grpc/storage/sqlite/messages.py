@@ -3,8 +3,6 @@ consultant-set reader status. Every change commits with its event."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import apsw
 
 from cursor_grpc.clock import new_id, now_iso
@@ -21,6 +19,7 @@ from cursor_grpc.storage.records import (
 from cursor_grpc.storage.sqlite.accounts import STATE_COLUMNS
 from cursor_grpc.storage.sqlite.connection import fetch_all
 from cursor_grpc.storage.sqlite.events import SequenceAllocator, insert_event, state_data
+from cursor_grpc.storage.sqlite.keyset import Where, newest_first
 
 MESSAGE_COLUMNS = "id, reader_id, consultant_id, direction, body, created_at, read_at, seq"
 
@@ -33,7 +32,7 @@ def _require_reader(conn: apsw.Connection, reader_id: str) -> None:
 def send_message(
     conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, direction: str, consultant_id: str | None,
     body: str,
-) -> Evented:
+) -> Evented[MessageRecord]:
     _require_reader(conn, reader_id)
     seq, message_id, now = seqs.next(), new_id(), now_iso()
     conn.execute(
@@ -48,12 +47,10 @@ def send_message(
 
 def list_messages(conn: apsw.Connection, reader_id: str, before_seq: int | None, limit: int) -> list[MessageRecord]:
     _require_reader(conn, reader_id)
-    if before_seq is None:
-        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE reader_id = ? ORDER BY seq DESC LIMIT ?"
-        params: tuple[Any, ...] = (reader_id, limit)
-    else:
-        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE reader_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-        params = (reader_id, before_seq, limit)
+    sql, params = newest_first(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages", Where().add("reader_id = ?", reader_id), ("seq",),
+        None if before_seq is None else (before_seq,), limit,
+    )
     return [MessageRecord(*row) for row in fetch_all(conn, sql, params)]
 
 
@@ -72,7 +69,7 @@ def read_positions(conn: apsw.Connection, reader_id: str) -> list[ReadPosition]:
 def mark_read(
     conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, participant_type: str, participant_id: str,
     up_to: int,
-) -> Evented:
+) -> Evented[ReadPosition]:
     """Move a participant's read position forward (never back). The reader
     reading also stamps `read_at` on the messages written to it."""
     _require_reader(conn, reader_id)
@@ -122,7 +119,9 @@ def unread_counts(conn: apsw.Connection, consultant_id: str, limit: int = 1000) 
     ]
 
 
-def set_reader_status(conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, status: str) -> Evented:
+def set_reader_status(
+    conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, status: str
+) -> Evented[ReaderStateRecord]:
     """Pause or resume a reader; a state event when it changes."""
     rows = fetch_all(conn, f"SELECT {STATE_COLUMNS} FROM reader_states WHERE user_id = ?", (reader_id,))
     if not rows:

@@ -25,7 +25,9 @@ from pathlib import Path
 import apsw
 
 from cursor_grpc.clock import now_iso
-from cursor_grpc.storage.sqlite.connection import fetch_all
+from cursor_grpc.config import StorageSettings
+from cursor_grpc.storage.contract import MigrationError
+from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.(sql|py)$")
 
@@ -36,10 +38,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at TEXT NOT NULL
 )
 """
-
-
-class MigrationError(RuntimeError):
-    """The database and the code disagree about the schema."""
 
 
 @dataclass(frozen=True)
@@ -199,3 +197,36 @@ def verify_current(conn: apsw.Connection, known: list[Migration] | None = None) 
         raise MigrationError(
             f"{len(pending)} migration(s) pending ({pending[0].name} first); run `cursor-grpc migrate` first"
         )
+
+
+def status_of(settings: StorageSettings, known: list[Migration]) -> dict[str, list[tuple[str, str]]]:
+    """`status` of the database file, read-only; a file that does not exist
+    yet has every migration pending."""
+    if not Path(settings.path).exists():
+        return {"applied": [], "pending": [(m.name, "") for m in known], "unknown": [], "modified": []}
+    conn = open_connection(settings, readonly=True)
+    try:
+        return status(conn, known)
+    finally:
+        conn.close()
+
+
+def pending_of(settings: StorageSettings, known: list[Migration]) -> list[Migration]:
+    """The migrations `migrate` would apply to the (existing) file, read-only."""
+    conn = open_connection(settings, readonly=True)
+    try:
+        has_ledger = fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'")
+        return plan(conn, known) if has_ledger else known
+    finally:
+        conn.close()
+
+
+def has_tables(path: Path) -> bool:
+    """Whether the file holds any table: something a migration could lose."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return bool(fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1"))
+    finally:
+        conn.close()

@@ -1,6 +1,7 @@
 """Reads run on a small thread pool; each thread keeps its own read-only
 connection (`threading.local`), so no read ever waits for, or blocks, the
-writer's connection or the event loop."""
+writer's connection or the event loop. What a read raises leaves as the
+service's error (cursor_grpc/storage/sqlite/errors.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import apsw
 
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.storage.sqlite.connection import open_connection
+from cursor_grpc.storage.sqlite.errors import READING, service_errors
 
 T = TypeVar("T")
 
@@ -38,13 +40,14 @@ class ReadPool:
         return conn
 
     def _call(self, fn: Callable[[apsw.Connection], T]) -> T:
-        conn = self._connection()
-        # One read transaction, so multi-statement reads see one snapshot.
-        conn.execute("BEGIN")
-        try:
-            return fn(conn)
-        finally:
-            conn.execute("COMMIT")
+        with service_errors(READING):
+            conn = self._connection()
+            # One read transaction, so multi-statement reads see one snapshot.
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
 
     async def run(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run `fn(read_connection)` on the pool and await its result."""

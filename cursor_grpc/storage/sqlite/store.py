@@ -1,20 +1,25 @@
 """`SQLiteStore`: the storage contract (`cursor_grpc.storage.contract`) on
 SQLite. It owns the writer and the read pool; every method is one read or
 one write task (one transaction), so an action and its audit row commit
-together."""
+together. A write that stores events goes through `submit_evented`, so its
+events reach `on_commit` listeners by type, never by inspection. The
+module's functions are what `cursor_grpc.storage` calls for a SQLite
+`CURSOR_DB` (migrate, check the schema)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.contract import StorageStats
+from cursor_grpc.config import OpsSettings, StorageSettings
+from cursor_grpc.errors import FailedPrecondition
+from cursor_grpc.storage.contract import CommitListener, MigrationError, StorageStats
 from cursor_grpc.storage.records import (
     Actor,
     AuditQuery,
@@ -37,13 +42,18 @@ from cursor_grpc.storage.records import (
     SessionRecord,
 )
 from cursor_grpc.storage.sqlite import accounts, consents, events, history, interactions, messages, sessions
+from cursor_grpc.storage.sqlite.archive import ArchiveStats, run_archive
 from cursor_grpc.storage.sqlite.audit import list_audit_logs, write_audit
-from cursor_grpc.storage.sqlite.connection import open_connection
+from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+from cursor_grpc.storage.sqlite.dblock import DatabaseLock
 from cursor_grpc.storage.sqlite.events import SequenceAllocator
 from cursor_grpc.storage.sqlite.history import HistoryReader
 from cursor_grpc.storage.sqlite.migrations import migrate, verify_current
 from cursor_grpc.storage.sqlite.reads import ReadPool
 from cursor_grpc.storage.sqlite.writer import Writer
+
+if TYPE_CHECKING:
+    from cursor_grpc.storage.sqlite.housekeeping import Operations
 
 log = logging.getLogger("cursor.storage")
 
@@ -65,11 +75,44 @@ def apply_migrations(settings: StorageSettings) -> list[str]:
         conn.close()
 
 
+def migrate_database(settings: StorageSettings, purpose: str) -> list[str]:
+    """`apply_migrations` while holding the database for `purpose` (the
+    lock file), so migrations never run beneath a server."""
+    with DatabaseLock(settings.path).acquire_exclusive(purpose):
+        return apply_migrations(settings)
+
+
+def require_current_schema(settings: StorageSettings) -> None:
+    """Refuse, with a clear MigrationError, a database that is missing or not
+    migrated, before anything opens (and so creates) it for writing. The
+    store checks again when it opens; this check only reads."""
+    path = settings.path
+    hint = "run `cursor-grpc migrate` first (or serve with --migrate)"
+    if not Path(path).exists():
+        raise MigrationError(f"{path} does not exist; {hint}")
+    conn = open_connection(settings, readonly=True)
+    try:
+        if not fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"):
+            raise MigrationError(f"{path} has no schema yet; {hint}")
+        verify_current(conn)
+    finally:
+        conn.close()
+
+
 class SQLiteStore:
-    def __init__(self, settings: StorageSettings) -> None:
+    def __init__(self, settings: StorageSettings, *, owner: bool = False) -> None:
+        """With `owner`, hold the database's lock file for as long as the
+        store is open: a second server, or a restore, on this file is
+        refused at once (DatabaseInUse) instead of writing beside this one."""
         self.settings = settings
+        self._owner = DatabaseLock(settings.path).acquire_exclusive("serve") if owner else None
+        self._maintenance: Operations | None = None
         log.info("SQLite %s (APSW %s) at %s", apsw.sqlite_lib_version(), apsw.apsw_version(), settings.path)
-        self.writer = Writer(settings)
+        try:
+            self.writer = Writer(settings)
+        except BaseException:
+            self._release_owner()
+            raise
         self.reads = ReadPool(settings)
         try:
             self.reads.run_sync(verify_current)
@@ -81,16 +124,10 @@ class SQLiteStore:
             self.close()
             raise
 
-    def on_commit(self, listener: Callable[[list[Event]], None]) -> None:
+    def on_commit(self, listener: CommitListener) -> None:
         """Call `listener(events)` on the writer thread after every commit
         that carried events, in commit order. Never before the commit."""
-
-        def hook(results: list[Any]) -> None:
-            committed = [event for result in results for event in getattr(result, "events", ())]
-            if committed:
-                listener(committed)
-
-        self.writer.add_commit_hook(hook)
+        self.writer.add_commit_hook(listener)
 
     @property
     def head(self) -> int:
@@ -116,15 +153,44 @@ class SQLiteStore:
     def on_failure(self, listener: Callable[[BaseException], None]) -> None:
         self.writer.on_failure(listener)
 
+    async def start_maintenance(self, ops: OpsSettings) -> None:
+        """Backups, archival, WAL housekeeping, `PRAGMA optimize` and VACUUM
+        on the schedule `ops` gives (cursor_grpc/storage/sqlite/housekeeping.py)."""
+        from cursor_grpc.storage.sqlite.housekeeping import Operations
+
+        if self._maintenance is None:
+            self._maintenance = Operations(self, ops)
+            await self._maintenance.start()
+
+    async def stop_maintenance(self) -> None:
+        maintenance, self._maintenance = self._maintenance, None
+        if maintenance is not None:
+            await maintenance.stop()
+
+    def archive(self, archive_dir: Path, *, retention_days: float, chunk_rows: int,
+                stop: threading.Event | None = None) -> ArchiveStats:
+        """Move interactions older than `retention_days` into quarter files
+        under `archive_dir` (cursor_grpc/storage/sqlite/archive.py), one write
+        task of this store's writer per chunk. Blocks: call it off the loop."""
+        return run_archive(self.settings, self.writer.submit_sync, archive_dir,
+                           retention_days=retention_days, chunk_rows=chunk_rows, stop=stop)
+
     def close(self) -> None:
         """Commit what is queued, then close every connection. Idempotent.
         Read connections close first, so the writer's is the last one and
-        SQLite checkpoints and removes the WAL file on a clean shutdown."""
+        SQLite checkpoints and removes the WAL file on a clean shutdown;
+        the lock file is let go last."""
         self.reads.close()
         history = self.__dict__.pop("_history", None)
         if history is not None:
             history.close()
         self.writer.close()
+        self._release_owner()
+
+    def _release_owner(self) -> None:
+        if self._owner is not None:
+            self._owner.release()
+            self._owner = None
 
     # --- accounts ------------------------------------------------------------
 
@@ -177,6 +243,22 @@ class SQLiteStore:
                 conn, actor.type, actor.id, "reader.promote", "reader", reader_id,
                 {"consultant_id": consultant.id, "role": role},
             )
+            return consultant
+
+        return await self.writer.submit(write)
+
+    async def create_admin(
+        self, email: str, password_hash: str, display_name: str, *, additional: bool = False
+    ) -> ConsultantRecord:
+        """An admin made by the system (`cursor-grpc create-admin`), audited;
+        unless `additional`, refused while an active admin exists."""
+
+        def write(conn: apsw.Connection) -> ConsultantRecord:
+            if not additional and accounts.count_admins(conn):
+                raise FailedPrecondition("an active admin exists already", reason="ADMIN_EXISTS")
+            consultant = accounts.create_consultant(conn, email, password_hash, display_name, "admin")
+            write_audit(conn, "system", None, "consultant.create", "consultant", consultant.id,
+                        {"role": "admin", "via": "create-admin"})
             return consultant
 
         return await self.writer.submit(write)
@@ -259,15 +341,18 @@ class SQLiteStore:
     async def record_interactions(
         self, reader_id: str, items: list[NewInteractionData], reading_window_ns: int
     ) -> RecordOutcome:
-        return await self.writer.submit(
-            lambda conn: interactions.record_interactions(conn, self.seqs, reader_id, items, reading_window_ns)
-        )
+        def write(conn: apsw.Connection) -> Evented[RecordOutcome]:
+            outcome = interactions.record_interactions(conn, self.seqs, reader_id, items, reading_window_ns)
+            return Evented(outcome, outcome.events)
+
+        return await self.writer.submit_evented(write)
 
     async def sweep_presence(self, idle_ns: int, reading_window_ns: int) -> list[Event]:
-        result = await self.writer.submit(
-            lambda conn: Evented(None, interactions.sweep_presence(conn, self.seqs, idle_ns, reading_window_ns))
-        )
-        return result.events
+        def write(conn: apsw.Connection) -> Evented[list[Event]]:
+            changed = interactions.sweep_presence(conn, self.seqs, idle_ns, reading_window_ns)
+            return Evented(changed, changed)
+
+        return await self.writer.submit_evented(write)
 
     # --- events ------------------------------------------------------------------
 
@@ -290,7 +375,7 @@ class SQLiteStore:
     # --- conversations ---------------------------------------------------------
 
     async def send_message(self, actor: Actor, reader_id: str, direction: str, body: str) -> MessageRecord:
-        def write(conn: apsw.Connection) -> Evented:
+        def write(conn: apsw.Connection) -> Evented[MessageRecord]:
             sent = messages.send_message(
                 conn, self.seqs, reader_id, direction, actor.id if actor.type == "consultant" else None, body
             )
@@ -299,8 +384,7 @@ class SQLiteStore:
                             {"message_id": sent.value.id})
             return sent
 
-        result = await self.writer.submit(write)
-        return result.value  # type: ignore[no-any-return]
+        return await self.writer.submit_evented(write)
 
     async def list_messages(self, reader_id: str, before_seq: int | None, limit: int) -> list[MessageRecord]:
         return await self.reads.run(lambda conn: messages.list_messages(conn, reader_id, before_seq, limit))
@@ -311,22 +395,20 @@ class SQLiteStore:
     async def mark_read(self, actor: Actor, reader_id: str, up_to: int) -> ReadPosition:
         assert actor.id is not None
         actor_id = actor.id
-        result = await self.writer.submit(
+        return await self.writer.submit_evented(
             lambda conn: messages.mark_read(conn, self.seqs, reader_id, actor.type, actor_id, up_to)
         )
-        return result.value  # type: ignore[no-any-return]
 
     async def unread_counts(self, consultant_id: str) -> list[tuple[str, int]]:
         return await self.reads.run(lambda conn: messages.unread_counts(conn, consultant_id))
 
     async def set_reader_status(self, actor: Actor, reader_id: str, status: str) -> ReaderStateRecord:
-        def write(conn: apsw.Connection) -> Evented:
+        def write(conn: apsw.Connection) -> Evented[ReaderStateRecord]:
             changed = messages.set_reader_status(conn, self.seqs, reader_id, status)
             write_audit(conn, actor.type, actor.id, "reader.set_status", "reader", reader_id, {"status": status})
             return changed
 
-        result = await self.writer.submit(write)
-        return result.value  # type: ignore[no-any-return]
+        return await self.writer.submit_evented(write)
 
     async def list_interactions(
         self, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int
@@ -360,7 +442,7 @@ class SQLiteStore:
         the reader gets a system message naming the fields that changed.
         Returns (reader, metadata, fields changed)."""
 
-        def write(conn: apsw.Connection) -> Evented:
+        def write(conn: apsw.Connection) -> Evented[tuple[ReaderRecord, str, list[str]]]:
             changed = accounts.update_reader_profile(conn, reader_id, display_name, email, metadata)
             requested = [name for name, value in
                          (("display_name", display_name), ("email", email), ("metadata_json", metadata))
@@ -373,23 +455,21 @@ class SQLiteStore:
             profile = (accounts.get_reader(conn, reader_id), accounts.get_reader_metadata(conn, reader_id), changed)
             return Evented(profile, sent)
 
-        result = await self.writer.submit(write)
-        return result.value  # type: ignore[no-any-return]
+        return await self.writer.submit_evented(write)
 
     async def activate_reader(self, actor: Actor, reader_id: str, notice: str) -> bool:
         """Re-activate a reader account (audited like set_account_active); when
         it was deactivated, the reader gets `notice` as a system message in the
         same transaction. Returns whether the flag changed."""
 
-        def write(conn: apsw.Connection) -> Evented:
+        def write(conn: apsw.Connection) -> Evented[bool]:
             changed = accounts.set_active(conn, "reader", reader_id, True)
             write_audit(conn, actor.type, actor.id, "account.activate", "reader", reader_id,
                         {"changed": changed, "revoked_sessions": 0})
             sent = messages.send_message(conn, self.seqs, reader_id, "system", None, notice).events if changed else []
             return Evented(changed, sent)
 
-        result = await self.writer.submit(write)
-        return bool(result.value)
+        return await self.writer.submit_evented(write)
 
     # --- consents ----------------------------------------------------------------
 

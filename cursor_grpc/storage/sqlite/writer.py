@@ -5,8 +5,10 @@ on a queue and await the future. Unlike Datasette, the thread drains
 everything waiting and runs it in one transaction (group commit), so
 throughput grows with concurrency; each task runs inside its own savepoint,
 so a task that fails is rolled back alone and only its caller sees the error.
-Results are handed back only after COMMIT succeeds, then post-commit hooks
-run (the future event broadcaster hangs here).
+Results are handed back only after COMMIT succeeds; first the commit hooks
+get the events the batch stored (the live broadcaster hangs here). A write
+that stores events is submitted with `submit_evented`: its task returns
+`Evented[T]`, the caller gets the value and the hooks the events.
 """
 
 from __future__ import annotations
@@ -26,45 +28,24 @@ import apsw
 
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import CursorError, Unavailable
+from cursor_grpc.storage.records import Event, Evented
 from cursor_grpc.storage.sqlite.connection import open_connection, retry_busy
+from cursor_grpc.storage.sqlite.errors import storage_error, to_cursor_error
 
 log = logging.getLogger("cursor.storage.writer")
 
 T = TypeVar("T")
 WriteFn = Callable[[apsw.Connection], T]
-CommitHook = Callable[[list[Any]], None]
+EventedWriteFn = Callable[[apsw.Connection], Evented[T]]
+# Called on the writer thread after each commit that stored events, with
+# them, in commit order.
+CommitHook = Callable[[list[Event]], None]
 # Called on the writer thread right after BEGIN IMMEDIATE, inside the
 # transaction, with the write lock held (the event sequence resumes here).
 BeginHook = Callable[[apsw.Connection], None]
 # Called on the writer thread after each batch: (tasks in the batch, seconds
 # from BEGIN to COMMIT done). Metrics hang here.
 BatchObserver = Callable[[int, float], None]
-
-# SQLite errors that say the storage, not the request, is at fault: the
-# cause (a metric label and ErrorInfo reason) and what the client is told.
-_STORAGE_ERRORS: tuple[tuple[type[BaseException], str, str], ...] = (
-    (apsw.FullError, "DATABASE_FULL", "the database could not store this (disk full); retry"),
-    (apsw.IOError, "STORAGE_IO_ERROR", "the database could not store this (I/O error); retry"),
-    (apsw.NoMemError, "STORAGE_NO_MEMORY", "the database could not store this (out of memory); retry"),
-    (apsw.BusyError, "DATABASE_LOCKED", "the database could not store this (locked by another process); retry"),
-    (apsw.InterruptError, "STORAGE_INTERRUPTED", "the database could not store this (interrupted); retry"),
-)
-
-
-def storage_error(error: BaseException) -> Unavailable | None:
-    """The retryable error a client gets for a storage failure, or None
-    when `error` is not one."""
-    for kind, reason, message in _STORAGE_ERRORS:
-        if isinstance(error, kind):
-            return Unavailable(message, reason=reason)
-    return None
-
-
-def _client_error(error: BaseException) -> BaseException:
-    """What the caller of a failed task sees: storage failures become
-    retryable UNAVAILABLE; anything else is the task's own error."""
-    return storage_error(error) or error
-
 
 @dataclass(slots=True)
 class _Task:
@@ -79,6 +60,16 @@ class _Task:
     in_transaction: bool = True
     # Answered already: a later failure of the batch must not answer twice.
     delivered: bool = False
+    # True: `fn` returns `Evented`; `result` gets its value, `events` its events.
+    evented: bool = False
+    events: list[Event] | None = None
+
+    def run(self, conn: apsw.Connection) -> None:
+        outcome = self.fn(conn)
+        if self.evented:
+            self.result, self.events = outcome.value, outcome.events
+        else:
+            self.result = outcome
 
 
 _STOP = object()
@@ -112,8 +103,9 @@ class Writer:
         self.tasks = 0
 
     def add_commit_hook(self, hook: CommitHook) -> None:
-        """Call `hook(results)` on the writer thread after each commit, with
-        the results of the tasks that succeeded, in commit order."""
+        """Call `hook(events)` on the writer thread after each commit that
+        stored events (of tasks from `submit_evented` that succeeded), in
+        commit order."""
         self._commit_hooks.append(hook)
 
     def add_begin_hook(self, hook: BeginHook) -> None:
@@ -141,6 +133,16 @@ class Writer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Task(fn, loop, future, in_transaction=in_transaction))
+        return await future
+
+    async def submit_evented(self, fn: EventedWriteFn[T]) -> T:
+        """Like `submit`, for a write that stores events: the caller gets
+        the value of the `Evented` that `fn` returns, the commit hooks its
+        events, both only after COMMIT."""
+        self._refuse_if_stopped()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Task(fn, loop, future, evented=True))
         return await future
 
     def submit_sync(self, fn: WriteFn[T], *, in_transaction: bool = True) -> T:
@@ -266,9 +268,9 @@ class Writer:
         log.error("a write transaction was lost (%s: %s); %d writes refused with %s, the writer carries on",
                   type(cause).__name__, cause, len(live), reason)
         for task in live:
-            task.result = None
+            task.result = task.events = None
             if task is culprit:
-                task.error = _client_error(cause)
+                task.error = to_cursor_error(cause)
             elif task.error is None:  # a task that failed by itself keeps its own error
                 task.error = error
         self._deliver(live)
@@ -295,7 +297,7 @@ class Writer:
             try:
                 if not single:
                     conn.execute("SAVEPOINT task")
-                task.result = task.fn(conn)
+                task.run(conn)
                 if not single:
                     conn.execute("RELEASE task")
             except BaseException as exc:  # a task's failure is its caller's, whatever it is
@@ -304,7 +306,7 @@ class Writer:
                     # before this one are gone too.
                     self._lose_batch(conn, live, exc, task)
                     return
-                task.error = _client_error(exc)
+                task.error = to_cursor_error(exc)
                 try:
                     conn.execute("ROLLBACK" if single else "ROLLBACK TO task")
                     if not single:
@@ -328,21 +330,22 @@ class Writer:
                 observe(len(live), elapsed)
             except Exception:
                 log.exception("batch observer failed")
-        committed = [t.result for t in live if t.error is None]
-        for hook in self._commit_hooks:
-            try:
-                hook(committed)
-            except Exception:
-                log.exception("commit hook failed")
+        committed = [event for t in live if t.events and t.error is None for event in t.events]
+        if committed:
+            for hook in self._commit_hooks:
+                try:
+                    hook(committed)
+                except Exception:
+                    log.exception("commit hook failed")
         self._deliver(live)
 
     def _run_alone(self, conn: apsw.Connection, task: _Task) -> None:
         if task.future is not None and task.future.done():
             return
         try:
-            task.result = task.fn(conn)
+            task.run(conn)
         except BaseException as exc:  # a task's failure is its caller's, whatever it is
-            task.error = _client_error(exc)
+            task.error = to_cursor_error(exc)
             self._end_transaction(conn)
         self._deliver([task])
 
@@ -351,7 +354,7 @@ class Writer:
             if task.delivered:
                 continue
             task.error = error
-            task.result = None
+            task.result = task.events = None
         self._deliver(tasks)
 
     @staticmethod

@@ -1,10 +1,11 @@
-"""Records to protos, in one place."""
+"""Records to protos, in one place: the codec below both the services and
+the live engine, so neither imports the other to put an event on the wire."""
 
 from __future__ import annotations
 
 from cursor.v1 import resources_pb2 as pb
 from cursor_grpc.clock import timestamp_from_iso
-from cursor_grpc.storage.records import (
+from cursor_grpc.storage import (
     AuditRecord,
     ConsentRecord,
     ConsultantRecord,
