@@ -8,7 +8,7 @@ CURSOR_DB ?= var/cursor.db
 CURSOR_LISTEN ?= 127.0.0.1:50051
 export CURSOR_DB CURSOR_LISTEN
 
-.PHONY: setup serve test test-fast test-slow chaos lint typecheck generate check-generated clean
+.PHONY: setup serve test test-fast test-slow chaos lint typecheck generate check-generated buf clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,16 @@ serve: setup
 	$(BIN)/cursor-grpc migrate
 	$(BIN)/cursor-grpc serve
 
-## The whole suite: lint, types, stale stubs, tests. CI runs exactly this.
+## The first admin, on the database `make serve` uses (the same CURSOR_DB); the password comes from
+## CURSOR_ADMIN_PASSWORD or a prompt: `make create-admin EMAIL=admin@example.com`.
+.PHONY: create-admin
+create-admin: setup
+	@test -n "$(EMAIL)" || { echo "usage: make create-admin EMAIL=you@example.com [NAME='Your Name']"; exit 2; }
+	$(BIN)/cursor-grpc create-admin --db "$(CURSOR_DB)" --email "$(EMAIL)" $(if $(NAME),--display-name "$(NAME)")
+
+## The whole suite: lint, types, stale stubs, buf lint/breaking, tests. CI runs exactly this.
 ## It installs the bench extra too: a test draws the benchmark chart.
-test: $(BENCH_STAMP) lint typecheck check-generated
+test: $(BENCH_STAMP) lint typecheck check-generated buf
 	$(BIN)/pytest
 
 test-fast: setup
@@ -49,6 +56,10 @@ generate: setup
 
 check-generated: setup
 	$(BIN)/python tools/gen_protos.py --check
+
+## buf lint, and buf breaking against the previous commit (skipped, with a note, in a checkout without one).
+buf: setup
+	$(BIN)/python tools/buf_check.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -8,7 +8,7 @@ from cursor_grpc import metrics
 from cursor_grpc.auth.passwords import Passwords
 from cursor_grpc.auth.sessions import SessionManager
 from cursor_grpc.auth.throttle import LoginThrottle
-from cursor_grpc.config import Settings
+from cursor_grpc.config import ConfigError, Settings
 from cursor_grpc.errors import Unauthenticated
 from cursor_grpc.live.broadcaster import Broadcaster
 from cursor_grpc.live.presence import PresenceSweeper
@@ -41,8 +41,11 @@ class App:
         self.sessions.start()
         self.presence.start()
         metrics.bind_store(self.store)
-        if self.settings.ops.metrics_listen:
-            self.metrics_server = metrics.start_metrics_server(self.settings.ops.metrics_listen)
+        if listen := self.settings.ops.metrics_listen:
+            try:
+                self.metrics_server = metrics.start_metrics_server(listen)
+            except OSError as error:  # the port is taken, or the address is not this machine's
+                raise ConfigError(f"cannot serve metrics on {listen}: {error.strerror or error}") from error
         await self.store.start_maintenance(self.settings.ops)
 
     async def close(self) -> None:

@@ -1,7 +1,9 @@
-"""`cursor-grpc`: serve, migrate, create-admin, backup, restore, archive.
+"""`cursor-grpc`: serve, migrate, create-admin, backup, restore, archive, watch.
 
 Every setting has a default, an environment variable (`CURSOR_LISTEN`,
 `CURSOR_DB`, `CURSOR_<FIELD>`) and, for the common ones, a flag; flags win.
+Every command that opens the database takes it from `--db`, else
+`CURSOR_DB`, else var/cursor.db, and `--help` says so for every option.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
+import importlib.metadata
 import logging
 import os
 import sys
 from pathlib import Path
 
-from cursor_grpc.config import Settings, settings_from_env
+from cursor_grpc.config import DEFAULT_DB, DEFAULT_LISTEN, Settings, StorageSettings, settings_from_env
 
 
 def _configure_logging(level: str, fmt: str = "text") -> None:
@@ -57,6 +60,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if bool(settings.tls_cert) != bool(settings.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if settings.ops.metrics_listen:
+        from cursor_grpc.metrics import parse_listen
+
+        # A refused address stops the command before anything opens or listens.
+        parse_listen(settings.ops.metrics_listen)
     if args.migrate:
         for name in storage.migrate(settings.storage, purpose="serve"):
             logging.getLogger("cursor.migrate").info("applied %s", name)
@@ -80,7 +88,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     # --status / --dry-run change nothing; applying takes a verified backup
     # of a non-empty database first unless --no-backup, and refuses while a
     # server holds the database.
-    return cmd_migrate(settings, args, lambda: storage.migrate(settings.storage))
+    return cmd_migrate(settings, args, lambda progress: storage.migrate(settings.storage, progress=progress))
 
 
 def _admin_password() -> str:
@@ -134,28 +142,47 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return run_watch_command(args)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cursor-grpc")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a tree never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from cursor_grpc.ops.commands import add_commands, add_migrate_flags, add_serve_flags, described
+
     parser = argparse.ArgumentParser(prog="cursor-grpc", description="Cursor gRPC service")
-    parser.add_argument("--log-level", default=os.environ.get("CURSOR_LOG_LEVEL", "INFO"))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--log-level", metavar="LEVEL", default=os.environ.get("CURSOR_LOG_LEVEL", "INFO"),
+                        help=described("DEBUG, INFO, WARNING or ERROR", "INFO", "CURSOR_LOG_LEVEL"))
+    log_format = "text, or json: one JSON object per line"
     parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("CURSOR_LOG_FORMAT", "text"),
-                        help="text (default) or json: one JSON object per line (env CURSOR_LOG_FORMAT)")
+                        help=described(log_format, "text", "CURSOR_LOG_FORMAT"))
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_db(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument("--db", type=Path, help="SQLite file (env CURSOR_DB, default var/cursor.db)")
+        sub.add_argument("--db", type=Path, metavar="PATH", help=described("the SQLite file", DEFAULT_DB, "CURSOR_DB"))
         return sub
 
+    defaults = StorageSettings()
     serve = with_db(commands.add_parser("serve", help="run the gRPC server"))
-    serve.add_argument("--listen", help="host:port (env CURSOR_LISTEN, default 127.0.0.1:50051; port 0 picks one)")
-    serve.add_argument("--synchronous", choices=["NORMAL", "FULL"], help="SQLite synchronous level")
-    serve.add_argument("--cache-size-kib", type=int, help="SQLite page cache per connection, KiB")
-    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
-    serve.add_argument("--tls-key", type=Path, help="PEM private key")
-    serve.add_argument("--grace", type=float, help="seconds in-flight RPCs get at shutdown (default 10)")
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help=described("where to serve; port 0 picks one", DEFAULT_LISTEN, "CURSOR_LISTEN"))
+    serve.add_argument("--synchronous", choices=["NORMAL", "FULL"],
+                       help=described("SQLite synchronous level", defaults.synchronous, "CURSOR_SYNCHRONOUS"))
+    serve.add_argument("--cache-size-kib", type=int, metavar="KIB",
+                       help=described("SQLite page cache per connection, KiB", defaults.cache_size_kib,
+                                      "CURSOR_CACHE_SIZE_KIB"))
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM",
+                       help=described("certificate chain; needs --tls-key", "off: plaintext", "CURSOR_TLS_CERT"))
+    serve.add_argument("--tls-key", type=Path, metavar="PEM",
+                       help=described("private key; needs --tls-cert", "off: plaintext", "CURSOR_TLS_KEY"))
+    serve.add_argument("--grace", type=float, metavar="SECONDS",
+                       help=described("seconds in-flight RPCs get at shutdown", f"{Settings().grace_seconds:g}"))
     serve.add_argument("--migrate", action="store_true", help="apply pending migrations before serving")
     serve.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
-                       help="text or json (also accepted before the command)")
-    from cursor_grpc.ops.commands import add_commands, add_migrate_flags, add_serve_flags
+                       help=described(f"{log_format}; also accepted before the command", "text", "CURSOR_LOG_FORMAT"))
 
     add_serve_flags(serve)
     serve.set_defaults(func=_cmd_serve)
@@ -165,10 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_cmd_migrate)
 
     admin = with_db(commands.add_parser(
-        "create-admin", help="create the first admin (password from CURSOR_ADMIN_PASSWORD or a prompt)"
+        "create-admin", help="create the first admin (password from CURSOR_ADMIN_PASSWORD or a prompt)",
+        description="Create the first admin consultant in the database. The password comes from "
+                    "CURSOR_ADMIN_PASSWORD, else a prompt on a terminal; never from a flag.",
     ))
-    admin.add_argument("--email", required=True)
-    admin.add_argument("--display-name", default="Administrator")
+    admin.add_argument("--email", required=True, help="the admin's sign-in email (required)")
+    admin.add_argument("--display-name", default="Administrator", metavar="NAME",
+                       help=described("the name others see", "Administrator"))
     admin.add_argument("--additional", action="store_true", help="allow it when an admin exists already")
     admin.set_defaults(func=_cmd_create_admin)
 
@@ -177,16 +207,29 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch", help="live view of active readers for a consultant (password from CURSOR_PASSWORD or a prompt)"
     )
-    watch.add_argument("--server", default=os.environ.get("CURSOR_SERVER", "127.0.0.1:50051"), help="host:port")
-    watch.add_argument("--email", required=True, help="the consultant's sign-in email")
+    watch.add_argument("--server", default=os.environ.get("CURSOR_SERVER", DEFAULT_LISTEN), metavar="HOST:PORT",
+                       help=described("the server", DEFAULT_LISTEN, "CURSOR_SERVER"))
+    watch.add_argument("--email", required=True, help="the consultant's sign-in email (required)")
     watch.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-file)")
-    watch.add_argument("--ca-file", type=Path, help="PEM CA certificates to trust (implies --tls)")
+    watch.add_argument("--ca-file", type=Path, metavar="PEM",
+                       help=described("CA certificates to trust; implies --tls", "the system's roots"))
     watch.add_argument("--once", action="store_true", help="print one frame once the snapshot is in, then exit")
-    watch.add_argument("--duration", type=float, metavar="SECONDS", help="watch this long, print the last frame, exit")
-    watch.add_argument("--width", type=int, default=120, help="columns of the printed frame (--once/--duration)")
-    watch.add_argument("--height", type=int, default=40, help="lines of the printed frame (--once/--duration)")
+    watch.add_argument("--duration", type=float, metavar="SECONDS",
+                       help=described("watch this long, print the last frame, exit", "full screen until Ctrl-C"))
+    watch.add_argument("--width", type=int, default=120, metavar="COLUMNS",
+                       help=described("columns of the frame --once and --duration print", 120))
+    watch.add_argument("--height", type=int, default=40, metavar="LINES",
+                       help=described("lines of the frame --once and --duration print", 40))
     watch.set_defaults(func=_cmd_watch)
     return parser
+
+
+def _default_db_note(args: argparse.Namespace) -> str:
+    """When a command fell back on the default database, say so: the one a
+    server uses may be another (`CURSOR_DB=… make serve`)."""
+    if "db" not in args or args.db is not None or "CURSOR_DB" in os.environ:
+        return ""
+    return f" ({DEFAULT_DB} is the default: for the database a server uses, pass its --db or set CURSOR_DB)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except MigrationError as error:
-        print(f"cursor-grpc: {error}", file=sys.stderr)
+        print(f"cursor-grpc: {error}{_default_db_note(args)}", file=sys.stderr)
         return 3
     except (ConfigError, DatabaseInUse) as error:
         print(f"cursor-grpc: {error}", file=sys.stderr)

@@ -1,23 +1,20 @@
 """Prometheus metrics: what they are, how they are fed, and the loopback
 HTTP endpoint that serves them (`serve --metrics-listen 127.0.0.1:9464`).
 
-Everything lives in one process-wide registry (`REGISTRY`). Counters and
-histograms are fed where things happen (the RPC interceptor, the writer's
-batch observer, the backup/archive jobs, the live streams through the small
-API below); gauges about the database (queue depth, file sizes, busy
-retries) are read when Prometheus scrapes, from the store bound with
-`bind_store`.
+Everything lives in one process-wide registry (`REGISTRY`), with the
+process, platform and GC collectors beside ours and no `_created` series.
+RPCs are counted in the families and labels of grpc-prometheus
+(`grpc_server_started_total{grpc_type,grpc_service,grpc_method}`, ...), so
+its dashboards work unchanged; every label set of every cursor.v1 method
+exists from the start, at zero. Counters and histograms are fed where
+things happen (the `@rpc` wrapper, the request guard, the writer's batch
+observer, the maintenance jobs, the live streams through `stream_opened`);
+gauges about the database (queue depth, file sizes, readers by presence)
+are read when Prometheus scrapes, from the store bound with `bind_store`.
 
-Label values are bounded: RPC method names come from the registered
-services (unknown methods are not counted), status codes from grpc. Nothing
-per-reader or per-stream is ever a label.
-
-The live-stream API, for the WatchActivity implementation:
-
-    metrics.stream_opened()        # a stream started
-    metrics.stream_closed()        # it ended (any way)
-    metrics.events_delivered(n)    # n events sent on a stream
-    metrics.stream_lag(value)      # head seq minus that stream's last delivered seq, when sampled
+Label values are bounded: method names come from the registered services,
+codes from grpc, reasons from the code. Nothing per-reader or per-stream is
+ever a label. docs/operations.md lists every metric.
 """
 
 from __future__ import annotations
@@ -26,15 +23,31 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import grpc
+from google.protobuf import __version__ as protobuf_version
+from google.protobuf import descriptor_pool
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cursor_grpc import __version__
 from cursor_grpc.config import ConfigError
 
 if TYPE_CHECKING:
@@ -42,19 +55,67 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cursor.metrics")
 
+# A `_created` series per counter and histogram doubles what Prometheus
+# stores for nothing it uses (a process-wide switch of prometheus_client,
+# which declares no types for it).
+cast(Callable[[], None], disable_created_metrics)()
+
 REGISTRY = CollectorRegistry(auto_describe=False)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+BUILD_INFO = Info("cursor_build", "The running build: its version and those of gRPC and protobuf.", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__, "grpc_version": grpc.__version__, "protobuf_version": protobuf_version})
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-# --- RPCs ------------------------------------------------------------------------
-RPC_REQUESTS = Counter(
-    "cursor_rpc_requests", "RPCs finished, by full method name and gRPC status code.",
-    ["method", "code"], registry=REGISTRY,
+# --- RPCs: grpc-prometheus's families and labels -----------------------------------
+
+RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+# `grpc_code` holds grpc-go's names of the codes (`codes.Code.String()`), as
+# grpc-prometheus and go-grpc-middleware write them: OK, Canceled, InvalidArgument, ...
+GRPC_CODE_NAMES: dict[grpc.StatusCode, str] = {
+    code: {"OK": "OK", "CANCELLED": "Canceled"}.get(code.name, code.name.title().replace("_", ""))
+    for code in grpc.StatusCode
+}
+
+RPC_STARTED = Counter("grpc_server_started", "RPCs started, by type, service and method.", RPC_LABELS,
+                      registry=REGISTRY)
+RPC_HANDLED = Counter(
+    "grpc_server_handled", "RPCs finished, by type, service, method and status code (whatever the outcome).",
+    (*RPC_LABELS, "grpc_code"), registry=REGISTRY,
 )
 RPC_SECONDS = Histogram(
-    "cursor_rpc_duration_seconds", "Time from the start of an RPC to its end (streams: the whole stream).",
-    ["method"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    "grpc_server_handling_seconds",
+    "Time from the start of an RPC to its end, whatever its outcome (streams: the whole stream).",
+    RPC_LABELS, buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
+# Messages on the streaming side of streaming RPCs; the other side, and unary
+# RPCs, are derived at scrape time (`_MessageCounts`). Not registered.
+_STREAM_RECEIVED = Counter("grpc_server_msg_received", "", RPC_LABELS, registry=None)
+_STREAM_SENT = Counter("grpc_server_msg_sent", "", RPC_LABELS, registry=None)
+
+# --- live streams ----------------------------------------------------------------
+STREAMS_OPEN = Gauge("cursor_streams_open", "Live event streams open now, by streaming RPC.",
+                     ["grpc_service", "grpc_method"], registry=REGISTRY)
+EVENTS_DELIVERED = Counter(
+    "cursor_stream_events_delivered", "Events sent to consultants on live streams.", registry=REGISTRY
+)
+STREAM_LAG = Histogram(
+    "cursor_stream_lag_events",
+    "Per-stream lag when sampled: the head event seq minus the last seq delivered on that stream.",
+    buckets=(0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 100000), registry=REGISTRY,
+)
+
+# --- accounts --------------------------------------------------------------------
+LOGIN_FAILURES = Counter(
+    "cursor_login_failures", "Login RPCs refused, by the ErrorInfo reason of the answer.", ["reason"],
+    registry=REGISTRY,
+)
+for _reason in ("BAD_CREDENTIALS", "ACCOUNT_INACTIVE", "LOGIN_THROTTLED"):
+    LOGIN_FAILURES.labels(_reason)
 
 # --- the writer ------------------------------------------------------------------
 WRITER_BATCH_TASKS = Histogram(
@@ -64,17 +125,6 @@ WRITER_BATCH_TASKS = Histogram(
 WRITER_COMMIT_SECONDS = Histogram(
     "cursor_writer_commit_seconds", "One group commit, from BEGIN IMMEDIATE until COMMIT returned.",
     buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)
-
-# --- live streams (fed by the live-stream engine) --------------------------------
-STREAMS_OPEN = Gauge("cursor_streams_open", "Live event streams open now.", registry=REGISTRY)
-EVENTS_DELIVERED = Counter(
-    "cursor_stream_events_delivered", "Events sent to consultants on live streams.", registry=REGISTRY
-)
-STREAM_LAG = Histogram(
-    "cursor_stream_lag_events",
-    "Per-stream lag when sampled: the head event seq minus the last seq delivered on that stream.",
-    buckets=(0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 100000), registry=REGISTRY,
 )
 
 # --- operations ------------------------------------------------------------------
@@ -98,19 +148,11 @@ MAINTENANCE_RUNS = Counter(
     "cursor_maintenance_runs", "PRAGMA optimize and VACUUM runs, by task and result.",
     ["task", "result"], registry=REGISTRY,
 )
-
-
-def stream_opened() -> None:
-    STREAMS_OPEN.inc()
-
-
-def stream_closed() -> None:
-    STREAMS_OPEN.dec()
-
-
-def events_delivered(n: int) -> None:
-    if n > 0:
-        EVENTS_DELIVERED.inc(n)
+for _result in ("truncated", "busy", "error"):
+    WAL_CHECKPOINTS.labels(_result)
+for _task in ("optimize", "vacuum"):
+    for _result in ("ok", "error"):
+        MAINTENANCE_RUNS.labels(_task, _result)
 
 
 def stream_lag(value: int | float) -> None:
@@ -123,20 +165,168 @@ def observe_batch(tasks: int, seconds: float) -> None:
     WRITER_COMMIT_SECONDS.observe(seconds)
 
 
+def login_failed(reason: str) -> None:
+    """The `failures` hook of Login's `@rpc`: one refused login."""
+    LOGIN_FAILURES.labels(reason).inc()
+
+
+# --- one RPC method ------------------------------------------------------------------
+
+
+class RpcMetrics:
+    """The labelled children of one method, made once with every label set
+    (each code too) so they export zeros from the start; the hot path then
+    pays two counter increments and one observation, never `labels()`,
+    which takes a lock and builds a key."""
+
+    __slots__ = ("handled", "labels", "open_streams", "received", "seconds", "sent", "started")
+
+    def __init__(self, service: str, method: str, client_streaming: bool, server_streaming: bool) -> None:
+        kind = {(False, False): "unary", (True, False): "client_stream",
+                (False, True): "server_stream", (True, True): "bidi_stream"}[client_streaming, server_streaming]
+        self.labels = (kind, service, method)
+        self.started = RPC_STARTED.labels(*self.labels)
+        self.handled = {code: RPC_HANDLED.labels(*self.labels, name) for code, name in GRPC_CODE_NAMES.items()}
+        self.seconds = RPC_SECONDS.labels(*self.labels)
+        self.received = _STREAM_RECEIVED.labels(*self.labels) if client_streaming else None
+        self.sent = _STREAM_SENT.labels(*self.labels) if server_streaming else None
+        self.open_streams = STREAMS_OPEN.labels(service, method) if server_streaming else None
+
+    def finished(self, code: grpc.StatusCode, started: float) -> None:
+        """One RPC ended with `code`; `started` is its `time.perf_counter()`."""
+        self.handled[code].inc()
+        self.seconds.observe(time.perf_counter() - started)
+
+    def refused(self, code: grpc.StatusCode) -> None:
+        """One RPC answered before its method ran (the request guard)."""
+        self.started.inc()
+        self.finished(code, time.perf_counter())
+
+
+_RPCS: dict[str, RpcMetrics] = {}
+
+
+def rpc_method(path: str) -> RpcMetrics:
+    """The metrics of `/package.Service/Method`, made the first time (by
+    the `@rpc` decorator, at import); the method's descriptor says whether
+    it streams."""
+    rpc = _RPCS.get(path)
+    if rpc is None:
+        service, _, method = path.lstrip("/").partition("/")
+        try:
+            found = descriptor_pool.Default().FindMethodByName(f"{service}.{method}")
+            streaming = (found.client_streaming, found.server_streaming)
+        except KeyError:  # not an RPC of the API: tests/test_access.py reports it
+            streaming = (False, False)
+        rpc = _RPCS[path] = RpcMetrics(service, method, *streaming)
+    return rpc
+
+
+def rpcs_finished() -> float:
+    """RPCs finished so far in this process (the shutdown drain watches it)."""
+    return sum(sample.value for family in RPC_HANDLED.collect() for sample in family.samples)
+
+
+def _values(counter: Counter, **only: str) -> dict[tuple[str, ...], float]:
+    """A counter's values by (grpc_type, grpc_service, grpc_method), from its samples."""
+    found: dict[tuple[str, ...], float] = {}
+    for family in counter.collect():
+        for sample in family.samples:
+            if all(sample.labels.get(name) == value for name, value in only.items()):
+                found[tuple(sample.labels[name] for name in RPC_LABELS)] = sample.value
+    return found
+
+
+class _MessageCounts(Collector):
+    """`grpc_server_msg_received_total` and `grpc_server_msg_sent_total`.
+    A unary side carries exactly one message: one request per started RPC,
+    one response per OK (as grpc-prometheus counts them), so those are
+    derived here and the unary path pays for no message counters."""
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        started, ok = _values(RPC_STARTED), _values(RPC_HANDLED, grpc_code="OK")
+        streamed_in, streamed_out = _values(_STREAM_RECEIVED), _values(_STREAM_SENT)
+        received = CounterMetricFamily(
+            "grpc_server_msg_received", "Messages received: every chunk of an upload, the request of any other RPC.",
+            labels=RPC_LABELS,
+        )
+        sent = CounterMetricFamily(
+            "grpc_server_msg_sent", "Messages sent: every message of a stream, the response of any other RPC.",
+            labels=RPC_LABELS,
+        )
+        for rpc in list(_RPCS.values()):
+            key = rpc.labels
+            received.add_metric(key, (streamed_in if rpc.received is not None else started).get(key, 0.0))
+            sent.add_metric(key, (streamed_out if rpc.sent is not None else ok).get(key, 0.0))
+        return [received, sent]
+
+
+REGISTRY.register(_MessageCounts())
+
+
+# --- live streams ------------------------------------------------------------------------
+
+# The streaming RPC being served, set by the request guard around a
+# server-streaming method, so the stream engine needs no method name.
+SERVING: ContextVar[RpcMetrics | None] = ContextVar("cursor_metrics_serving", default=None)
+
+
+class OpenStream:
+    """What one live stream feeds, from `stream_opened()` to `closed()`."""
+
+    __slots__ = ("_rpc",)
+
+    def __init__(self, rpc: RpcMetrics | None) -> None:
+        self._rpc = rpc
+        if rpc is not None and rpc.open_streams is not None:
+            rpc.open_streams.inc()
+
+    def sent(self, events: int) -> None:
+        """One message went out, carrying `events` events (0: a heartbeat or marker)."""
+        if self._rpc is not None and self._rpc.sent is not None:
+            self._rpc.sent.inc()
+        if events > 0:
+            EVENTS_DELIVERED.inc(events)
+
+    def closed(self) -> None:
+        """The stream ended, any way."""
+        if self._rpc is not None and self._rpc.open_streams is not None:
+            self._rpc.open_streams.dec()
+
+
+def stream_opened() -> OpenStream:
+    """A live stream started, in the streaming RPC being served."""
+    return OpenStream(SERVING.get())
+
+
 # --- gauges read at scrape time ----------------------------------------------------
+
+# Readers by presence are counted again at most once per this many seconds,
+# and no sooner than 100 times the last count took: at most 1 % of a read
+# thread whatever the number of readers, and one count for concurrent scrapes.
+PRESENCE_CACHE_SECONDS = 2.0
+PRESENCES = ("reading", "online", "idle")
 
 
 class StorageCollector(Collector):
-    """Writer queue depth, busy/locked retries, database and WAL file sizes of
-    the bound store (the last one bound: one per process outside tests)."""
+    """Writer queue depth, busy/locked retries, refused writes, database and
+    WAL file sizes, and readers by presence, of the bound store (the last
+    one bound: one per process outside tests)."""
 
     def __init__(self) -> None:
         self._store: Store | None = None
         self._lock = threading.Lock()
+        self._presence_lock = threading.Lock()
+        self._presence: dict[str, int] = {}
+        self._presence_until = 0.0
 
     def bind(self, store: Store) -> None:
         with self._lock:
             self._store = store
+            self._presence_until = 0.0
 
     def unbind(self, store: Store) -> None:
         with self._lock:
@@ -145,6 +335,20 @@ class StorageCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+    def _readers_by_presence(self, store: Store) -> dict[str, int]:
+        """The store's counts, cached (see PRESENCE_CACHE_SECONDS)."""
+        with self._presence_lock:
+            began = time.monotonic()
+            if began >= self._presence_until:
+                try:
+                    self._presence = store.readers_by_presence()
+                except Exception as error:  # a closing or failing store: report nothing this time
+                    log.warning("could not count readers by presence: %s", error)
+                    self._presence = {}
+                took = time.monotonic() - began
+                self._presence_until = began + took + max(PRESENCE_CACHE_SECONDS, 100 * took)
+            return self._presence
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
@@ -162,6 +366,10 @@ class StorageCollector(Collector):
         )
         db_size = GaugeMetricFamily("cursor_db_size_bytes", "Size of the main database file.")
         wal_size = GaugeMetricFamily("cursor_db_wal_size_bytes", "Size of the database's WAL file.")
+        readers = GaugeMetricFamily(
+            "cursor_readers", "Readers by presence now: reading, online (heartbeats only), idle (all others).",
+            labels=["presence"],
+        )
         if store is not None:
             stats = store.stats()
             depth.add_metric([], stats.queue_depth)
@@ -170,7 +378,11 @@ class StorageCollector(Collector):
                 refused.add_metric([reason], count)
             db_size.add_metric([], stats.size_bytes)
             wal_size.add_metric([], stats.log_bytes)
-        return [depth, retries, refused, db_size, wal_size]
+            counts = self._readers_by_presence(store)
+            if counts:
+                for presence in PRESENCES:
+                    readers.add_metric([presence], counts.get(presence, 0))
+        return [depth, retries, refused, db_size, wal_size, readers]
 
 
 STORAGE = StorageCollector()
@@ -185,28 +397,6 @@ def bind_store(store: Store) -> None:
 
 def unbind_store(store: Store) -> None:
     STORAGE.unbind(store)
-
-
-# --- RPC interceptor ----------------------------------------------------------------
-
-
-_REQUEST_CHILDREN: dict[tuple[str, str], Any] = {}
-_SECONDS_CHILDREN: dict[str, Any] = {}
-
-
-def rpc_finished(method: str, code: str, started: float) -> None:
-    """Count and time one RPC of a cursor.v1 service (called by the `@rpc`
-    wrapper). Labelled children are cached: `labels()` takes a lock and
-    builds a key on every call."""
-    key = (method, code)
-    requests = _REQUEST_CHILDREN.get(key)
-    if requests is None:
-        requests = _REQUEST_CHILDREN[key] = RPC_REQUESTS.labels(*key)
-    requests.inc()
-    seconds = _SECONDS_CHILDREN.get(method)
-    if seconds is None:
-        seconds = _SECONDS_CHILDREN[method] = RPC_SECONDS.labels(method)
-    seconds.observe(time.perf_counter() - started)
 
 
 # --- the HTTP endpoint -------------------------------------------------------------------

@@ -111,32 +111,39 @@ class RequestGuard:
         method = f"/{service}/{name}"
         message_name = descriptor_pool.Default().FindMethodByName(f"{service}.{name}").input_type.full_name
         decode = _decoder(handler.request_deserializer, request_cap(handler, self.limits), message_name)
+        # Like the `@rpc` wrapper, the metrics count cursor.v1 RPCs only (refused ones too).
+        counted = metrics.rpc_method(method) if service.startswith("cursor.v1.") else None
         if handler.request_streaming:
             if handler.response_streaming:
                 raise TypeError(f"{method}: a bidirectional stream needs a guard of its own")
             return handler._replace(request_deserializer=decode,
-                                    stream_unary=self._streamed(method, handler.stream_unary))
-        behaviour = "unary_stream" if handler.response_streaming else "unary_unary"
-        return handler._replace(**{"request_deserializer": decode,
-                                   behaviour: self._single(method, getattr(handler, behaviour))})
+                                    stream_unary=self._streamed(method, handler.stream_unary, counted))
+        if handler.response_streaming:
+            return handler._replace(request_deserializer=decode,
+                                    unary_stream=_serving(counted, self._single(method, handler.unary_stream, counted)))
+        return handler._replace(request_deserializer=decode,
+                                unary_unary=self._single(method, handler.unary_unary, counted))
 
-    def _single(self, method: str, behaviour: Callable[[Any, Context], Any]) -> Callable[[Any, Context], Any]:
-        # Like the `@rpc` wrapper, the metrics count cursor.v1 RPCs only (refused ones too).
-        counted = method.startswith("/cursor.v1.")
-
+    def _single(self, method: str, behaviour: Callable[[Any, Context], Any],
+                counted: metrics.RpcMetrics | None) -> Callable[[Any, Context], Any]:
         async def answer(request: Any, context: Context) -> Any:
             if isinstance(request, Refused):
                 self._note(method, context, request)
-                if counted:
-                    metrics.rpc_finished(method, request.error.code.name, time.perf_counter())
+                if counted is not None:
+                    counted.refused(request.error.code)
                 await abort_with(context, request.error)
             return await behaviour(request, context)
 
         return answer
 
-    def _streamed(self, method: str, behaviour: Callable[[Any, Context], Any]) -> Callable[[Any, Context], Any]:
+    def _streamed(self, method: str, behaviour: Callable[[Any, Context], Any],
+                  counted: metrics.RpcMetrics | None) -> Callable[[Any, Context], Any]:
+        received = counted.received if counted is not None else None
+
         async def checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             async for request in requests:
+                if received is not None:
+                    received.inc()
                 if isinstance(request, Refused):
                     self._note(method, context, request)
                     # Raised inside the servicer's `async for`: its `@rpc` wrapper answers it.
@@ -147,3 +154,20 @@ class RequestGuard:
             return await behaviour(checked(requests, context), context)
 
         return answer
+
+
+def _serving(counted: metrics.RpcMetrics | None,
+             behaviour: Callable[[Any, Context], Any]) -> Callable[[Any, Context], Any]:
+    """A server-streaming behaviour that lets the stream it runs know its
+    RPC (`metrics.SERVING`), for the per-RPC stream metrics."""
+    if counted is None:
+        return behaviour
+
+    async def answer(request: Any, context: Context) -> Any:
+        token = metrics.SERVING.set(counted)
+        try:
+            return await behaviour(request, context)
+        finally:
+            metrics.SERVING.reset(token)
+
+    return answer

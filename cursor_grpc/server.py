@@ -15,7 +15,6 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from cursor.v1 import (
     admin_service_pb2,
@@ -27,7 +26,7 @@ from cursor.v1 import (
     reader_service_pb2,
     reader_service_pb2_grpc,
 )
-from cursor_grpc import metrics
+from cursor_grpc import metrics, reflection
 from cursor_grpc.app import App
 from cursor_grpc.config import ConfigError, Settings
 from cursor_grpc.errors import Unavailable
@@ -143,8 +142,7 @@ class RunningServer:
     @staticmethod
     def _rpcs_finished() -> float:
         """cursor.v1 RPCs finished so far, in this process."""
-        return sum(sample.value for family in metrics.RPC_REQUESTS.collect()
-                   for sample in family.samples if sample.name.endswith("_total"))
+        return metrics.rpcs_finished()
 
 
 async def start_server(settings: Settings) -> RunningServer:
@@ -158,10 +156,7 @@ async def start_server(settings: Settings) -> RunningServer:
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(app), guarded)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guarded)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    reflection.enable(server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     try:
         if settings.tls_cert and settings.tls_key:
             credentials = grpc.ssl_server_credentials(
@@ -173,8 +168,15 @@ async def start_server(settings: Settings) -> RunningServer:
     except RuntimeError as error:
         await app.close()
         raise ConfigError(f"cannot listen on {settings.listen}: {error}") from error
+    try:
+        # Before the port serves: a refused metrics endpoint ends start-up
+        # with nothing left running (a started grpc server outliving its loop
+        # says "Event loop is closed").
+        await app.start()
+    except BaseException:
+        await app.close()
+        raise
     await server.start()
-    await app.start()
     # The store refused to open unless every migration is applied, so SERVING is honest.
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

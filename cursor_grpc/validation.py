@@ -11,6 +11,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf import struct_pb2
+
+from cursor.v1.reader_service_pb2 import NewInteraction
 from cursor_grpc.clock import new_id
 from cursor_grpc.config import LimitSettings
 from cursor_grpc.errors import InvalidArgument, quoted
@@ -102,35 +105,54 @@ def interaction_type(value: str, field: str = "type") -> str:
 
 
 def new_interaction(
-    index: int, id_: str, type_: str, payload_json: str, summary: str, limits: LimitSettings, prefix: str,
-    make_id: Callable[[], str] = new_id,
+    index: int, given: NewInteraction, limits: LimitSettings, prefix: str, make_id: Callable[[], str] = new_id,
 ) -> NewInteractionData:
     """Validate one interaction a reader sent. `prefix` names it in errors
     (`interaction.` or `interactions[7].`); `make_id` gives the id of one
     sent without (an upload hands out ids made in bulk)."""
-    interaction_id = uuid_text(id_, prefix + "id") if id_ else make_id()
-    interaction_type(type_, prefix + "type")
-    if len(payload_json) > limits.max_payload_bytes and len(payload_json.encode()) > limits.max_payload_bytes:
-        raise InvalidArgument(
-            f"{prefix}payload_json is larger than {limits.max_payload_bytes} bytes", field=prefix + "payload_json",
-            reason="PAYLOAD_TOO_LARGE",
-        )
-    if not payload_json:
-        payload_json = "{}"
-    payload = json_object(payload_json, prefix + "payload_json", "INVALID_PAYLOAD")
-    if len(summary) > limits.max_summary_chars:
+    interaction_id = uuid_text(given.id, prefix + "id") if given.id else make_id()
+    interaction_type(given.type, prefix + "type")
+    payload, text, field = _payload(given, limits, prefix)
+    if len(given.summary) > limits.max_summary_chars:
         raise InvalidArgument(
             f"{prefix}summary must be at most {limits.max_summary_chars} characters", field=prefix + "summary"
         )
-    free_text(summary, prefix + "summary")
+    free_text(given.summary, prefix + "summary")
     percent = step = None
-    if type_ == "progress":
-        percent, step = _progress(payload, prefix)
-    return NewInteractionData(index, interaction_id, type_, payload_json, summary, percent, step)
+    if given.type == "progress":
+        percent, step = _progress(payload, field)
+    return NewInteractionData(index, interaction_id, given.type, text, given.summary, percent, step)
 
 
-def _progress(payload: dict[str, object], prefix: str) -> tuple[float | None, int | None]:
-    field = prefix + "payload_json"
+def _payload(given: NewInteraction, limits: LimitSettings, prefix: str) -> tuple[dict[str, Any], str, str]:
+    """The payload from whichever form carried it, its stored text, and that
+    form's field (for errors)."""
+    if given.HasField("payload"):
+        field = prefix + "payload"
+        if given.payload_json:
+            raise InvalidArgument(
+                f"{prefix}payload and {prefix}payload_json are both set; send the payload in one of them",
+                field=field,
+            )
+        payload = struct_object(given.payload, field, "INVALID_PAYLOAD")
+    else:
+        field = prefix + "payload_json"
+        # Refused before parsing: the parse of an oversized text is the cost the cap avoids.
+        _payload_within_cap(given.payload_json, field, limits)
+        payload = json_object(given.payload_json or "{}", field, "INVALID_PAYLOAD")
+    text = canonical_json(payload)
+    _payload_within_cap(text, field, limits)
+    return payload, text, field
+
+
+def _payload_within_cap(text: str, field: str, limits: LimitSettings) -> None:
+    if len(text) > limits.max_payload_bytes and len(text.encode()) > limits.max_payload_bytes:
+        raise InvalidArgument(
+            f"{field} is larger than {limits.max_payload_bytes} bytes", field=field, reason="PAYLOAD_TOO_LARGE",
+        )
+
+
+def _progress(payload: dict[str, object], field: str) -> tuple[float | None, int | None]:
     percent = payload.get("percent")
     if percent is not None:
         if isinstance(percent, bool) or not isinstance(percent, int | float) or not math.isfinite(percent) \
@@ -230,3 +252,41 @@ def json_object(text: str, field: str, reason: str) -> dict[str, Any]:
         raise InvalidArgument(f"{field} has an escaped lone surrogate (\\uD800-\\uDFFF without its pair)",
                               field=field, reason=reason)
     return parsed
+
+
+# Whole doubles below this magnitude are exact integers, and are written as such.
+_SAFE_INTEGER = 2**53
+_CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"))
+
+
+def canonical_json(value: dict[str, Any]) -> str:
+    """The one text a JSON object is stored as, whichever form it came in (a
+    Struct's keys have no order): keys sorted, no spaces, UTF-8 unescaped."""
+    return _CANONICAL_JSON.encode(value)
+
+
+def struct_object(struct: struct_pb2.Struct, field: str, reason: str) -> dict[str, Any]:
+    """A Struct as the JSON object it stands for, refusing what JSON cannot
+    hold (NaN, infinities) and a value with no kind set. Struct numbers are
+    doubles, so a whole one becomes an int: `"step": 3` stays an integer."""
+
+    def plain(value: struct_pb2.Value) -> Any:
+        kind = value.WhichOneof("kind")
+        if kind == "struct_value":
+            return {key: plain(item) for key, item in value.struct_value.fields.items()}
+        if kind == "list_value":
+            return [plain(item) for item in value.list_value.values]
+        if kind == "number_value":
+            number = value.number_value
+            if not math.isfinite(number):
+                raise InvalidArgument(f"{field} has {number}, which is not a JSON number", field=field, reason=reason)
+            return int(number) if number.is_integer() and abs(number) < _SAFE_INTEGER else number
+        if kind == "string_value":
+            return value.string_value
+        if kind == "bool_value":
+            return value.bool_value
+        if kind == "null_value":
+            return None
+        raise InvalidArgument(f"{field} has a value with none of its kinds set", field=field, reason=reason)
+
+    return {key: plain(item) for key, item in struct.fields.items()}

@@ -82,8 +82,8 @@ def consultant(record: ConsultantRecord) -> pb.Consultant:
 
 PRESENCE = {"reading": pb.PRESENCE_READING, "online": pb.PRESENCE_ONLINE, "idle": pb.PRESENCE_IDLE}
 MESSAGE_DIRECTION = {
-    "to_reader": pb.MESSAGE_DIRECTION_TO_READER,
-    "from_reader": pb.MESSAGE_DIRECTION_FROM_READER,
+    "consultant_to_user": pb.MESSAGE_DIRECTION_TO_READER,
+    "user_to_consultant": pb.MESSAGE_DIRECTION_FROM_READER,
     "system": pb.MESSAGE_DIRECTION_SYSTEM,
 }
 EVENT_KIND = {
@@ -97,9 +97,9 @@ KIND_NAME = {v: k for k, v in EVENT_KIND.items()}
 
 
 def message(record: MessageRecord) -> pb.Message:
-    if record.direction == "to_reader":
+    if record.direction == "consultant_to_user":
         author = f"consultants/{record.consultant_id}"
-    elif record.direction == "from_reader":
+    elif record.direction == "user_to_consultant":
         author = f"readers/{record.reader_id}"
     else:
         author = ""

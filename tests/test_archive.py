@@ -58,7 +58,7 @@ def seed(db: Path, readers: int, per_quarter: int, days_ago: tuple[int, ...] = (
             seq += 1
             reader_id = ids[i % readers]
             conn.execute(
-                "INSERT INTO interactions(seq, id, user_id, type, payload, summary, created_at) "
+                "INSERT INTO interactions(seq, id, reader_id, type, payload, summary, created_at) "
                 "VALUES (?, lower(hex(randomblob(16))), ?, ?, ?, 'old', ?)",
                 (seq, reader_id, "answer" if i % 3 else "progress", json.dumps({"i": i, "days": days}),
                  iso_from_ns(base + i * 60 * 1_000_000_000)),
@@ -67,6 +67,20 @@ def seed(db: Path, readers: int, per_quarter: int, days_ago: tuple[int, ...] = (
     conn.execute("COMMIT")
     conn.close()
     return {"ids": ids, "emails": emails, "old": by_reader, "old_max": seq}
+
+
+def test_archive_shows_progress_then_one_summary(tmp_path: Path) -> None:
+    """Not a terminal: plain progress lines at every tenth, then the summary
+    once (the run's own log line is DEBUG, not a second summary on stderr)."""
+    db = tmp_path / "p.db"
+    seed(db, readers=1, per_quarter=50, days_ago=(400,))
+    done = run_cli("archive", "--db", str(db), "--chunk-rows", "10")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:6] == [f"archive: {n}/50 rows ({n * 2}%)" for n in range(0, 51, 10)]
+    assert lines[6].startswith("archived 50 interactions older than 90 days in 5 chunk(s) into archive/")
+    assert len(lines) == 8
+    assert "archived" not in done.stderr
 
 
 def all_seqs(db: Path, archive_dir: Path) -> dict[str, list[int]]:
@@ -143,7 +157,7 @@ def test_archive_survives_crashes_and_history_walks_into_archives(
     assert set(state) - {"main"} == expected_files
     again = run_cli(*archive_args)
     assert again.returncode == 0
-    assert "archived 0 interactions" in again.stdout
+    assert again.stdout.strip() == "nothing to archive: no interactions older than 90 days"
     assert all_seqs(db, archives) == state
 
     # The index says which file holds what, and agrees with the files.
@@ -177,7 +191,7 @@ def test_archive_survives_crashes_and_history_walks_into_archives(
     for path in sorted(archives.glob("*.db")):
         conn.execute("ATTACH ? AS a", (str(path),))
         expected = [r[0] for r in conn.execute(
-            "SELECT seq FROM a.interactions WHERE user_id = ? AND type = 'progress'", (seeded["ids"][1],))]
+            "SELECT seq FROM a.interactions WHERE reader_id = ? AND type = 'progress'", (seeded["ids"][1],))]
         assert set(expected) <= set(progress)
         conn.execute("DETACH a")
     conn.close()

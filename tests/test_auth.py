@@ -149,6 +149,28 @@ def test_register_duplicate_email_is_already_exists(h: Harness) -> None:
     assert counts(h) == before
 
 
+def test_register_reader_starts_a_session_only_when_asked(h: Harness) -> None:
+    """One round trip for a new app: `start_session` returns what Login would."""
+    plain = h.anonymous.auth.RegisterReader(
+        pb.RegisterReaderRequest(email="plain@example.com", password=PASSWORD, display_name="Plain"))
+    assert not plain.HasField("session"), "the default starts no session"
+    sessions = h.database.count("sessions")
+    started = time.time()
+    signed_in = h.anonymous.auth.RegisterReader(pb.RegisterReaderRequest(
+        email="quick@example.com", password=PASSWORD, display_name="Quick", start_session=True))
+    session = signed_in.session
+    assert session.account == signed_in.reader.name
+    assert (session.account_kind, session.role) == (READER, resources_pb2.CONSULTANT_ROLE_UNSPECIFIED)
+    assert session.idle_timeout_seconds == 30 * 24 * 3600
+    assert session.expire_time.seconds == pytest.approx(started + 365 * 24 * 3600, abs=5)
+    assert h.database.count("sessions") == sessions + 1
+    assert works(h, session.token)
+    me = h.anonymous.reader.GetMyProfile(rpb.GetMyProfileRequest(), metadata=bearer(session.token))
+    assert me.reader.name == signed_in.reader.name
+    # The password it was registered with signs in as usual, to another session.
+    assert login(h, "quick@example.com").token != session.token
+
+
 # --- Login ----------------------------------------------------------------------------------------------------
 
 
@@ -168,6 +190,27 @@ def test_login_returns_a_session(h: Harness) -> None:
     assert admin.role == resources_pb2.CONSULTANT_ROLE_ADMIN
     assert admin.idle_timeout_seconds == 30 * 60
     assert admin.expire_time.seconds == pytest.approx(time.time() + 12 * 3600, abs=5)
+
+
+def test_an_unspecified_kind_signs_a_promoted_person_in_to_the_reader(h: Harness) -> None:
+    """docs/security.md: unspecified picks the reader account, the lesser
+    privilege, also once the reader was promoted, here to admin."""
+    reader = register(h, "promoted@example.com")
+    consultant = h.anonymous.admin.PromoteReader(
+        apb.PromoteReaderRequest(reader=reader.name, role=resources_pb2.CONSULTANT_ROLE_ADMIN), metadata=h.admin_md(),
+    ).consultant
+    unspecified = login(h, "promoted@example.com")
+    assert (unspecified.account, unspecified.account_kind) == (reader.name, READER)
+    assert unspecified.role == resources_pb2.CONSULTANT_ROLE_UNSPECIFIED
+    refused = rpc_error(lambda: h.anonymous.admin.ListAuditLogs(apb.ListAuditLogsRequest(),
+                                                                 metadata=bearer(unspecified.token)))
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED, "a reader session has no admin rights"
+    as_reader = login(h, "promoted@example.com", kind=READER)
+    assert (as_reader.account, as_reader.account_kind) == (reader.name, READER)
+    as_consultant = login(h, "promoted@example.com", kind=CONSULTANT)
+    assert (as_consultant.account, as_consultant.account_kind) == (consultant.name, CONSULTANT)
+    assert as_consultant.role == resources_pb2.CONSULTANT_ROLE_ADMIN
+    h.anonymous.admin.ListAuditLogs(apb.ListAuditLogsRequest(), metadata=bearer(as_consultant.token))
 
 
 def test_wrong_password_and_unknown_email_look_the_same(h: Harness) -> None:

@@ -10,6 +10,7 @@ continuous writers; docs/operations.md states it and the measured values.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -256,5 +257,34 @@ def test_backup_cli_verifies_and_prunes(tmp_path: Path, method: str) -> None:
     for path in kept:
         _check_backup(path)
     missing = run_cli("backup", "--db", str(tmp_path / "nope.db"), "--backup-dir", str(tmp_path / "b"))
-    assert missing.returncode == 1
-    assert "does not exist" in missing.stderr
+    assert missing.returncode == 3
+    assert f"{tmp_path / 'nope.db'} does not exist" in missing.stderr
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_backup_and_restore_show_progress_then_one_summary(tmp_path: Path) -> None:
+    """Not a terminal: plain progress lines, then the summary once on stdout,
+    and not again as a log line on stderr. restore takes CURSOR_DB like
+    every other command."""
+    db = tmp_path / "one.db"
+    assert run_cli("migrate", "--db", str(db)).returncode == 0
+    done = run_cli("backup", "--db", str(db), "--step-pages", "8")
+    assert done.returncode == 0, done.stderr
+    pages = inspect_database(db)["page_count"]
+    progress = [line for line in done.stdout.splitlines() if line.startswith("backup: ")]
+    assert progress[-1] == f"backup: {pages}/{pages} pages (100%)"
+    assert 2 <= len(progress) <= 11, "a line at each tenth, no more"
+    assert done.stdout.count("verified") == 1
+    assert "verified" not in done.stderr
+    [backup] = list_backups(tmp_path / "backups", "one")
+
+    target = tmp_path / "restored.db"
+    restored = run_cli("restore", str(backup), env={"CURSOR_DB": str(target)})
+    assert restored.returncode == 0, restored.stderr
+    lines = restored.stdout.splitlines()
+    assert re.fullmatch(r"restore: [0-9.]+/[0-9.]+ MiB \(50%\)", lines[0]), "the checksum is the first half"
+    assert re.fullmatch(r"restore: [0-9.]+/[0-9.]+ MiB \(100%\)", lines[1]), "then the copy"
+    assert lines[2] == f"restored {backup} into {target}"
+    assert restored.stdout.count("restored ") == 1
+    assert "restored" not in restored.stderr
+    assert table_count(target, "schema_migrations") == len(load_migrations())

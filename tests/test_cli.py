@@ -1,13 +1,19 @@
 """The real command line in subprocesses: migrate, serve (driven with
-grpcurl), restart, refusals of a database that does not match the code, and
-create-admin. Every subprocess is bounded by a timeout and killed in the end."""
+grpcurl), restart, refusals of a database that does not match the code,
+create-admin, the database every command takes, and --help and --version.
+Every subprocess is bounded by a timeout and killed in the end."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import importlib.metadata
 import json
 import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +24,10 @@ from typing import Any
 import apsw
 import pytest
 
+from cursor_grpc import cli
+from cursor_grpc.config import ConfigError, OpsSettings, Settings, StorageSettings
+from cursor_grpc.server import start_server
+from cursor_grpc.storage import open_store
 from cursor_grpc.storage.sqlite.migrations import load_migrations
 from tests.databases import TestDatabase
 from tests.helpers import db_rows
@@ -241,6 +251,10 @@ def test_serve_refuses_pending_migrations_unless_told_to_migrate(tmp_path: Path,
     assert "pending" in refused.stderr
     assert last in refused.stderr
     assert "Traceback" not in refused.stderr
+    # The hint names the database it was given, so following it migrates that one.
+    quoted = shlex.quote(str(behind))
+    assert f"`cursor-grpc migrate --db {quoted}`" in refused.stderr
+    assert f"`cursor-grpc serve --migrate --db {quoted}`" in refused.stderr
 
     served = serve(fresh, "--migrate").wait_serving()
     assert grpcurl_json(served.address, "grpc.health.v1.Health/Check") == {"status": "SERVING"}
@@ -269,6 +283,49 @@ def test_serve_refuses_a_bad_setting_in_one_line(tmp_path: Path, setting: str, v
     assert f"cursor-grpc: {says}" in result.stderr
     assert "Traceback" not in result.stderr
     assert "serving on" not in result.stderr
+
+
+def test_serve_refuses_a_metrics_address_in_one_line(tmp_path: Path) -> None:
+    db = migrated(tmp_path)
+    result = run_cli(tmp_path, "serve", "--db", str(db), "--listen", "127.0.0.1:0",
+                     "--metrics-listen", "0.0.0.0:9999", timeout=30)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("cursor-grpc: metrics address '0.0.0.0:9999' is not a loopback address"), line
+
+
+def test_serve_refuses_a_taken_metrics_port_cleanly(tmp_path: Path) -> None:
+    db = migrated(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(tmp_path, "serve", "--db", str(db), "--listen", "127.0.0.1:0",
+                         "--metrics-listen", f"127.0.0.1:{port}", timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert f"cursor-grpc: cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Event loop is closed" not in result.stderr
+    assert "serving on" not in result.stderr
+
+
+@pytest.mark.sqlite_only
+def test_a_refused_start_leaves_nothing_running(tmp_path: Path) -> None:
+    """The metrics endpoint starts before the gRPC port serves, and a refusal
+    closes what was opened: the database is free for the next owner."""
+    db = migrated(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = Settings(listen="127.0.0.1:0", storage=StorageSettings(path=db),
+                            ops=OpsSettings(metrics_listen=f"127.0.0.1:{taken.getsockname()[1]}"))
+
+        async def refused() -> None:
+            with pytest.raises(ConfigError, match="cannot serve metrics"):
+                await start_server(settings)
+
+        asyncio.run(refused())
+    open_store(settings.storage, owner=True).close()
 
 
 def test_serve_says_when_it_cannot_listen(tmp_path: Path, serve: Any) -> None:
@@ -360,3 +417,118 @@ def test_create_admin_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert "migrate" in result.stderr
     assert "Traceback" not in result.stderr
     assert not db.exists()
+
+
+# --- one database for every command ---------------------------------------------------------------------------
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("how", ["CURSOR_DB", "--db"])
+@pytest.mark.parametrize(("command", "code"), [
+    (("create-admin", "--email", "root@example.com"), 3),
+    (("serve", "--listen", "127.0.0.1:0"), 3),
+    (("backup",), 3),
+    (("archive",), 3),
+    (("migrate", "--status"), 0),
+])
+def test_every_command_takes_the_database_from_db_or_cursor_db(
+    tmp_path: Path, how: str, command: tuple[str, ...], code: int
+) -> None:
+    """A database that is not there is named as given, never swapped for the
+    default, and nothing is created in its place or at the default."""
+    elsewhere = tmp_path / "srv" / "cursor.db"
+    env = clean_env(CURSOR_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    args: tuple[str, ...] = command
+    if how == "CURSOR_DB":
+        env["CURSOR_DB"] = str(elsewhere)
+    else:
+        args = (*command, "--db", str(elsewhere))
+    result = run_cli(tmp_path, *args, env=env, timeout=30)
+    assert result.returncode == code, result.stderr
+    named = result.stdout if code == 0 else result.stderr
+    assert str(elsewhere) in named
+    assert "var/cursor.db" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing was created"
+
+
+def test_a_missing_database_hint_names_it_and_serve_migrate(tmp_path: Path) -> None:
+    explicit = tmp_path / "mine.db"
+    result = run_cli(tmp_path, "create-admin", "--db", str(explicit), "--email", "root@example.com",
+                     env=clean_env(CURSOR_ADMIN_PASSWORD=ADMIN_PASSWORD))
+    assert result.returncode == 3
+    quoted = shlex.quote(str(explicit))
+    [line] = result.stderr.splitlines()
+    assert line == (f"cursor-grpc: {explicit} does not exist; run `cursor-grpc migrate --db {quoted}` first, "
+                    f"or serve with `cursor-grpc serve --migrate --db {quoted}`")
+    # Without --db or CURSOR_DB it says that it looked at the default, and how to name the server's database.
+    default = run_cli(tmp_path, "create-admin", "--email", "root@example.com",
+                      env=clean_env(CURSOR_ADMIN_PASSWORD=ADMIN_PASSWORD))
+    assert default.returncode == 3
+    [line] = default.stderr.splitlines()
+    assert line.startswith("cursor-grpc: var/cursor.db does not exist; run `cursor-grpc migrate --db var/cursor.db`")
+    assert "var/cursor.db is the default" in line
+    assert "--db or set CURSOR_DB" in line
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.sqlite_only
+def test_make_create_admin_uses_the_database_of_make_serve(tmp_path: Path) -> None:
+    """The README's flow: `make create-admin` passes on CURSOR_DB as `make
+    serve` does (dry run: what make would execute)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    served = tmp_path / "served.db"
+    env = clean_env(CURSOR_DB=str(served))
+    shown = subprocess.run([make, "-n", "-C", str(root), "create-admin", "EMAIL=admin@example.com"], env=env,
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert f'cursor-grpc create-admin --db "{served}" --email "admin@example.com"' in shown.stdout
+    default = subprocess.run([make, "-n", "-C", str(root), "create-admin", "EMAIL=admin@example.com"],
+                             env=clean_env(), capture_output=True, text=True, timeout=30, check=False)
+    assert 'create-admin --db "var/cursor.db"' in default.stdout, "the default of make serve, too"
+
+
+# --- help and version -------------------------------------------------------------------------------------------
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"cursor-grpc {importlib.metadata.version('cursor-grpc')}\n"
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"cursor-grpc": parser, **{f"cursor-grpc {name}": sub for name, sub in commands.choices.items()}}
+
+
+# Options that no environment variable sets: per-run choices, not settings.
+NO_ENVIRONMENT = {"--grace", "--email", "--display-name", "--ca-file", "--duration", "--width", "--height"}
+
+
+def test_every_option_says_its_default_and_environment_variable() -> None:
+    for name, parser in _parsers().items():
+        for action in parser._actions:
+            if not action.option_strings or action.nargs == 0 or action.dest in {"help", "version"}:
+                continue  # switches, and positional arguments
+            option = action.option_strings[-1]
+            where = f"{name} {option}"
+            assert action.help, f"{where} has no help"
+            if action.required:
+                assert "(required)" in action.help, where
+                continue
+            assert re.search(r"\(.*default [^)]+\)$", action.help), f"{where}: {action.help!r} names no default"
+            if option not in NO_ENVIRONMENT:
+                assert re.search(r"\(env CURSOR_[A-Z_]+; default", action.help), f"{where}: {action.help!r}"
+    db = _parsers()["cursor-grpc restore"]._option_string_actions["--db"].help
+    assert db == "the SQLite file (env CURSOR_DB; default var/cursor.db)", "restore takes the database like the others"
+
+
+def test_create_admin_help_names_the_password_variable() -> None:
+    assert "CURSOR_ADMIN_PASSWORD" in _parsers()["cursor-grpc create-admin"].format_help()
+    assert "CURSOR_LOG_LEVEL" in _parsers()["cursor-grpc"].format_help()

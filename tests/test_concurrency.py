@@ -78,10 +78,10 @@ def test_fifty_readers_two_hundred_each_store_exactly_ten_thousand(h: Harness) -
     assert stored == expected
     for reader in readers:
         reader_id = reader.account.split("/")[1]
-        [last] = db.rows("SELECT id, payload FROM interactions WHERE user_id = ? ORDER BY seq DESC LIMIT 1",
+        [last] = db.rows("SELECT id, payload FROM interactions WHERE reader_id = ? ORDER BY seq DESC LIMIT 1",
                          (reader_id,))
-        [state] = db.rows("SELECT last_interaction_id, progress, current_step FROM reader_states WHERE user_id = ?",
+        [state] = db.rows("SELECT last_interaction_id, progress, current_step FROM reader_states WHERE reader_id = ?",
                           (reader_id,))
         payload = json.loads(last[1])
         assert state == (last[0], payload["percent"], payload["step"])
-        assert db.rows("SELECT count(*) FROM interactions WHERE user_id = ?", (reader_id,)) == [(PER_READER,)]
+        assert db.rows("SELECT count(*) FROM interactions WHERE reader_id = ?", (reader_id,)) == [(PER_READER,)]

@@ -52,7 +52,7 @@ def walk(fetch: Callable[[str], Any], items: str, page_size_seen: int) -> list[A
 def set_last_seen_minutes_ago(h: Harness, reader: Client, minutes: int) -> None:
     """Move a reader's last_seen_at back through a connection of our own."""
     seen = iso_from_ns(now_ns() - minutes * 60 * 10**9)
-    changed = h.database.execute("UPDATE reader_states SET last_seen_at = ? WHERE user_id = ?",
+    changed = h.database.execute("UPDATE reader_states SET last_seen_at = ? WHERE reader_id = ?",
                                  (seen, reader.account.split("/")[1]))
     assert changed == 1
 

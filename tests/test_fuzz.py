@@ -292,7 +292,15 @@ def message_strategy(target: Target, descriptor: Any, depth: int = 0) -> st.Sear
         message = cls()
         for name, value in chosen.items():
             fd = descriptor.fields_by_name[name]
-            if fd.is_repeated and fd.cpp_type == fd.CPPTYPE_MESSAGE:
+            if fd.is_repeated and fd.cpp_type == fd.CPPTYPE_MESSAGE and fd.message_type.GetOptions().map_entry:
+                # A map (Struct.fields): its generated entries set keys, messages copied in.
+                entries = getattr(message, name)
+                for entry in value:
+                    if entry.DESCRIPTOR.fields_by_name["value"].cpp_type == fd.CPPTYPE_MESSAGE:
+                        entries[entry.key].CopyFrom(entry.value)
+                    else:
+                        entries[entry.key] = entry.value
+            elif fd.is_repeated and fd.cpp_type == fd.CPPTYPE_MESSAGE:
                 for item in value:
                     getattr(message, name).add().CopyFrom(item)
             elif fd.is_repeated:

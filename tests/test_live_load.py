@@ -69,7 +69,7 @@ async def _readers(channel: grpc.aio.Channel, count: int, prefix: str) -> list[s
 
 def _all_event_ids(database: TestDatabase, after: int) -> list[tuple[int, str]]:
     return [(int(seq), str(reader)) for seq, reader in database.rows(
-        "SELECT seq, user_id FROM interactions WHERE seq > ? UNION ALL "
+        "SELECT seq, reader_id FROM interactions WHERE seq > ? UNION ALL "
         "SELECT seq, reader_id FROM events WHERE seq > ? ORDER BY 1", (after, after))]
 
 

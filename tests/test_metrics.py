@@ -3,6 +3,7 @@ never carry secrets, and the slow-query log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -15,27 +16,35 @@ from typing import Any
 import apsw
 import grpc
 import pytest
+from google.protobuf import descriptor_pool
 from prometheus_client.parser import text_string_to_metric_families
 
+import cursor_grpc
 from cursor.v1 import auth_service_pb2, resources_pb2
 from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor_grpc import logging_setup, metrics
+from cursor_grpc import server as server_module
+from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.storage.sqlite.connection import open_connection
 from tests.conftest import PASSWORD, Client
 from tests.databases import TestDatabase, as_database
 from tests.helpers import rpc_error
 from tests.ops_support import WriteLoad, new_reader, record, run_cli, start_server
-from tests.streams import collect
+from tests.streams import StreamReader, collect
 
 ADMIN = "ops-admin@example.com"
 
 # Every family the issue lists, except the three live-stream ones (tested
 # separately below): name -> the sample that must be non-zero.
 FAMILIES = {
-    "cursor_rpc_requests": "cursor_rpc_requests_total",
-    "cursor_rpc_duration_seconds": "cursor_rpc_duration_seconds_count",
+    "grpc_server_started": "grpc_server_started_total",
+    "grpc_server_handled": "grpc_server_handled_total",
+    "grpc_server_handling_seconds": "grpc_server_handling_seconds_count",
+    "grpc_server_msg_received": "grpc_server_msg_received_total",
+    "grpc_server_msg_sent": "grpc_server_msg_sent_total",
+    "cursor_login_failures": "cursor_login_failures_total",
     "cursor_writer_queue_depth": "cursor_writer_queue_depth",
     "cursor_writer_batch_tasks": "cursor_writer_batch_tasks_count",
     "cursor_writer_commit_seconds": "cursor_writer_commit_seconds_count",
@@ -180,11 +189,205 @@ def test_stream_metrics_move_with_watch_activity(make_harness: Any) -> None:
         reader.reader.RecordInteraction(rpb.RecordInteractionRequest(
             interaction=rpb.NewInteraction(type="answer", payload_json="{}")), metadata=reader.md)
     wait_until(lambda: sum(len(m.events) for m in list(got)) >= 5)
-    values = {s.name: s.value for m in metrics.REGISTRY.collect() for s in m.samples}
+    values: dict[str, float] = {}
+    for family in metrics.REGISTRY.collect():
+        for sample in family.samples:  # the largest over label sets (cursor_streams_open has one per RPC)
+            values[sample.name] = max(values.get(sample.name, 0.0), sample.value)
     stream.cancel()
     assert values["cursor_streams_open"] >= 1
     assert values["cursor_stream_events_delivered_total"] >= 5
     assert values["cursor_stream_lag_events_count"] >= 1
+
+
+# What grpc-go's `codes.Code.String()` gives, so what grpc-prometheus and
+# go-grpc-middleware put in `grpc_code`: the spec the label follows.
+GO_CODE_NAMES = [
+    "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",
+    "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented",
+    "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+]
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_all(port: int) -> tuple[str, Samples]:
+    """The page as text, and every sample by (name, labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {(s.name, frozenset(s.labels.items())): float(s.value)
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    return text, samples
+
+
+def rpc_labels(service: str, method: str, **more: str) -> frozenset[tuple[str, str]]:
+    found = descriptor_pool.Default().FindMethodByName(f"cursor.v1.{service}.{method}")
+    kind = {(False, False): "unary", (True, False): "client_stream", (False, True): "server_stream"}[
+        found.client_streaming, found.server_streaming]
+    return frozenset({"grpc_type": kind, "grpc_service": f"cursor.v1.{service}", "grpc_method": method,
+                      **more}.items())
+
+
+def test_code_names_are_grpc_gos() -> None:
+    assert [metrics.GRPC_CODE_NAMES[code] for code in grpc.StatusCode] == GO_CODE_NAMES
+
+
+def test_scrape_shows_grpc_prometheus_labels_build_process_and_business_gauges(database: TestDatabase) -> None:
+    """A real server's metrics endpoint, scraped over HTTP: before any RPC
+    every family and label set is there at zero; then RPCs of every kind
+    move the grpc-prometheus families with the right labels, and readers,
+    streams and failed logins move the business gauges."""
+    _admin_database(database)
+    server = start_server(database, CURSOR_METRICS_LISTEN="127.0.0.1:0")
+    streams: list[Any] = []
+    try:
+        port = _metrics_port(server.log)
+        text, first = scrape_all(port)
+        assert "_created" not in text
+        [build] = [dict(labels) for (name, labels), value in first.items() if name == "cursor_build_info"]
+        assert build["version"] == cursor_grpc.__version__
+        assert first["cursor_build_info", frozenset(build.items())] == 1
+        names = {name for name, _ in first}
+        assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds",
+                "process_open_fds", "python_info", "python_gc_collections_total"} <= names
+        # Every method of every service, every code: there, at zero, before the first RPC.
+        methods = [(service, method.name) for service in server_module.SERVICE_NAMES
+                   for method in descriptor_pool.Default().FindServiceByName(service).methods]
+        assert len(methods) > 30
+        for service, method in methods:
+            short = service.removeprefix("cursor.v1.")
+            for family in ("grpc_server_started_total", "grpc_server_msg_received_total",
+                           "grpc_server_msg_sent_total", "grpc_server_handling_seconds_count"):
+                assert first[family, rpc_labels(short, method)] == 0, (family, method)
+            assert first["grpc_server_handling_seconds_bucket", rpc_labels(short, method, le="0.005")] == 0
+            for code in GO_CODE_NAMES:
+                assert first["grpc_server_handled_total", rpc_labels(short, method, grpc_code=code)] == 0
+        stream_labels = {labels for name, labels in first if name == "cursor_streams_open"}
+        assert stream_labels == {
+            frozenset({"grpc_service": f"cursor.v1.{service}", "grpc_method": method}.items())
+            for service, method in (("ConsultantService", "WatchActivity"), ("ReaderService", "WatchMyMessages"),
+                                    ("ReaderService", "WatchSharedActivity"))
+        }
+        for reason in ("BAD_CREDENTIALS", "ACCOUNT_INACTIVE", "LOGIN_THROTTLED"):
+            assert first["cursor_login_failures_total", frozenset({("reason", reason)})] == 0
+        assert first["cursor_writer_refused_writes_total", frozenset({("reason", "DATABASE_FULL")})] == 0
+        for presence in ("reading", "online", "idle"):
+            assert first["cursor_readers", frozenset({("presence", presence)})] == 0
+
+        channel = grpc.insecure_channel(server.address)
+        anonymous = Client(channel)
+        rpc_error(lambda: anonymous.auth.Login(auth_service_pb2.LoginRequest(email=ADMIN, password="wrong")))
+        reading, online = new_reader(channel, "reading"), new_reader(channel, "online")
+        new_reader(channel, "idle")  # signs in, records nothing
+        record(reading)
+        record(online, type_="heartbeat")
+        bad = rpc_error(lambda: reading.reader.RecordInteraction(rpb.RecordInteractionRequest(
+            interaction=rpb.NewInteraction(type="answer", payload_json="[1]")), metadata=reading.md))
+        assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # Bytes that are no request: refused by the request guard, before any method runs.
+        garbled = rpc_error(lambda: channel.unary_unary("/cursor.v1.ReaderService/GetMyState")(b"\xff\xff"))
+        assert garbled.code() == grpc.StatusCode.INVALID_ARGUMENT
+        uploaded = reading.reader.RecordInteractions(iter([
+            rpb.RecordInteractionsRequest(interactions=[rpb.NewInteraction(type="answer", payload_json="{}")])
+            for _ in range(3)
+        ]), metadata=reading.md)
+        assert uploaded.stored_count == 3
+        admin = anonymous.login(ADMIN, kind=resources_pb2.ACCOUNT_KIND_CONSULTANT)
+        # One watch cancelled by its client, one ended by its deadline, each once it was open.
+        for timeout in (None, 3.0):
+            call = admin.consultant.WatchActivity(cpb.WatchActivityRequest(), metadata=admin.md, timeout=timeout)
+            streams.append(StreamReader(call))
+            streams[-1].wait_for(lambda: bool(streams[-1].responses), 20)  # the stream is open
+        watch_labels = frozenset({("grpc_service", "cursor.v1.ConsultantService"),
+                                  ("grpc_method", "WatchActivity")})
+        open_now = _scrape_until(port, lambda v: v["cursor_streams_open", watch_labels] == 2)
+        assert open_now["grpc_server_msg_sent_total", rpc_labels("ConsultantService", "WatchActivity")] >= 2
+        streams[0].cancel()
+        streams[1].wait_for(lambda: streams[1].ended_at is not None, 30)  # the deadline ended it
+
+        def settled(v: Samples) -> bool:
+            return (v["cursor_streams_open", watch_labels] == 0
+                    and v["cursor_readers", frozenset({("presence", "reading")})] == 1)
+
+        after = _scrape_until(port, settled)
+        channel.close()
+    finally:
+        for stream in streams:
+            stream.cancel()
+        assert server.terminate() == 0
+
+    def handled(service: str, method: str, code: str) -> float:
+        return after["grpc_server_handled_total", rpc_labels(service, method, grpc_code=code)]
+
+    def value(family: str, service: str, method: str) -> float:
+        return after[family, rpc_labels(service, method)]
+
+    assert handled("AuthService", "Login", "Unauthenticated") == 1
+    assert handled("AuthService", "Login", "OK") == 4  # three readers and the admin
+    assert value("grpc_server_started_total", "AuthService", "Login") == 5
+    assert value("grpc_server_handling_seconds_count", "AuthService", "Login") == 5
+    assert after["cursor_login_failures_total", frozenset({("reason", "BAD_CREDENTIALS")})] == 1
+    # Unary: one message in per call, one out per OK.
+    assert handled("ReaderService", "RecordInteraction", "OK") == 2
+    assert handled("ReaderService", "RecordInteraction", "InvalidArgument") == 1
+    assert value("grpc_server_msg_received_total", "ReaderService", "RecordInteraction") == 3
+    assert value("grpc_server_msg_sent_total", "ReaderService", "RecordInteraction") == 2
+    assert handled("ReaderService", "GetMyState", "InvalidArgument") == 1
+    assert value("grpc_server_started_total", "ReaderService", "GetMyState") == 1
+    # Client stream: every chunk in, one answer out.
+    assert handled("ReaderService", "RecordInteractions", "OK") == 1
+    assert value("grpc_server_msg_received_total", "ReaderService", "RecordInteractions") == 3
+    assert value("grpc_server_msg_sent_total", "ReaderService", "RecordInteractions") == 1
+    # Server stream: how each ended, in grpc-go's words. The client gives up
+    # at its deadline, and the server may hear of that just before its own
+    # deadline passes: then it was cancelled, as grpc-go would say too.
+    assert handled("ConsultantService", "WatchActivity", "Canceled") >= 1
+    assert (handled("ConsultantService", "WatchActivity", "Canceled")
+            + handled("ConsultantService", "WatchActivity", "DeadlineExceeded")) == 2
+    assert value("grpc_server_msg_received_total", "ConsultantService", "WatchActivity") == 2
+    for presence in ("reading", "online", "idle"):
+        assert after["cursor_readers", frozenset({("presence", presence)})] == 1, presence
+
+
+class _FakeService:
+    """A servicer the `@rpc` wrapper counts as `cursor.v1._FakeService`."""
+
+    sessions: Any = None
+
+    @rpc(Access.PUBLIC)
+    async def Cancelled(self, request: Any, context: Any, caller: None) -> Any:
+        raise asyncio.CancelledError  # what grpc.aio does to a method whose client left or whose deadline passed
+
+
+class _Context:
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+def test_a_method_cancelled_past_its_deadline_counts_as_deadline_exceeded() -> None:
+    def handled(code: str) -> float:
+        labels = {"grpc_type": "unary", "grpc_service": "cursor.v1._FakeService", "grpc_method": "Cancelled",
+                  "grpc_code": code}
+        return metrics.REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+    before = handled("DeadlineExceeded"), handled("Canceled")
+    for remaining in (0.0, None, 5.0):  # past the deadline; no deadline; the client left early
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(_FakeService().Cancelled(None, _Context(remaining)))
+    assert (handled("DeadlineExceeded") - before[0], handled("Canceled") - before[1]) == (1, 2)
+
+
+def _scrape_until(port: int, condition: Any, timeout: float = 30) -> Samples:
+    """Scrape until `condition(samples)` holds (readers by presence are
+    cached for a moment; stream ends are counted once the server sees them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, samples = scrape_all(port)
+        if condition(samples):
+            return samples
+        assert time.monotonic() < deadline, "the metrics did not reach the expected values"
+        time.sleep(0.1)
 
 
 def test_json_logs_carry_no_secrets(database: TestDatabase) -> None:

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.sqlite_only  # SQLite's migration runner and table rebu
 
 KNOWN = [m.name for m in load_migrations()]
 REBUILD = "0005_interactions_payload_object.py"
+NAMES = "0006_design_names.sql"
 
 
 def old_database(path: Path, upto: str = "0004_archive_index.sql", interactions: int = 1200) -> None:
@@ -34,11 +35,13 @@ def old_database(path: Path, upto: str = "0004_archive_index.sql", interactions:
     conn = open_connection(StorageSettings(path=path))
     known = load_migrations()
     migrate(conn, known[: [m.name for m in known].index(upto) + 1])
+    # user_id before 0006, reader_id since.
+    reader = "reader_id" if upto >= NAMES else "user_id"
     conn.execute("BEGIN")
     conn.execute("INSERT INTO users(id, email, password_hash, display_name, created_at, updated_at) "
                  "VALUES ('u1', 'u1@example.com', 'x', 'U', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')")
     conn.executemany(
-        "INSERT INTO interactions(id, user_id, type, payload, summary, created_at) VALUES (?, 'u1', 'answer', ?, '', "
+        f"INSERT INTO interactions(id, {reader}, type, payload, summary, created_at) VALUES (?, 'u1', 'answer', ?, '', "
         "'2026-01-01T00:00:00.000Z')",
         [(f"i{n}", json.dumps({"n": n})) for n in range(interactions)],
     )
@@ -61,15 +64,18 @@ def test_status_and_dry_run_change_nothing(tmp_path: Path) -> None:
     before = sha256_file(db)
     status = run_cli("migrate", "--status", "--db", str(db))
     assert status.returncode == 0
-    assert f"{len(KNOWN) - 1} applied, 1 pending" in status.stdout
+    assert f"{len(KNOWN) - 2} applied, 2 pending" in status.stdout
     assert "applied  0001_init.sql" in status.stdout
     assert f"pending  {REBUILD}" in status.stdout
+    assert f"pending  {NAMES}" in status.stdout
 
     dry = run_cli("migrate", "--dry-run", "--db", str(db))
     assert dry.returncode == 0, dry.stderr
-    assert "would apply 1 migration(s), in this order after a verified backup" in dry.stdout
+    assert "would apply 2 migration(s), in this order after a verified backup" in dry.stdout
     assert f"== {REBUILD}" in dry.stdout
     assert "backfill in chunks" in dry.stdout, "a Python migration is described by its docstring"
+    assert dry.stdout.index(f"== {REBUILD}") < dry.stdout.index(f"== {NAMES}")
+    assert "RENAME COLUMN user_id TO reader_id" in dry.stdout, "an SQL migration shows its SQL"
     dry_fresh = run_cli("migrate", "--dry-run", "--db", str(missing))
     assert "CREATE TABLE users" in dry_fresh.stdout, "SQL migrations show their SQL"
     assert sha256_file(db) == before
@@ -87,12 +93,24 @@ def test_migrate_takes_a_verified_backup_first_and_rebuilds_in_chunks(tmp_path: 
     old_database(db)
     before = {t: db_rows(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("users", "interactions")}
     content = db_rows(db, "SELECT seq, id, user_id, type, payload, summary, processed, created_at FROM interactions "
-                       "ORDER BY seq")
+                       "ORDER BY seq")  # the names before 0006
 
     done = run_cli("migrate", "--db", str(db))
     assert done.returncode == 0, done.stderr
     assert "backup before migrating:" in done.stdout
     assert f"applied {REBUILD}" in done.stdout
+    assert f"applied {NAMES}" in done.stdout
+    # Not a terminal: the backup's and then the migrations' progress as plain lines, the summary once.
+    pending = len(KNOWN) - KNOWN.index(REBUILD)
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if line.startswith("migrate: ")] == [
+        f"migrate: {n}/{pending} migrations ({n * 100 // pending}%)" for n in range(pending + 1)
+    ]
+    assert lines.index(f"migrate: {pending}/{pending} migrations (100%)") < lines.index(f"applied {REBUILD}")
+    backup_progress = [line for line in lines if line.startswith("backup: ")]
+    assert backup_progress[-1].endswith("pages (100%)")
+    assert done.stdout.count("backup before migrating:") == 1
+    assert "verified" not in done.stderr, "the backup's own summary is not logged a second time"
     [backup] = list_backups(tmp_path / "backups", "prod")
     manifest = verify_backup(backup)
     assert manifest["reason"] == "pre-migration"
@@ -100,7 +118,7 @@ def test_migrate_takes_a_verified_backup_first_and_rebuilds_in_chunks(tmp_path: 
     assert {t: manifest["tables"][t] for t in before} == before
 
     # The rebuilt table: same rows, same counter, same indexes and trigger, new constraint.
-    assert db_rows(db, "SELECT seq, id, user_id, type, payload, summary, processed, created_at FROM interactions "
+    assert db_rows(db, "SELECT seq, id, reader_id, type, payload, summary, processed, created_at FROM interactions "
                     "ORDER BY seq") == content
     assert db_rows(db, "SELECT seq FROM sqlite_sequence WHERE name = 'interactions'") == [(1200,)]
     names = {r[0] for r in db_rows(db, "SELECT name FROM sqlite_master WHERE tbl_name = 'interactions'")}
@@ -109,7 +127,7 @@ def test_migrate_takes_a_verified_backup_first_and_rebuilds_in_chunks(tmp_path: 
     assert not db_rows(db, "SELECT 1 FROM sqlite_master WHERE name = 'cursor_rebuild_progress'")
     conn = apsw.Connection(str(db))
     with pytest.raises(apsw.ConstraintError):
-        conn.execute("INSERT INTO interactions(id, user_id, type, payload, created_at) "
+        conn.execute("INSERT INTO interactions(id, reader_id, type, payload, created_at) "
                      "VALUES ('bad', 'u1', 'answer', '[1, 2]', '2026-01-01T00:00:00.000Z')")
     with pytest.raises(apsw.ConstraintError, match="append-only"):
         conn.execute("UPDATE interactions SET payload = '{}' WHERE id = 'i3'")
@@ -161,7 +179,7 @@ rebuild_table(conn, TableRebuild("interactions", {definition!r}, chunk_rows=200)
 NEW_DEFINITION = """CREATE TABLE interactions (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     id         TEXT NOT NULL UNIQUE,
-    user_id    TEXT NOT NULL REFERENCES users(id),
+    reader_id  TEXT NOT NULL REFERENCES users(id),
     type       TEXT NOT NULL CHECK (length(type) BETWEEN 1 AND 32),
     payload    TEXT NOT NULL CHECK (json_valid(payload)),
     summary    TEXT NOT NULL DEFAULT '',
@@ -195,7 +213,7 @@ def test_rebuild_resumes_after_a_kill_and_keeps_concurrent_writes(tmp_path: Path
     process.send_signal(signal.SIGKILL)
     process.wait(10)
     # Writes while the rebuild is half done: all must survive the swap.
-    conn.execute("INSERT INTO interactions(id, user_id, type, payload, created_at) "
+    conn.execute("INSERT INTO interactions(id, reader_id, type, payload, created_at) "
                  "VALUES ('late', 'u1', 'answer', '{\"late\": true}', '2026-02-01T00:00:00.000Z')")
     conn.execute("UPDATE interactions SET processed = 1 WHERE id IN ('i10', 'i2500')")
     conn.execute("DELETE FROM interactions WHERE id IN ('i20', 'i2600')")

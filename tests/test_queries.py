@@ -97,7 +97,7 @@ def test_active_readers_query(h: Harness) -> None:
     h.new_reader("never")
     record(stale)
     write(h, "UPDATE reader_states SET last_seen_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 minutes') "
-             "WHERE user_id = ?", (rid(stale),))
+             "WHERE reader_id = ?", (rid(stale),))
     last = {ann.account: record(ann, "progress", {"percent": 0.4, "step": 2})}
     last[bob.account] = record(bob, "answer")
 
@@ -105,9 +105,9 @@ def test_active_readers_query(h: Harness) -> None:
     assert [r[0] for r in found] == [rid(bob), rid(ann)], "most recently seen first, stale and idle ones left out"
     emails = dict(h.database.rows("SELECT id, email FROM users"))
     for row in found:
-        user_id, email, display_name, status, progress, step, last_interaction_id, last_seen_at = row
-        name = f"readers/{user_id}"
-        assert email == emails[user_id]
+        reader_id, email, display_name, status, progress, step, last_interaction_id, last_seen_at = row
+        name = f"readers/{reader_id}"
+        assert email == emails[reader_id]
         assert display_name in ("ann", "bob")
         assert status == "active"
         assert last_interaction_id == last_id(last[name].interaction.name)
@@ -168,24 +168,24 @@ def test_recent_interaction_queries(h: Harness) -> None:
     assert [r[0] for r in top] == [i.sequence for i in api.interactions]
 
     for client in (ann, bob):
-        own = read(h, "reader_interactions", {"user_id": rid(client), "limit": 100})
+        own = read(h, "reader_interactions", {"reader_id": rid(client), "limit": 100})
         assert [r[1] for r in own] == [i for u, i in newest if u == rid(client)]
         api_own = consultant.consultant.ListInteractions(
             cpb.ListInteractionsRequest(parent=client.account, page_size=100), metadata=consultant.md)
         assert [r[1] for r in own] == [last_id(i.name) for i in api_own.interactions]
         mine = client.reader.ListMyInteractions(rpb.ListMyInteractionsRequest(page_size=100), metadata=client.md)
         assert [r[1] for r in own] == [last_id(i.name) for i in mine.interactions]
-    assert len(read(h, "reader_interactions", {"user_id": rid(ann), "limit": 2})) == 2
-    assert read(h, "reader_interactions", {"user_id": str(uuid.uuid4()), "limit": 10}) == []
+    assert len(read(h, "reader_interactions", {"reader_id": rid(ann), "limit": 2})) == 2
+    assert read(h, "reader_interactions", {"reader_id": str(uuid.uuid4()), "limit": 10}) == []
 
 
 # --- (4) promotion ------------------------------------------------------------------------------------------------
 
 
-def promote(h: Harness, user_id: str, role: str) -> str:
+def promote(h: Harness, reader_id: str, role: str) -> str:
     consultant_id = str(uuid.uuid4())
     write(h, QUERIES["promote_reader"],
-          {"user_id": user_id, "role": role, "consultant_id": consultant_id, "audit_id": str(uuid.uuid4())})
+          {"reader_id": reader_id, "role": role, "consultant_id": consultant_id, "audit_id": str(uuid.uuid4())})
     return consultant_id
 
 
@@ -228,7 +228,7 @@ def test_promote_query(h: Harness) -> None:
     # A second promotion, of any role, does nothing, and audits nothing; also
     # when the same statement is simply run again.
     promote(h, rid(reader), "admin")
-    write(h, QUERIES["promote_reader"], {"user_id": rid(reader), "role": "admin", "consultant_id": consultant_id,
+    write(h, QUERIES["promote_reader"], {"reader_id": rid(reader), "role": "admin", "consultant_id": consultant_id,
                                          "audit_id": str(uuid.uuid4())})
     assert h.database.count("consultants") == consultants + 1
     assert h.database.count("audit_logs") == audits + 1 + 1  # + the consultant's login
@@ -241,19 +241,19 @@ def test_promote_query(h: Harness) -> None:
 @pytest.mark.parametrize("case", ["unknown", "deactivated", "email_taken"])
 def test_promote_query_inserts_nothing_when_it_must_not(h: Harness, case: str) -> None:
     reader = h.new_reader()
-    user_id = rid(reader)
+    reader_id = rid(reader)
     if case == "unknown":
-        user_id = str(uuid.uuid4())
+        reader_id = str(uuid.uuid4())
     elif case == "deactivated":
         h.anonymous.admin.SetAccountActive(apb.SetAccountActiveRequest(account=reader.account, active=False),
                                            metadata=h.admin_md())
     else:
-        [(email,)] = h.database.rows("SELECT email FROM users WHERE id = ?", (user_id,))
+        [(email,)] = h.database.rows("SELECT email FROM users WHERE id = ?", (reader_id,))
         h.anonymous.admin.CreateConsultant(apb.CreateConsultantRequest(
             email=email, password=PASSWORD, display_name="Namesake", role=resources_pb2.CONSULTANT_ROLE_CONSULTANT,
         ), metadata=h.admin_md())
     consultants, audits = h.database.count("consultants"), h.database.count("audit_logs")
-    consultant_id = promote(h, user_id, "consultant")
+    consultant_id = promote(h, reader_id, "consultant")
     assert h.database.rows("SELECT count(*) FROM consultants WHERE id = ?", (consultant_id,)) == [(0,)]
     assert h.database.count("consultants") == consultants
     assert h.database.count("audit_logs") == audits

@@ -44,7 +44,7 @@ def test_record_moves_state_in_the_same_transaction(h: Harness) -> None:
     assert state == done.state
     # The row in the database agrees with what the API said.
     [row] = h.database.rows(
-        "SELECT status, progress, current_step, last_interaction_id FROM reader_states WHERE user_id = ?",
+        "SELECT status, progress, current_step, last_interaction_id FROM reader_states WHERE reader_id = ?",
         (reader.account.split("/")[1],),
     )
     assert row == ("completed", 1.0, 2, done.interaction.name.rsplit("/", 1)[1])
@@ -156,7 +156,7 @@ def test_upload_chunk_mixing_new_duplicate_and_taken_ids_stores_only_the_new(h: 
     assert [(r.index, r.id, r.reason) for r in response.rejected] == [(2, theirs, "ID_TAKEN")]
     assert response.state.progress == pytest.approx(0.3)
     assert response.state.current_step == 2
-    rows = h.database.rows("SELECT id, user_id FROM interactions ORDER BY seq")
+    rows = h.database.rows("SELECT id, reader_id FROM interactions ORDER BY seq")
     assert [r[0] for r in rows[2:5]] == [fresh[0], repeated, fresh[1]]
     assert len(rows) == 6
     assert all(r[1] == reader.account.removeprefix("readers/") for r in rows[2:])

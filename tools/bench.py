@@ -371,9 +371,11 @@ class ServerProcess:
                 text = reply.read().decode()
         except OSError:
             return None
-        for line in text.splitlines():
-            if line.startswith("cursor_streams_open "):
-                return int(float(line.split()[1]))
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(text):
+            if family.name == "cursor_streams_open":  # one series per streaming RPC
+                return int(sum(sample.value for sample in family.samples))
         return None
 
     def stop(self, timeout: float = 30.0) -> int | None:

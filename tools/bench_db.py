@@ -39,8 +39,8 @@ _INSERT_USER = (
     "INSERT INTO users(id, email, password_hash, display_name, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _INSERT_STATE = (
-    "INSERT INTO reader_states(user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO reader_states(reader_id, status, progress, current_step, last_interaction_id, last_seen_at,"
+    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SESSION = (
     "INSERT INTO sessions(id, token_hash, actor_type, actor_id, created_at, last_active_at, expires_at)"
@@ -48,14 +48,14 @@ _INSERT_SESSION = (
 )
 # seq is INTEGER PRIMARY KEY: left out, SQLite assigns the next one.
 _INSERT_INTERACTION = (
-    "INSERT INTO interactions(id, user_id, type, payload, summary, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO interactions(id, reader_id, type, payload, summary, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
 # The baseline's per-event state change: what the server's state upsert does,
 # reduced to plain column updates.
 _UPSERT_STATE = """
-INSERT INTO reader_states(user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at)
+INSERT INTO reader_states(reader_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at)
 VALUES (?1, 'active', coalesce(?2, 0), coalesce(?3, 0), ?4, ?5, ?5)
-ON CONFLICT(user_id) DO UPDATE SET
+ON CONFLICT(reader_id) DO UPDATE SET
     progress = coalesce(?2, reader_states.progress),
     current_step = coalesce(?3, reader_states.current_step),
     last_interaction_id = ?4,
@@ -170,7 +170,7 @@ def prefill_interactions(path: Path, reader_ids: list[str], add: int, seed: int 
                 progress(size)
         with conn:
             conn.executemany(
-                "UPDATE reader_states SET last_interaction_id = ? WHERE user_id = ?",
+                "UPDATE reader_states SET last_interaction_id = ? WHERE reader_id = ?",
                 [(interaction_id, reader_id) for reader_id, interaction_id in last_for.items()],
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

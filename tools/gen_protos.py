@@ -4,6 +4,11 @@ The proto path equals the package path (`-I protos`, files under
 `protos/cursor/v1/`), so protoc's absolute imports (`from cursor.v1 import
 resources_pb2`) resolve once `generated/` is an installed package root.
 
+Beside the stubs: a descriptor set with source info (protoc's Python output
+drops the comments; server reflection serves them from this set), and the
+vendored google/rpc protos under protos/, refreshed from the installed
+googleapis-common-protos.
+
 Usage: python tools/gen_protos.py [--out DIR] [--check]
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import importlib.metadata
 import shutil
 import sys
 import sysconfig
@@ -23,6 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PACKAGE = Path("cursor") / "v1"
 GENERATED = ROOT / "generated"
+# Read by cursor_grpc/reflection.py as package data of cursor.v1.
+DESCRIPTOR_SET = "descriptor_set.binpb"
+# What the API's errors are made of: Status, with ErrorInfo, BadRequest and RetryInfo.
+VENDORED = Path("google") / "rpc"
+VENDORED_PROTOS = ("status.proto", "error_details.proto")
 
 
 def _plugin(name: str) -> str:
@@ -39,7 +50,7 @@ def generate(out: Path) -> None:
     sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE).glob("*.proto"))
     if not sources:
         raise SystemExit("no .proto files found")
-    out.mkdir(parents=True, exist_ok=True)
+    (out / PACKAGE).mkdir(parents=True, exist_ok=True)
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
@@ -50,6 +61,9 @@ def generate(out: Path) -> None:
         f"--mypy_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_grpc_out={out}",
+        f"--descriptor_set_out={out / PACKAGE / DESCRIPTOR_SET}",
+        "--include_source_info",
+        "--include_imports",
         *sources,
     ]
     if protoc.main(args) != 0:
@@ -57,6 +71,19 @@ def generate(out: Path) -> None:
     for package_dir in (out / "cursor", out / PACKAGE):
         (package_dir / "__init__.py").write_text('"""Generated from protos/; do not edit."""\n')
         (package_dir / "py.typed").write_text("")
+
+
+def vendor(proto_root: Path) -> None:
+    """Copy the google/rpc protos and their licence from the installed
+    googleapis-common-protos (the Python side of the same messages), so
+    clients in other languages can decode the errors' details."""
+    dist = importlib.metadata.distribution("googleapis-common-protos")
+    target = proto_root / VENDORED
+    target.mkdir(parents=True, exist_ok=True)
+    for name in VENDORED_PROTOS:
+        shutil.copyfile(str(dist.locate_file(VENDORED / name)), target / name)
+    licence = next(path for path in dist.files or () if path.name == "LICENSE")
+    shutil.copyfile(str(dist.locate_file(licence)), target / "LICENSE")
 
 
 def differences(expected: Path, actual: Path) -> list[str]:
@@ -79,17 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
-            generate(Path(tmp))
-            stale = differences(Path(tmp), args.out)
+            generate(Path(tmp) / "generated")
+            vendor(Path(tmp) / "protos")
+            stale = differences(Path(tmp) / "generated", args.out) + [
+                str(Path("protos") / VENDORED / name)
+                for name in differences(Path(tmp) / "protos" / VENDORED, PROTO_ROOT / VENDORED)
+            ]
         if stale:
-            print("generated/ is stale; run `make generate`:", *stale, sep="\n  ", file=sys.stderr)
+            print("generated/ or protos/google/rpc is stale; run `make generate`:", *stale, sep="\n  ",
+                  file=sys.stderr)
             return 1
-        print("generated/ is up to date")
+        print("generated/ and protos/google/rpc are up to date")
         return 0
     target = args.out / "cursor"
     if target.exists():
         shutil.rmtree(target)
     generate(args.out)
+    vendor(PROTO_ROOT)
     return 0
 
 

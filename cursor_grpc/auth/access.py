@@ -92,41 +92,59 @@ async def _internal(context: aio.ServicerContext[Any, Any], method: str, error: 
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error; quote ref {ref} when reporting it")
 
 
-def rpc(access: Access) -> Callable[[Any], Any]:
+_CODES_BY_NUMBER: dict[object, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _aborted_code(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The code a method aborted with itself (grpc.aio reports its number)."""
+    code: object = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+
+
+def rpc(access: Access, *, failures: Callable[[str], None] | None = None) -> Callable[[Any], Any]:
     """Declare who may call a servicer method; see the module docstring.
 
     The same wrapper counts and times the RPC for the metrics endpoint: one
     layer per call instead of an interceptor that rebuilds handlers on every
-    call. Streaming methods write with `context.write()`, so every method is
-    a coroutine."""
+    call. `failures(reason)` hears of every refusal (a CursorError), for a
+    metric such as failed logins. Streaming methods write with
+    `context.write()`, so every method is a coroutine."""
 
     def decorate(method: Any) -> Any:
         if not inspect.iscoroutinefunction(method):
             raise TypeError(f"{method.__qualname__}: servicer methods are coroutines (stream with context.write)")
         name = method.__qualname__
-        full_name = "/cursor.v1." + name.replace(".", "/")
+        counted = metrics.rpc_method("/cursor.v1." + name.replace(".", "/"))
 
         @functools.wraps(method)
         async def wrapper(self: HasSessions, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
-            code = "OK"
+            counted.started.inc()
+            code = grpc.StatusCode.OK
             try:
                 caller = await _authorize(self, context, access, name)
                 return await method(self, request, context, caller)
             except CursorError as error:
-                code = error.code.name
+                code = error.code
+                if failures is not None:
+                    failures(error.reason)
                 await abort_with(context, error)
             except aio.AbortError:
-                code = "ABORTED"
+                code = _aborted_code(context)
                 raise
             except asyncio.CancelledError:
-                code = "CANCELLED"
+                # grpc.aio cancels the method when the client leaves, and when the deadline passes.
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                 raise
             except Exception as error:
-                code = "INTERNAL"
+                code = grpc.StatusCode.INTERNAL
                 await _internal(context, name, error)
             finally:
-                metrics.rpc_finished(full_name, code, started)
+                counted.finished(code, started)
 
         wrapper.__cursor_access__ = access  # type: ignore[attr-defined]
         return wrapper

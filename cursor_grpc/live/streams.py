@@ -78,8 +78,6 @@ async def run_stream(
 
     async def send(chunks: list[bytes], seq: int, heartbeat: bool = False) -> None:
         data = b"".join(chunks) + tail(broadcaster.cursor(seq), heartbeat)
-        if chunks:
-            metrics.events_delivered(len(chunks))
         metrics.stream_lag(max(0, broadcaster.head - seq))
         try:
             # asyncio.timeout arms a timer on this task; wait_for would start
@@ -87,6 +85,7 @@ async def run_stream(
             async with asyncio.timeout(settings.stall_seconds) as deadline:
                 subscription.write_deadline = deadline
                 await sink.write(data)
+            counted.sent(len(chunks))
         except TimeoutError:
             closing = ended()
             if closing is not None:
@@ -99,7 +98,7 @@ async def run_stream(
         finally:
             subscription.write_deadline = None
 
-    metrics.stream_opened()
+    counted = metrics.stream_opened()
     try:
         # The first message says the stream is open and where it stands,
         # so a client never waits a heartbeat interval to learn its cursor.
@@ -107,6 +106,7 @@ async def run_stream(
             if (closing := ended()) is not None:
                 raise closing
             await sink.write(message)
+            counted.sent(0)
         while True:
             if (closing := ended()) is not None:
                 raise closing
@@ -144,7 +144,7 @@ async def run_stream(
     finally:
         expiry.cancel()
         broadcaster.unsubscribe(subscription)
-        metrics.stream_closed()
+        counted.closed()
 
 
 def _batches(items: Iterable[Encoded], most: int, most_bytes: int) -> Iterator[list[Encoded]]:

@@ -1,6 +1,7 @@
 """The operations side of `cursor-grpc`: `backup`, `restore`, `archive`,
 `migrate --status/--dry-run` (with the automatic pre-migration backup), and
-the scheduling flags of `serve`. cli.py wires them in."""
+the scheduling flags of `serve`. cli.py wires them in. Each long run shows
+its progress (cursor_grpc/ops/progress.py), then prints one summary."""
 
 from __future__ import annotations
 
@@ -10,10 +11,28 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cursor_grpc.config import Settings, StorageSettings, parse_duration
+from cursor_grpc.config import OpsSettings, Settings, parse_duration
+from cursor_grpc.ops.progress import BYTES, progress
+from cursor_grpc.storage import MigrationError, Progress
 
-METHODS_HINT = ("online: SQLite's backup API in steps from one read snapshot (default); "
-                "vacuum: VACUUM INTO, a compacted copy")
+OPS = OpsSettings()
+METHODS_HINT = "online: SQLite's backup API in steps from one read snapshot; vacuum: VACUUM INTO, a compacted copy"
+BESIDE = "beside the database"
+
+
+def described(text: str, default: object, env: str | None = None) -> str:
+    """`text (env X; default D)`: every option's help says where its value
+    comes from when the flag is not given."""
+    where = f"env {env}; " if env else ""
+    return f"{text} ({where}default {default})".replace("%", "%%")
+
+
+def require_database(settings: Settings, verb: str) -> None:
+    """The database file a command reads must exist: naming the path it
+    looked at tells a wrong --db or CURSOR_DB at once."""
+    path = Path(settings.storage.path)
+    if not path.exists():
+        raise MigrationError(f"{path} does not exist; there is no database there to {verb}")
 
 
 def _duration(text: str) -> float:
@@ -26,22 +45,23 @@ def _duration(text: str) -> float:
 def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     group = serve.add_argument_group("operations (docs/operations.md)")
     group.add_argument("--metrics-listen", metavar="HOST:PORT",
-                       help="Prometheus metrics on this loopback address (env CURSOR_METRICS_LISTEN; default off)")
+                       help=described("Prometheus metrics on this loopback address", "off", "CURSOR_METRICS_LISTEN"))
     group.add_argument("--backup-every", type=_duration, metavar="DURATION",
-                       help="take a verified backup this often, e.g. 1h (env CURSOR_BACKUP_EVERY; default off)")
-    group.add_argument("--backup-dir", type=Path, help="where backups go (env CURSOR_BACKUP_DIR; default backups/ "
-                       "beside the database)")
-    group.add_argument("--keep", type=int, metavar="N", help="verified backups to keep (env CURSOR_BACKUP_KEEP; "
-                       "default 7)")
-    group.add_argument("--backup-method", choices=["online", "vacuum"], help=METHODS_HINT)
+                       help=described("take a verified backup this often, e.g. 1h", "off", "CURSOR_BACKUP_EVERY"))
+    group.add_argument("--backup-dir", type=Path, metavar="DIR",
+                       help=described("where backups go", f"backups/ {BESIDE}", "CURSOR_BACKUP_DIR"))
+    group.add_argument("--keep", type=int, metavar="N",
+                       help=described("verified backups to keep", OPS.backup_keep, "CURSOR_BACKUP_KEEP"))
+    group.add_argument("--backup-method", choices=["online", "vacuum"],
+                       help=described(METHODS_HINT, OPS.backup_method, "CURSOR_BACKUP_METHOD"))
     group.add_argument("--archive-every", type=_duration, metavar="DURATION",
-                       help="move old interactions to archive files this often, e.g. 1d (env CURSOR_ARCHIVE_EVERY; "
-                       "default off)")
-    group.add_argument("--archive-dir", type=Path, help="archive files (env CURSOR_ARCHIVE_DIR; default archive/ "
-                       "beside the database)")
+                       help=described("move old interactions to archive files this often, e.g. 1d", "off",
+                                      "CURSOR_ARCHIVE_EVERY"))
+    group.add_argument("--archive-dir", type=Path, metavar="DIR",
+                       help=described("archive files", f"archive/ {BESIDE}", "CURSOR_ARCHIVE_DIR"))
     group.add_argument("--retention-days", type=float, metavar="DAYS",
-                       help="interactions older than this are archived (env CURSOR_ARCHIVE_RETENTION_DAYS; "
-                       "default 90)")
+                       help=described("interactions older than this are archived", f"{OPS.archive_retention_days:g}",
+                                      "CURSOR_ARCHIVE_RETENTION_DAYS"))
 
 
 def apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -74,11 +94,13 @@ def cmd_backup(settings: Settings) -> int:
     from cursor_grpc import metrics
     from cursor_grpc.storage.sqlite.backup import BackupError, prune_backups, take_backup
 
+    require_database(settings, "back up")
     metrics.BACKUP_RUNS.inc()
     target = _backup_dir(settings)
     try:
-        result = take_backup(settings.storage, target, method=settings.ops.backup_method,
-                             step_pages=settings.ops.backup_step_pages)
+        with progress("backup", "pages") as report:
+            result = take_backup(settings.storage, target, method=settings.ops.backup_method,
+                                 step_pages=settings.ops.backup_step_pages, progress=report)
     except BackupError as error:
         metrics.BACKUP_FAILURES.inc()
         print(f"cursor-grpc backup: {error}", file=sys.stderr)
@@ -98,15 +120,14 @@ def cmd_backup(settings: Settings) -> int:
     return 0
 
 
-def cmd_restore(backup: Path, db_path: Path) -> int:
-    from cursor_grpc.storage import DatabaseInUse, resolved
+def cmd_restore(backup: Path, settings: Settings) -> int:
+    from cursor_grpc.storage import DatabaseInUse
     from cursor_grpc.storage.sqlite.backup import BackupError, restore_backup
-
-    db_path = resolved(StorageSettings(path=db_path)).path
-    from cursor_grpc.storage.sqlite.migrations import load_migrations
+    from cursor_grpc.storage.sqlite.migrations import load_migrations, migrate_hint
 
     try:
-        result = restore_backup(backup, db_path)
+        with progress("restore", BYTES) as report:
+            result = restore_backup(backup, Path(settings.storage.path), progress=report)
     except (BackupError, DatabaseInUse) as error:
         print(f"cursor-grpc restore: {error}", file=sys.stderr)
         return 1
@@ -119,7 +140,8 @@ def cmd_restore(backup: Path, db_path: Path) -> int:
         print(f"  the database that was there is kept as {result.previous_kept_at}")
     latest = load_migrations()[-1].name
     if result.manifest.get("schema_version") != latest:
-        print(f"  schema {result.manifest.get('schema_version')} is older than {latest}: run `cursor-grpc migrate`")
+        print(f"  schema {result.manifest.get('schema_version')} is older than {latest}: "
+              f"{migrate_hint(result.db_path)}")
     return 0
 
 
@@ -129,27 +151,35 @@ def cmd_archive(settings: Settings) -> int:
     from cursor_grpc.storage.sqlite.files import default_dir
     from cursor_grpc.storage.sqlite.store import SQLiteStore
 
+    require_database(settings, "archive")
     target = default_dir(Path(settings.storage.path), settings.ops.archive_dir, "archive")
+    days = settings.ops.archive_retention_days
     metrics.ARCHIVE_RUNS.inc()
     store = SQLiteStore(settings.storage)
     try:
-        stats = store.archive(target, retention_days=settings.ops.archive_retention_days,
-                              chunk_rows=settings.ops.archive_chunk_rows)
+        with progress("archive", "rows") as report:
+            stats = store.archive(target, retention_days=days, chunk_rows=settings.ops.archive_chunk_rows,
+                                  progress=report)
     except (ArchiveError, OSError) as error:
         metrics.ARCHIVE_FAILURES.inc()
         print(f"cursor-grpc archive: {error}", file=sys.stderr)
         return 1
     finally:
         store.close()
-    print(f"archived {stats.rows_moved} interactions older than {settings.ops.archive_retention_days:g} days "
-          f"in {stats.chunks} chunk(s) into {', '.join(sorted(stats.files)) or 'no file'}")
+    if not stats.rows_moved:
+        print(f"nothing to archive: no interactions older than {days:g} days")
+        return 0
+    print(f"archived {stats.rows_moved} interactions older than {days:g} days "
+          f"in {stats.chunks} chunk(s) into {', '.join(sorted(stats.files))}")
     print(f"  {stats.seconds:.2f} s; longest write task {stats.longest_write_seconds * 1000:.1f} ms "
           f"(the writer is blocked for one chunk at a time)")
     return 0
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace,
-                apply: Callable[[], list[str]]) -> int:
+                apply: Callable[[Progress], list[str]]) -> int:
+    """`apply(progress)` migrates the database (cli.py passes the storage
+    contract's `migrate`)."""
     from cursor_grpc.storage.sqlite.migrations import has_tables, load_migrations, pending_of, status_of
 
     path = Path(settings.storage.path)
@@ -184,14 +214,16 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace,
         from cursor_grpc.storage.sqlite.backup import BackupError, take_backup
 
         try:
-            result = take_backup(settings.storage, _backup_dir(settings), method=settings.ops.backup_method,
-                                 reason="pre-migration")
+            with progress("backup", "pages") as shown:
+                result = take_backup(settings.storage, _backup_dir(settings), method=settings.ops.backup_method,
+                                     reason="pre-migration", progress=shown)
         except BackupError as error:
             print(f"cursor-grpc migrate: no verified backup, so nothing was migrated: {error} "
                   "(pass --no-backup to migrate without one)", file=sys.stderr)
             return 1
         print(f"backup before migrating: {result.path} (verified)")
-    applied = apply()
+    with progress("migrate", "migrations") as shown:
+        applied = apply(shown)
     if applied:
         for name in applied:
             print(f"applied {name}")
@@ -205,34 +237,33 @@ def add_commands(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
                  settings_of: Callable[[argparse.Namespace], Settings]) -> None:
     """`backup`, `restore`, `archive`."""
     backup = with_db(commands.add_parser("backup", help="take a verified online backup of the database"))
-    backup.add_argument("--backup-dir", type=Path, help="where it goes (env CURSOR_BACKUP_DIR; default backups/ "
-                        "beside the database)")
-    backup.add_argument("--method", dest="backup_method", choices=["online", "vacuum"], help=METHODS_HINT)
-    backup.add_argument("--keep", type=int, metavar="N", help="then delete all but the newest N verified backups")
-    backup.add_argument("--step-pages", type=int, metavar="N", help="pages copied per backup step (default 1024)")
+    backup.add_argument("--backup-dir", type=Path, metavar="DIR",
+                        help=described("where it goes", f"backups/ {BESIDE}", "CURSOR_BACKUP_DIR"))
+    backup.add_argument("--method", dest="backup_method", choices=["online", "vacuum"],
+                        help=described(METHODS_HINT, OPS.backup_method, "CURSOR_BACKUP_METHOD"))
+    backup.add_argument("--keep", type=int, metavar="N",
+                        help=described("then delete all but the newest N verified backups", "keep them all",
+                                       "CURSOR_BACKUP_KEEP"))
+    backup.add_argument("--step-pages", type=int, metavar="N",
+                        help=described("pages copied per backup step", OPS.backup_step_pages,
+                                       "CURSOR_BACKUP_STEP_PAGES"))
     backup.set_defaults(func=lambda args: cmd_backup(_without_default_keep(settings_of(args), args)))
 
-    restore = commands.add_parser("restore", help="restore a verified backup (refused while a server holds --db)")
+    restore = with_db(commands.add_parser(
+        "restore", help="restore a verified backup into the database (refused while a server holds it)"))
     restore.add_argument("backup", type=Path, help="the backup file (its .manifest.json must be beside it)")
-    restore.add_argument("--db", type=Path, required=True, help="the database file to restore into")
-    restore.set_defaults(func=lambda args: cmd_restore(args.backup, args.db))
+    restore.set_defaults(func=lambda args: cmd_restore(args.backup, settings_of(args)))
 
     archive = with_db(commands.add_parser("archive", help="move old interactions into quarterly archive files"))
-    archive.add_argument("--archive-dir", type=Path, help="archive files (env CURSOR_ARCHIVE_DIR; default archive/ "
-                         "beside the database)")
+    archive.add_argument("--archive-dir", type=Path, metavar="DIR",
+                         help=described("archive files", f"archive/ {BESIDE}", "CURSOR_ARCHIVE_DIR"))
     archive.add_argument("--retention-days", type=float, metavar="DAYS",
-                         help="archive interactions older than this (default 90)")
-    archive.add_argument("--chunk-rows", type=int, metavar="N", help="rows moved per write task (default 500)")
-    archive.set_defaults(func=lambda args: _archive(settings_of(args)))
-
-
-def _archive(settings: Settings) -> int:
-    from cursor_grpc.storage import MigrationError
-
-    path = Path(settings.storage.path)
-    if not path.exists():
-        raise MigrationError(f"{path} does not exist")
-    return cmd_archive(settings)
+                         help=described("archive interactions older than this", f"{OPS.archive_retention_days:g}",
+                                        "CURSOR_ARCHIVE_RETENTION_DAYS"))
+    archive.add_argument("--chunk-rows", type=int, metavar="N",
+                         help=described("rows moved per write task", OPS.archive_chunk_rows,
+                                        "CURSOR_ARCHIVE_CHUNK_ROWS"))
+    archive.set_defaults(func=lambda args: cmd_archive(settings_of(args)))
 
 
 def _without_default_keep(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -250,5 +281,5 @@ def add_migrate_flags(migrate: argparse.ArgumentParser) -> None:
     mode.add_argument("--dry-run", action="store_true", help="show what would run, change nothing")
     migrate.add_argument("--no-backup", action="store_true",
                          help="skip the verified backup otherwise taken before migrating a non-empty database")
-    migrate.add_argument("--backup-dir", type=Path, help="where that backup goes (default backups/ beside the "
-                         "database)")
+    migrate.add_argument("--backup-dir", type=Path, metavar="DIR",
+                         help=described("where that backup goes", f"backups/ {BESIDE}", "CURSOR_BACKUP_DIR"))

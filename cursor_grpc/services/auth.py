@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cursor.v1 import auth_service_pb2 as pb
 from cursor.v1 import auth_service_pb2_grpc as pb_grpc
 from cursor.v1 import resources_pb2
-from cursor_grpc import validation, wire
+from cursor_grpc import metrics, validation, wire
 from cursor_grpc.app import App
 from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.passwords import check_password_rules, check_password_size
@@ -70,9 +70,17 @@ class AuthService(pb_grpc.AuthServiceServicer):
         password_hash = await self.app.passwords.hash(request.password)
         reader = await self.app.store.create_reader(email, password_hash, name)
         log.info("reader registered: readers/%s", reader.id)
-        return pb.RegisterReaderResponse(reader=wire.reader(reader))
+        response = pb.RegisterReaderResponse(reader=wire.reader(reader))
+        if request.start_session:
+            # Signed in as by Login: the password was set a moment ago, so
+            # there is nothing to verify, and this address counts as known.
+            issued = await self.sessions.issue(Credential("reader", reader.id, password_hash, True, "reader"))
+            self.app.throttle.succeeded(email, peer)
+            response.session.CopyFrom(session_message(issued))
+            log.info("login ok: %s from %s (registration)", issued.principal.name, peer)
+        return response
 
-    @rpc(Access.PUBLIC)
+    @rpc(Access.PUBLIC, failures=metrics.login_failed)
     async def Login(self, request: pb.LoginRequest, context: Context, caller: None) -> pb.LoginResponse:
         if request.account_kind not in resources_pb2.AccountKind.values():
             raise InvalidArgument(f"account_kind {request.account_kind} is not known", field="account_kind")

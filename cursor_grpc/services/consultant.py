@@ -135,7 +135,8 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
                           caller: Principal) -> pb.SendMessageResponse:
         reader_id = validation.resource_id(request.reader, "readers", "reader")
         body = validation.message_body(request.body)
-        record = await self.app.store.send_message(Actor("consultant", caller.account_id), reader_id, "to_reader", body)
+        record = await self.app.store.send_message(Actor("consultant", caller.account_id), reader_id,
+                                                   "consultant_to_user", body)
         return pb.SendMessageResponse(message=wire.message(record))
 
     @rpc(Access.CONSULTANT)

@@ -49,9 +49,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         if not request.HasField("interaction"):
             raise InvalidArgument("interaction is required", field="interaction")
         given = request.interaction
-        item = validation.new_interaction(
-            0, given.id, given.type, given.payload_json, given.summary, self.app.settings.limits, "interaction."
-        )
+        item = validation.new_interaction(0, given, self.app.settings.limits, "interaction.")
         outcome = await self.app.store.record_interactions(caller.account_id, [item], self._reading_window_ns)
         if outcome.conflicts:
             raise AlreadyExists(
@@ -101,9 +99,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
                 for given in chunk.interactions:
                     try:
                         items.append(validation.new_interaction(
-                            index, given.id, given.type, given.payload_json, given.summary, limits,
-                            f"interactions[{index}].", make_id,
-                        ))
+                            index, given, limits, f"interactions[{index}].", make_id))
                     except CursorError as error:
                         response.rejected.add(index=index, id=given.id, reason=error.reason, message=error.message)
                     index += 1
@@ -142,7 +138,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
                             caller: Principal) -> pb.SendMyMessageResponse:
         body = validation.message_body(request.body)
         record = await self.app.store.send_message(Actor("reader", caller.account_id), caller.account_id,
-                                                   "from_reader", body)
+                                                   "user_to_consultant", body)
         return pb.SendMyMessageResponse(message=wire.message(record))
 
     @rpc(Access.READER)

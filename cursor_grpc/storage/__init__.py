@@ -21,6 +21,7 @@ from cursor_grpc.storage.contract import (
     EventLog,
     Maintenance,
     MigrationError,
+    Progress,
     StorageStats,
     Store,
 )
@@ -100,14 +101,14 @@ def open_store(settings: StorageSettings, *, owner: bool = False) -> Store:
     return SQLiteStore(settings, owner=owner)
 
 
-def migrate(settings: StorageSettings, *, purpose: str = "migrate") -> list[str]:
+def migrate(settings: StorageSettings, *, purpose: str = "migrate", progress: Progress | None = None) -> list[str]:
     """Apply pending migrations, holding the database for `purpose` ("migrate",
     or "serve" for `serve --migrate`) so they never run beneath a server.
-    Returns the names applied."""
+    Returns the names applied; `progress` counts them."""
     settings = resolved(settings)
     from cursor_grpc.storage.sqlite.store import migrate_database
 
-    return migrate_database(settings, purpose)
+    return migrate_database(settings, purpose, progress)
 
 
 def require_current_schema(settings: StorageSettings) -> None:
@@ -124,7 +125,7 @@ __all__ = [
     "SCOPES", "SCOPE_INTERACTIONS", "SCOPE_STATE", "SYSTEM", "Actor", "AuditQuery", "AuditRecord",
     "CommitListener", "ConsentRecord", "ConsultantRecord", "Credential", "DatabaseInUse", "Event", "EventFilter",
     "EventLog", "Evented", "GrantOutcome", "HistoryPage", "InteractionRecord", "Maintenance", "MessageRecord",
-    "MigrationError", "NewInteractionData", "ReadPosition", "ReaderRecord", "ReaderStateRecord", "RecordOutcome",
-    "SessionRecord", "StorageStats", "Store", "backend_name", "migrate", "open_store", "require_current_schema",
-    "resolved",
+    "MigrationError", "NewInteractionData", "Progress", "ReadPosition", "ReaderRecord", "ReaderStateRecord",
+    "RecordOutcome", "SessionRecord", "StorageStats", "Store", "backend_name", "migrate", "open_store",
+    "require_current_schema", "resolved",
 ]

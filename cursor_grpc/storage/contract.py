@@ -41,6 +41,9 @@ from cursor_grpc.storage.records import (
 
 # Called after every commit that carried events, with them, in commit order.
 CommitListener = Callable[[list[Event]], None]
+# Called by long runs (backup, restore, archive, migrate) with how much is
+# done and how much there is in all, for a command's progress bar.
+Progress = Callable[[int, int], None]
 
 
 class MigrationError(RuntimeError):
@@ -101,6 +104,12 @@ class Maintenance(Protocol):
     storage reaches into its writer or files."""
 
     def stats(self) -> StorageStats:
+        ...
+
+    def readers_by_presence(self) -> dict[str, int]:
+        """How many readers are `reading`, `online` and `idle` (every other
+        reader) now. Blocking, one cheap query: the metrics endpoint calls it
+        at scrape time, off the event loop."""
         ...
 
     def observe_commits(self, observer: Callable[[int, float], None]) -> None:

@@ -113,7 +113,7 @@ class MessageRecord:
     id: str
     reader_id: str
     consultant_id: str | None
-    direction: str  # 'to_reader' | 'from_reader' | 'system'
+    direction: str  # as stored: 'consultant_to_user' | 'user_to_consultant' | 'system'
     body: str
     created_at: str
     read_at: str | None

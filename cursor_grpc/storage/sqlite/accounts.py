@@ -16,11 +16,11 @@ from cursor_grpc.storage.sqlite.keyset import Where, newest_first
 
 READER_COLUMNS = """
     u.id, u.email, u.display_name, u.is_active, u.created_at,
-    s.user_id, s.status, s.progress, s.current_step, s.last_interaction_id, s.last_seen_at, s.updated_at,
+    s.reader_id, s.status, s.progress, s.current_step, s.last_interaction_id, s.last_seen_at, s.updated_at,
     s.presence
 """
-STATE_COLUMNS = "user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at, presence"
-READER_FROM = "FROM users u LEFT JOIN reader_states s ON s.user_id = u.id"
+STATE_COLUMNS = "reader_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at, presence"
+READER_FROM = "FROM users u LEFT JOIN reader_states s ON s.reader_id = u.id"
 CONSULTANT_COLUMNS = "id, email, display_name, role, is_active, user_id, created_at"
 
 
@@ -49,7 +49,7 @@ def create_reader(conn: apsw.Connection, email: str, password_hash: str, display
         "INSERT INTO users(id, email, password_hash, display_name, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
         (reader_id, email, password_hash, display_name, now, now),
     )
-    conn.execute("INSERT INTO reader_states(user_id, updated_at) VALUES (?, ?)", (reader_id, now))
+    conn.execute("INSERT INTO reader_states(reader_id, updated_at) VALUES (?, ?)", (reader_id, now))
     return get_reader(conn, reader_id)
 
 
@@ -62,7 +62,7 @@ def get_reader(conn: apsw.Connection, reader_id: str) -> ReaderRecord:
 
 def get_reader_state(conn: apsw.Connection, reader_id: str) -> ReaderStateRecord:
     rows = fetch_all(conn,
-        f"SELECT {STATE_COLUMNS} FROM reader_states WHERE user_id = ?",
+        f"SELECT {STATE_COLUMNS} FROM reader_states WHERE reader_id = ?",
         (reader_id,),
     )
     if not rows:
@@ -85,10 +85,10 @@ def list_active_readers(
     conn: apsw.Connection, since: str, after: tuple[str, str] | None, limit: int
 ) -> list[ReaderRecord]:
     """Readers seen at or after `since`, most recent first; keyset on
-    (last_seen_at, user_id), served by idx_reader_states_last_seen."""
+    (last_seen_at, reader_id), served by idx_reader_states_last_seen."""
     sql, params = newest_first(
-        f"SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.user_id",
-        Where().add("s.last_seen_at >= ?", since), ("s.last_seen_at", "s.user_id"), after, limit,
+        f"SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.reader_id",
+        Where().add("s.last_seen_at >= ?", since), ("s.last_seen_at", "s.reader_id"), after, limit,
     )
     return [reader_from_row(r) for r in fetch_all(conn, sql, params)]
 

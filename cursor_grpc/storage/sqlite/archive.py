@@ -43,7 +43,9 @@ import apsw
 
 from cursor_grpc.clock import iso_from_ns, now_iso
 from cursor_grpc.config import StorageSettings
+from cursor_grpc.storage.contract import Progress
 from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+from cursor_grpc.storage.sqlite.files import summary_level
 
 log = logging.getLogger("cursor.ops.archive")
 
@@ -151,6 +153,22 @@ def open_archive(path: Path, columns: list[str], ddl: list[str], period: str) ->
         )
         conn.execute("COMMIT")
     have = [str(r[1]) for r in fetch_all(conn, f"PRAGMA table_info({TABLE})")]
+    if "user_id" in have and "reader_id" in columns and "reader_id" not in have:
+        # Made before migration 0006: rename the column as 0006 did in the
+        # main database (only the schema text changes; indexes and the trigger
+        # follow). Once renamed, it is not found again.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if "user_id" in {str(r[1]) for r in fetch_all(conn, f"PRAGMA table_info({TABLE})")}:
+                conn.execute(f"ALTER TABLE {TABLE} RENAME COLUMN user_id TO reader_id")
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        log.info("%s: renamed %s.user_id to reader_id (migration 0006)", path.name, TABLE)
+        have = [str(r[1]) for r in fetch_all(conn, f"PRAGMA table_info({TABLE})")]
     if have != columns:
         conn.close()
         raise ArchiveError(
@@ -190,11 +208,12 @@ def run_archive(
     now_ns: int | None = None,
     stop: threading.Event | None = None,
     pause_seconds: float = 0.0,
+    progress: Progress | None = None,
 ) -> ArchiveStats:
     """Move every interaction older than `retention_days` into quarter files
     under `archive_dir`. `submit_sync` runs a write task on the writer (the
     server's, or the one the CLI opened) and returns its result. Idempotent:
-    run it again after any failure."""
+    run it again after any failure. `progress` follows the rows moved."""
     crash = _Crash()
     stats = ArchiveStats()
     started = time.perf_counter()
@@ -215,6 +234,11 @@ def run_archive(
         select_range = f"SELECT {col_list} FROM {TABLE} WHERE seq BETWEEN ? AND ? ORDER BY seq"
         insert = f"INSERT OR REPLACE INTO {TABLE}({col_list}) VALUES ({placeholders})"
         same_chunk_retries = 0
+        # Only for a progress bar: counting is a scan the server's schedule need not pay for.
+        total = 0
+        if progress is not None:
+            total = int(fetch_all(main, f"SELECT count(*) FROM {TABLE} WHERE created_at < ?", (cutoff,))[0][0])
+            progress(0, total)
         while True:
             if stop is not None and stop.is_set():
                 log.info("archive run stopped early (shutdown)")
@@ -284,6 +308,8 @@ def run_archive(
             stats.rows_moved += len(chunk)
             stats.chunks += 1
             stats.files.add(stored)
+            if progress is not None:
+                progress(stats.rows_moved, max(total, stats.rows_moved))
             if pause_seconds > 0:
                 time.sleep(pause_seconds)
     finally:
@@ -291,14 +317,16 @@ def run_archive(
             conn.close()
         main.close()
     stats.seconds = time.perf_counter() - started
+    level = summary_level(progress)
     if stats.rows_moved:
-        log.info(
+        log.log(
+            level,
             "archived %d interactions older than %s in %d chunks into %s (%.2f s; longest write task %.1f ms)",
             stats.rows_moved, cutoff, stats.chunks, ", ".join(sorted(stats.files)), stats.seconds,
             stats.longest_write_seconds * 1000,
         )
     else:
-        log.info("nothing to archive (no interactions older than %s)", cutoff)
+        log.log(level, "nothing to archive (no interactions older than %s)", cutoff)
     return stats
 
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,10 +47,18 @@ import apsw
 
 from cursor_grpc.clock import now_iso
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.contract import DatabaseInUse
+from cursor_grpc.storage.contract import DatabaseInUse, Progress
 from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
 from cursor_grpc.storage.sqlite.dblock import DatabaseLock
-from cursor_grpc.storage.sqlite.files import fsync_dir, fsync_file, sha256_file, sqlite_side_files, write_json_atomic
+from cursor_grpc.storage.sqlite.files import (
+    copy_file,
+    fsync_dir,
+    fsync_file,
+    sha256_file,
+    sqlite_side_files,
+    summary_level,
+    write_json_atomic,
+)
 
 log = logging.getLogger("cursor.ops.backup")
 
@@ -155,7 +163,7 @@ def inspect_database(path: Path) -> dict[str, Any]:
 
 
 def _copy_online(settings: StorageSettings, dest: Path, step_pages: int, step_pause: float,
-                 stop: threading.Event | None) -> list[float]:
+                 stop: threading.Event | None, progress: Progress | None) -> list[float]:
     src = open_connection(settings, readonly=True)
     steps: list[float] = []
     try:
@@ -171,6 +179,8 @@ def _copy_online(settings: StorageSettings, dest: Path, step_pages: int, step_pa
                     started = time.perf_counter()
                     backup.step(step_pages)
                     steps.append(time.perf_counter() - started)
+                    if progress is not None:
+                        progress(backup.page_count - backup.remaining, backup.page_count)
                     if step_pause > 0 and not backup.done:
                         time.sleep(step_pause)
             # A backup is one self-contained file: no -wal beside it.
@@ -183,11 +193,17 @@ def _copy_online(settings: StorageSettings, dest: Path, step_pages: int, step_pa
     return steps
 
 
-def _copy_vacuum(settings: StorageSettings, dest: Path) -> list[float]:
+def _copy_vacuum(settings: StorageSettings, dest: Path, progress: Progress | None) -> list[float]:
     src = open_connection(settings, readonly=True)
     try:
+        # One statement: the bar shows the pages to copy, then all of them copied.
+        pages = int(fetch_all(src, "PRAGMA page_count")[0][0]) if progress is not None else 0
+        if progress is not None:
+            progress(0, pages)
         started = time.perf_counter()
         src.execute("VACUUM INTO ?", (str(dest),))
+        if progress is not None:
+            progress(pages, pages)
         return [time.perf_counter() - started]
     finally:
         src.close()
@@ -202,10 +218,12 @@ def take_backup(
     step_pause: float = 0.0,
     stop: threading.Event | None = None,
     reason: str = "manual",
+    progress: Progress | None = None,
 ) -> BackupResult:
     """Copy the database at `settings.path` into `dest_dir`, verify the copy,
     write its manifest. The copy is named `<db stem>-<UTC time>.db`; until it
-    is verified it is `<name>.partial` and never counts as a backup."""
+    is verified it is `<name>.partial` and never counts as a backup.
+    `progress` follows the copy in pages."""
     if method not in METHODS:
         raise BackupError(f"unknown backup method {method!r}; use one of {', '.join(METHODS)}")
     db_path = Path(settings.path)
@@ -226,9 +244,9 @@ def take_backup(
     started = time.perf_counter()
     try:
         if method == "online":
-            steps = _copy_online(settings, partial, max(1, step_pages), step_pause, stop)
+            steps = _copy_online(settings, partial, max(1, step_pages), step_pause, stop, progress)
         else:
-            steps = _copy_vacuum(settings, partial)
+            steps = _copy_vacuum(settings, partial, progress)
         facts = inspect_database(partial)
         fsync_file(partial)
         size = partial.stat().st_size
@@ -260,7 +278,8 @@ def take_backup(
     }
     manifest_path = manifest_path_for(final)
     write_json_atomic(manifest_path, manifest)
-    log.info(
+    log.log(
+        summary_level(progress),
         "backup %s verified: %d bytes, %d tables, schema %s, event cursor %s:%s, %.2f s in %d steps (longest %.1f ms)",
         final.name, size, len(facts["tables"]), facts["schema_version"], facts["event_cursor"]["epoch"],
         facts["event_cursor"]["seq"], seconds, len(steps), max(steps, default=0.0) * 1000,
@@ -283,9 +302,10 @@ def read_manifest(backup: Path) -> dict[str, Any]:
     return data
 
 
-def verify_backup(backup: Path) -> dict[str, Any]:
+def verify_backup(backup: Path, on_bytes: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Check a backup against its manifest: size, SHA-256, integrity_check,
-    row counts per table, schema version. Returns the manifest."""
+    row counts per table, schema version. Returns the manifest. `on_bytes`
+    hears of every block the checksum reads."""
     backup = Path(backup)
     if not backup.is_file():
         raise BackupError(f"{backup} does not exist")
@@ -293,7 +313,7 @@ def verify_backup(backup: Path) -> dict[str, Any]:
     size = backup.stat().st_size
     if size != manifest.get("size_bytes"):
         raise BackupError(f"{backup.name} is {size} bytes; its manifest says {manifest.get('size_bytes')}")
-    checksum = sha256_file(backup)
+    checksum = sha256_file(backup, on_bytes=on_bytes)
     if checksum != manifest.get("sha256"):
         raise BackupError(f"{backup.name}: SHA-256 does not match the manifest (file changed or damaged)")
     facts = inspect_database(backup)
@@ -371,7 +391,18 @@ def _refuse_if_open(db_path: Path) -> None:
         conn.close()
 
 
-def restore_backup(backup: Path, db_path: Path) -> RestoreResult:
+def _bytes_read(progress: Progress, total: int) -> Callable[[int], None]:
+    done = 0
+
+    def read(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(done, total)
+
+    return read
+
+
+def restore_backup(backup: Path, db_path: Path, progress: Progress | None = None) -> RestoreResult:
     """Put a verified backup in place at `db_path`.
 
     Refuses while a server holds `db_path` (its lock file) or any other
@@ -379,10 +410,14 @@ def restore_backup(backup: Path, db_path: Path) -> RestoreResult:
     it beside the target, gives the copy a NEW event epoch (so consultant
     cursors from before the restore are recognised as another history), and
     swaps it in. An existing database is kept as `<name>.pre-restore-<time>`.
+    `progress` follows the bytes read: the checksum, then the copy.
     """
     backup = Path(backup)
     db_path = Path(db_path)
-    manifest = verify_backup(backup)
+    read = None
+    if progress is not None and backup.is_file():
+        read = _bytes_read(progress, 2 * backup.stat().st_size)
+    manifest = verify_backup(backup, on_bytes=read)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     with DatabaseLock(db_path).acquire_exclusive("restore"):
         if db_path.exists():
@@ -390,7 +425,7 @@ def restore_backup(backup: Path, db_path: Path) -> RestoreResult:
         staging = db_path.with_name(db_path.name + ".restoring")
         for leftover in (staging, *sqlite_side_files(staging)):
             leftover.unlink(missing_ok=True)
-        shutil.copyfile(backup, staging)
+        copy_file(backup, staging, on_bytes=read)
         conn = apsw.Connection(str(staging), flags=apsw.SQLITE_OPEN_READWRITE)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -432,7 +467,8 @@ def restore_backup(backup: Path, db_path: Path) -> RestoreResult:
                     side.unlink()
         os.replace(staging, db_path)
         fsync_dir(db_path.parent)
-    log.info("restored %s into %s; event epoch %s -> %s", backup.name, db_path, old_epoch, new_epoch)
+    log.log(summary_level(progress), "restored %s into %s; event epoch %s -> %s", backup.name, db_path, old_epoch,
+            new_epoch)
     return RestoreResult(db_path, kept, old_epoch, new_epoch, manifest)
 
 

@@ -31,6 +31,10 @@ _STORAGE_ERRORS: tuple[tuple[type[apsw.Error], str, str], ...] = (
     (apsw.CantOpenError, "STORAGE_CANNOT_OPEN", "the file cannot be opened"),
 )
 
+# Every reason the writer refuses the writes of a lost transaction with
+# (COMMIT_FAILED: no storage error said why), so the metric has them all from the start.
+REFUSAL_REASONS = (*dict.fromkeys(reason for _, reason, _ in _STORAGE_ERRORS), "COMMIT_FAILED")
+
 WRITING = "store this"
 READING = "read this"
 

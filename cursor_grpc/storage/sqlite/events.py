@@ -110,8 +110,8 @@ def replay(conn: apsw.Connection, after: int, upto: int, wanted: EventFilter,
     kinds = wanted.kinds or ALL_KINDS
     if KIND_INTERACTION in kinds:
         sql = (
-            "SELECT seq, 'interaction', user_id, id, type, payload, summary, created_at FROM interactions "
-            "WHERE seq > ? AND seq <= ?" + reader_clause.format(col="user_id")
+            "SELECT seq, 'interaction', reader_id, id, type, payload, summary, created_at FROM interactions "
+            "WHERE seq > ? AND seq <= ?" + reader_clause.format(col="reader_id")
         )
         params += [after, upto, *reader_params]
         if wanted.interaction_types:

@@ -15,6 +15,10 @@ archive snapshot that is later still, so it has them. Either way no row is
 missed; a row seen in both places (between copy and delete, or after a crash
 there) is returned once.
 
+An archive file made before migration 0006 names the reader column
+`user_id`: it is read under that name (the file may be read-only), and
+renamed by the archiver when it next writes into the file.
+
 Pages say which of their rows came from archives; `list_interactions_page`
 turns that into `includes_archived` on the response.
 """
@@ -146,8 +150,13 @@ class HistoryReader(ReadPool):
                 for entry in entries:  # newest history first
                     if len(found) >= limit and entry.max_seq < sorted(found, reverse=True)[limit - 1]:
                         break  # this file (and every later one) holds only older rows than the page needs
+                    alias = aliases[entry.file]
+                    # A file made before migration 0006 and not written since
+                    # names the column user_id; read it as it is (files may be
+                    # read-only), the archiver renames it when it writes.
                     for record in interactions.list_interactions(
-                        conn, reader_id, type_, before_seq, limit, schema=aliases[entry.file]
+                        conn, reader_id, type_, before_seq, limit, schema=alias,
+                        reader_column=interactions.reader_column_of(conn, alias),
                     ):
                         found.setdefault(record.seq, (record, True))
             finally:

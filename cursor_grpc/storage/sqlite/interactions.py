@@ -26,23 +26,23 @@ from cursor_grpc.storage.sqlite.connection import fetch_all
 from cursor_grpc.storage.sqlite.events import SequenceAllocator, insert_event, state_data
 from cursor_grpc.storage.sqlite.keyset import Where, newest_first
 
-INTERACTION_COLUMNS = "seq, id, user_id, type, payload, summary, created_at"
+INTERACTION_COLUMNS = "seq, id, reader_id, type, payload, summary, created_at"
 
 _INSERT = (
-    "INSERT INTO interactions(seq, id, user_id, type, payload, summary, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "INSERT INTO interactions(seq, id, reader_id, type, payload, summary, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT(id) DO NOTHING"
 )
 _EXISTING = f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE id = ?"
-_PREVIOUS = "SELECT presence, last_active_at FROM reader_states WHERE user_id = ?"
+_PREVIOUS = "SELECT presence, last_active_at FROM reader_states WHERE reader_id = ?"
 
 # A paused reader stays paused (a consultant paused it); otherwise a progress
 # payload decides between active and completed, and other types keep the status.
 _UPDATE_STATE = """
-INSERT INTO reader_states(user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at,
+INSERT INTO reader_states(reader_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at,
                           presence, last_active_at)
 VALUES (?1, CASE WHEN ?2 >= 1.0 THEN 'completed' ELSE 'active' END, coalesce(?2, 0), coalesce(?3, 0), ?4, ?5, ?5,
         ?6, ?7)
-ON CONFLICT(user_id) DO UPDATE SET
+ON CONFLICT(reader_id) DO UPDATE SET
     status = CASE
         WHEN reader_states.status = 'paused' THEN 'paused'
         WHEN ?2 IS NULL THEN reader_states.status
@@ -55,7 +55,7 @@ ON CONFLICT(user_id) DO UPDATE SET
     updated_at = CASE WHEN ?2 IS NULL AND ?3 IS NULL THEN reader_states.updated_at ELSE ?5 END,
     presence = ?6,
     last_active_at = ?7
-RETURNING user_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at, presence
+RETURNING reader_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at, presence
 """
 
 
@@ -137,6 +137,22 @@ def record_interactions(
     return RecordOutcome(stored, duplicates, conflicts, state, events)
 
 
+# Every count from an index: the partial presence indexes hold only the
+# readers who are not idle (few); counting all rows walks a whole index
+# (about 35 ms per million readers), so the metrics endpoint caches it.
+_PRESENCE_COUNTS = """
+SELECT (SELECT count(*) FROM reader_states WHERE presence = 'reading'),
+       (SELECT count(*) FROM reader_states WHERE presence != 'idle'),
+       (SELECT count(*) FROM reader_states)
+"""
+
+
+def readers_by_presence(conn: apsw.Connection) -> dict[str, int]:
+    """Readers reading, online and idle now, for the metrics endpoint."""
+    reading, present, everyone = fetch_all(conn, _PRESENCE_COUNTS)[0]
+    return {"reading": reading, "online": present - reading, "idle": everyone - present}
+
+
 def sweep_presence(
     conn: apsw.Connection, seqs: SequenceAllocator, idle_ns: int, reading_window_ns: int
 ) -> list[Event]:
@@ -152,7 +168,7 @@ def sweep_presence(
     changes = [
         (reader_id, was, "idle")
         for reader_id, was in fetch_all(
-            conn, "SELECT user_id, presence FROM reader_states WHERE presence != 'idle' AND last_seen_at < ?",
+            conn, "SELECT reader_id, presence FROM reader_states WHERE presence != 'idle' AND last_seen_at < ?",
             (idle_cutoff,),
         )
     ]
@@ -160,13 +176,13 @@ def sweep_presence(
         (reader_id, "reading", "online")
         for (reader_id,) in fetch_all(
             conn,
-            "SELECT user_id FROM reader_states WHERE presence = 'reading' "
+            "SELECT reader_id FROM reader_states WHERE presence = 'reading' "
             "AND (last_active_at IS NULL OR last_active_at < ?) AND last_seen_at >= ?",
             (reading_cutoff, idle_cutoff),
         )
     ]
     for reader_id, was, now_presence in changes:
-        conn.execute("UPDATE reader_states SET presence = ? WHERE user_id = ?", (now_presence, reader_id))
+        conn.execute("UPDATE reader_states SET presence = ? WHERE reader_id = ?", (now_presence, reader_id))
         events.append(insert_event(
             conn, seqs.next(), KIND_PRESENCE, reader_id, None, now_presence,
             {"presence": now_presence, "previous": was}, now,
@@ -174,18 +190,40 @@ def sweep_presence(
     return events
 
 
+# The column that names an interaction's reader: `reader_id` since migration
+# 0006, `user_id` in an archive file made before it and not written since.
+READER_ID_COLUMNS = ("reader_id", "user_id")
+
+
+def reader_column_of(conn: apsw.Connection, schema: str = "main") -> str:
+    """Which of READER_ID_COLUMNS `schema`.interactions has."""
+    if not schema.isidentifier():
+        raise ValueError(f"not a schema name: {schema!r}")
+    names = {str(r[1]) for r in fetch_all(conn, f"PRAGMA {schema}.table_info(interactions)")}
+    for name in READER_ID_COLUMNS:
+        if name in names:
+            return name
+    raise ValueError(f"{schema}.interactions has neither of {READER_ID_COLUMNS}")
+
+
 def list_interactions(
     conn: apsw.Connection, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int,
-    schema: str = "main",
+    schema: str = "main", reader_column: str = "reader_id",
 ) -> list[InteractionRecord]:
     """Newest first, keyset on seq. `reader_id=None` lists every reader's.
     `schema` names an ATTACHed archive file to read instead of the main
-    database (cursor_grpc/storage/sqlite/history.py walks history into archives)."""
+    database (cursor_grpc/storage/sqlite/history.py walks history into archives);
+    `reader_column` is `user_id` for an archive file made before migration 0006
+    (`reader_column_of` tells which)."""
     if not schema.isidentifier():
         raise ValueError(f"not a schema name: {schema!r}")
+    if reader_column not in READER_ID_COLUMNS:
+        raise ValueError(f"not a reader column: {reader_column!r}")
+    columns = INTERACTION_COLUMNS if reader_column == "reader_id" else INTERACTION_COLUMNS.replace(
+        "reader_id", f"{reader_column} AS reader_id")
     sql, params = newest_first(
-        f"SELECT {INTERACTION_COLUMNS} FROM {schema}.interactions",
-        Where().equals("user_id", reader_id).equals("type", type_), ("seq",),
+        f"SELECT {columns} FROM {schema}.interactions",
+        Where().equals(reader_column, reader_id).equals("type", type_), ("seq",),
         None if before_seq is None else (before_seq,), limit,
     )
     return [interaction_from_row(r) for r in fetch_all(conn, sql, params)]

@@ -93,7 +93,7 @@ def mark_read(
     )
     if participant_type == "reader":
         conn.execute(
-            "UPDATE messages SET read_at = ? WHERE reader_id = ? AND direction != 'from_reader' "
+            "UPDATE messages SET read_at = ? WHERE reader_id = ? AND direction != 'user_to_consultant' "
             "AND seq <= ? AND read_at IS NULL",
             (now, reader_id, position.last_read_seq),
         )
@@ -112,7 +112,7 @@ def unread_counts(conn: apsw.Connection, consultant_id: str, limit: int = 1000) 
             """SELECT m.reader_id, count(*) FROM messages m
                LEFT JOIN message_reads r ON r.reader_id = m.reader_id
                     AND r.participant_type = 'consultant' AND r.participant_id = ?
-               WHERE m.direction = 'from_reader' AND m.seq > coalesce(r.last_read_seq, 0)
+               WHERE m.direction = 'user_to_consultant' AND m.seq > coalesce(r.last_read_seq, 0)
                GROUP BY m.reader_id ORDER BY 2 DESC, 1 LIMIT ?""",
             (consultant_id, limit),
         )
@@ -123,7 +123,7 @@ def set_reader_status(
     conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, status: str
 ) -> Evented[ReaderStateRecord]:
     """Pause or resume a reader; a state event when it changes."""
-    rows = fetch_all(conn, f"SELECT {STATE_COLUMNS} FROM reader_states WHERE user_id = ?", (reader_id,))
+    rows = fetch_all(conn, f"SELECT {STATE_COLUMNS} FROM reader_states WHERE reader_id = ?", (reader_id,))
     if not rows:
         raise NotFound(f"reader readers/{reader_id} does not exist", reason="READER_NOT_FOUND")
     state = ReaderStateRecord(*rows[0])
@@ -132,7 +132,7 @@ def set_reader_status(
     now = now_iso()
     updated = ReaderStateRecord(*fetch_all(
         conn,
-        f"UPDATE reader_states SET status = ?, updated_at = ? WHERE user_id = ? RETURNING {STATE_COLUMNS}",
+        f"UPDATE reader_states SET status = ?, updated_at = ? WHERE reader_id = ? RETURNING {STATE_COLUMNS}",
         (status, now, reader_id),
     )[0])
     event = insert_event(

@@ -19,6 +19,7 @@ import ast
 import hashlib
 import importlib.resources
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import apsw
 
 from cursor_grpc.clock import now_iso
 from cursor_grpc.config import StorageSettings
-from cursor_grpc.storage.contract import MigrationError
+from cursor_grpc.storage.contract import MigrationError, Progress
 from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.(sql|py)$")
@@ -117,12 +118,17 @@ def plan(conn: apsw.Connection, known: list[Migration]) -> list[Migration]:
     return [m for m in known if m.name not in done]
 
 
-def migrate(conn: apsw.Connection, known: list[Migration] | None = None) -> list[str]:
+def migrate(conn: apsw.Connection, known: list[Migration] | None = None,
+            progress: Progress | None = None) -> list[str]:
     """Apply every pending migration on `conn` (the writer's connection, or a
-    connection of its own before the server starts). Returns the names applied."""
+    connection of its own before the server starts). Returns the names
+    applied; `progress` counts the pending migrations done."""
     known = load_migrations() if known is None else known
     applied_now = []
-    for migration in plan(conn, known):
+    pending = plan(conn, known)
+    for done, migration in enumerate(pending):
+        if progress is not None:
+            progress(done, len(pending))
         if migration.is_python:
             _apply_python(conn, migration)
             applied_now.append(migration.name)
@@ -144,6 +150,8 @@ def migrate(conn: apsw.Connection, known: list[Migration] | None = None) -> list
                 conn.execute("ROLLBACK")
             raise
         applied_now.append(migration.name)
+    if progress is not None and pending:
+        progress(len(pending), len(pending))
     return applied_now
 
 
@@ -189,13 +197,22 @@ def status(conn: apsw.Connection, known: list[Migration] | None = None) -> dict[
     }
 
 
-def verify_current(conn: apsw.Connection, known: list[Migration] | None = None) -> None:
-    """Refuse to serve a database that is behind or ahead of the code."""
+def migrate_hint(db: Path | str) -> str:
+    """What to run, naming the database the command was given, so that the
+    advice migrates that one and never creates another."""
+    quoted = shlex.quote(str(db))
+    return f"run `cursor-grpc migrate --db {quoted}` first, or serve with `cursor-grpc serve --migrate --db {quoted}`"
+
+
+def verify_current(conn: apsw.Connection, known: list[Migration] | None = None, *, db: Path | str = "") -> None:
+    """Refuse to serve a database that is behind or ahead of the code; `db`
+    names it in the hint."""
     known = load_migrations() if known is None else known
     pending = plan(conn, known)
     if pending:
         raise MigrationError(
-            f"{len(pending)} migration(s) pending ({pending[0].name} first); run `cursor-grpc migrate` first"
+            f"{db or 'the database'}: {len(pending)} migration(s) pending ({pending[0].name} first); "
+            f"{migrate_hint(db or conn.filename)}"
         )
 
 

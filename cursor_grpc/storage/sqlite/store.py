@@ -8,6 +8,7 @@ module's functions are what `cursor_grpc.storage` calls for a SQLite
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ import apsw
 
 from cursor_grpc.config import OpsSettings, StorageSettings
 from cursor_grpc.errors import FailedPrecondition
-from cursor_grpc.storage.contract import CommitListener, MigrationError, StorageStats
+from cursor_grpc.storage.contract import CommitListener, MigrationError, Progress, StorageStats
 from cursor_grpc.storage.records import (
     Actor,
     AuditQuery,
@@ -46,9 +47,10 @@ from cursor_grpc.storage.sqlite.archive import ArchiveStats, run_archive
 from cursor_grpc.storage.sqlite.audit import list_audit_logs, write_audit
 from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
 from cursor_grpc.storage.sqlite.dblock import DatabaseLock
+from cursor_grpc.storage.sqlite.errors import REFUSAL_REASONS
 from cursor_grpc.storage.sqlite.events import SequenceAllocator
 from cursor_grpc.storage.sqlite.history import HistoryReader
-from cursor_grpc.storage.sqlite.migrations import migrate, verify_current
+from cursor_grpc.storage.sqlite.migrations import migrate, migrate_hint, verify_current
 from cursor_grpc.storage.sqlite.reads import ReadPool
 from cursor_grpc.storage.sqlite.writer import Writer
 
@@ -65,21 +67,21 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def apply_migrations(settings: StorageSettings) -> list[str]:
+def apply_migrations(settings: StorageSettings, progress: Progress | None = None) -> list[str]:
     """Apply pending migrations with a connection of our own (before the
     writer starts). Returns the names applied."""
     conn = open_connection(settings)
     try:
-        return migrate(conn)
+        return migrate(conn, progress=progress)
     finally:
         conn.close()
 
 
-def migrate_database(settings: StorageSettings, purpose: str) -> list[str]:
+def migrate_database(settings: StorageSettings, purpose: str, progress: Progress | None = None) -> list[str]:
     """`apply_migrations` while holding the database for `purpose` (the
     lock file), so migrations never run beneath a server."""
     with DatabaseLock(settings.path).acquire_exclusive(purpose):
-        return apply_migrations(settings)
+        return apply_migrations(settings, progress)
 
 
 def require_current_schema(settings: StorageSettings) -> None:
@@ -87,14 +89,14 @@ def require_current_schema(settings: StorageSettings) -> None:
     migrated, before anything opens (and so creates) it for writing. The
     store checks again when it opens; this check only reads."""
     path = settings.path
-    hint = "run `cursor-grpc migrate` first (or serve with --migrate)"
+    hint = migrate_hint(path)
     if not Path(path).exists():
         raise MigrationError(f"{path} does not exist; {hint}")
     conn = open_connection(settings, readonly=True)
     try:
         if not fetch_all(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"):
             raise MigrationError(f"{path} has no schema yet; {hint}")
-        verify_current(conn)
+        verify_current(conn, db=path)
     finally:
         conn.close()
 
@@ -115,7 +117,7 @@ class SQLiteStore:
             raise
         self.reads = ReadPool(settings)
         try:
-            self.reads.run_sync(verify_current)
+            self.reads.run_sync(functools.partial(verify_current, db=settings.path))
             # Made on the writer thread, used only there.
             self.seqs: SequenceAllocator = self.writer.submit_sync(SequenceAllocator)
             self.writer.add_begin_hook(self.seqs.resume)
@@ -141,10 +143,13 @@ class SQLiteStore:
         return StorageStats(
             queue_depth=self.writer.queue_depth(),
             busy_retries=self.writer.busy_retries,
-            refused_writes=dict(self.writer.refused_writes),
+            refused_writes={**dict.fromkeys(REFUSAL_REASONS, 0), **self.writer.refused_writes},
             size_bytes=_file_size(path),
             log_bytes=_file_size(path.with_name(path.name + "-wal")),
         )
+
+    def readers_by_presence(self) -> dict[str, int]:
+        return self.reads.run_sync(interactions.readers_by_presence)
 
     def observe_commits(self, observer: Callable[[int, float], None]) -> None:
         if observer not in self.writer.batch_observers:
@@ -168,12 +173,12 @@ class SQLiteStore:
             await maintenance.stop()
 
     def archive(self, archive_dir: Path, *, retention_days: float, chunk_rows: int,
-                stop: threading.Event | None = None) -> ArchiveStats:
+                stop: threading.Event | None = None, progress: Progress | None = None) -> ArchiveStats:
         """Move interactions older than `retention_days` into quarter files
         under `archive_dir` (cursor_grpc/storage/sqlite/archive.py), one write
         task of this store's writer per chunk. Blocks: call it off the loop."""
         return run_archive(self.settings, self.writer.submit_sync, archive_dir,
-                           retention_days=retention_days, chunk_rows=chunk_rows, stop=stop)
+                           retention_days=retention_days, chunk_rows=chunk_rows, stop=stop, progress=progress)
 
     def close(self) -> None:
         """Commit what is queued, then close every connection. Idempotent.

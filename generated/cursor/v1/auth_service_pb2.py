@@ -26,7 +26,7 @@ from cursor.v1 import resources_pb2 as cursor_dot_v1_dot_resources__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ursor/v1/auth_service.proto\x12\tcursor.v1\x1a\x19\x63ursor/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"N\n\x15RegisterReaderRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\";\n\x16RegisterReaderResponse\x12!\n\x06reader\x18\x01 \x01(\x0b\x32\x11.cursor.v1.Reader\"]\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12,\n\x0c\x61\x63\x63ount_kind\x18\x03 \x01(\x0e\x32\x16.cursor.v1.AccountKind\"\xcf\x01\n\x07Session\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12,\n\x0c\x61\x63\x63ount_kind\x18\x03 \x01(\x0e\x32\x16.cursor.v1.AccountKind\x12\'\n\x04role\x18\x04 \x01(\x0e\x32\x19.cursor.v1.ConsultantRole\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14idle_timeout_seconds\x18\x06 \x01(\x03\"4\n\rLoginResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.cursor.v1.Session\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x16\n\x14RotateSessionRequest\"<\n\x15RotateSessionResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.cursor.v1.Session\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"=\n\x16\x43hangePasswordResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.cursor.v1.Session2\x8a\x03\n\x0b\x41uthService\x12U\n\x0eRegisterReader\x12 .cursor.v1.RegisterReaderRequest\x1a!.cursor.v1.RegisterReaderResponse\x12:\n\x05Login\x12\x17.cursor.v1.LoginRequest\x1a\x18.cursor.v1.LoginResponse\x12=\n\x06Logout\x12\x18.cursor.v1.LogoutRequest\x1a\x19.cursor.v1.LogoutResponse\x12R\n\rRotateSession\x12\x1f.cursor.v1.RotateSessionRequest\x1a .cursor.v1.RotateSessionResponse\x12U\n\x0e\x43hangePassword\x12 .cursor.v1.ChangePasswordRequest\x1a!.cursor.v1.ChangePasswordResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ursor/v1/auth_service.proto\x12\tcursor.v1\x1a\x19\x63ursor/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x15RegisterReaderRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x15\n\rstart_session\x18\x04 \x01(\x08\"`\n\x16RegisterReaderResponse\x12!\n\x06reader\x18\x01 \x01(\x0b\x32\x11.cursor.v1.Reader\x12#\n\x07session\x18\x02 \x01(\x0b\x32\x12.cursor.v1.Session\"]\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12,\n\x0c\x61\x63\x63ount_kind\x18\x03 \x01(\x0e\x32\x16.cursor.v1.AccountKind\"\xcf\x01\n\x07Session\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12,\n\x0c\x61\x63\x63ount_kind\x18\x03 \x01(\x0e\x32\x16.cursor.v1.AccountKind\x12\'\n\x04role\x18\x04 \x01(\x0e\x32\x19.cursor.v1.ConsultantRole\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14idle_timeout_seconds\x18\x06 \x01(\x03\"4\n\rLoginResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.cursor.v1.Session\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x16\n\x14RotateSessionRequest\"<\n\x15RotateSessionResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.cursor.v1.Session\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"=\n\x16\x43hangePasswordResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x12.cursor.v1.Session2\x8a\x03\n\x0b\x41uthService\x12U\n\x0eRegisterReader\x12 .cursor.v1.RegisterReaderRequest\x1a!.cursor.v1.RegisterReaderResponse\x12:\n\x05Login\x12\x17.cursor.v1.LoginRequest\x1a\x18.cursor.v1.LoginResponse\x12=\n\x06Logout\x12\x18.cursor.v1.LogoutRequest\x1a\x19.cursor.v1.LogoutResponse\x12R\n\rRotateSession\x12\x1f.cursor.v1.RotateSessionRequest\x1a .cursor.v1.RotateSessionResponse\x12U\n\x0e\x43hangePassword\x12 .cursor.v1.ChangePasswordRequest\x1a!.cursor.v1.ChangePasswordResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,27 +34,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cursor.v1.auth_service_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERREADERREQUEST']._serialized_start=103
-  _globals['_REGISTERREADERREQUEST']._serialized_end=181
-  _globals['_REGISTERREADERRESPONSE']._serialized_start=183
-  _globals['_REGISTERREADERRESPONSE']._serialized_end=242
-  _globals['_LOGINREQUEST']._serialized_start=244
-  _globals['_LOGINREQUEST']._serialized_end=337
-  _globals['_SESSION']._serialized_start=340
-  _globals['_SESSION']._serialized_end=547
-  _globals['_LOGINRESPONSE']._serialized_start=549
-  _globals['_LOGINRESPONSE']._serialized_end=601
-  _globals['_LOGOUTREQUEST']._serialized_start=603
-  _globals['_LOGOUTREQUEST']._serialized_end=618
-  _globals['_LOGOUTRESPONSE']._serialized_start=620
-  _globals['_LOGOUTRESPONSE']._serialized_end=636
-  _globals['_ROTATESESSIONREQUEST']._serialized_start=638
-  _globals['_ROTATESESSIONREQUEST']._serialized_end=660
-  _globals['_ROTATESESSIONRESPONSE']._serialized_start=662
-  _globals['_ROTATESESSIONRESPONSE']._serialized_end=722
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=724
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=795
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=797
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=858
-  _globals['_AUTHSERVICE']._serialized_start=861
-  _globals['_AUTHSERVICE']._serialized_end=1255
+  _globals['_REGISTERREADERREQUEST']._serialized_end=204
+  _globals['_REGISTERREADERRESPONSE']._serialized_start=206
+  _globals['_REGISTERREADERRESPONSE']._serialized_end=302
+  _globals['_LOGINREQUEST']._serialized_start=304
+  _globals['_LOGINREQUEST']._serialized_end=397
+  _globals['_SESSION']._serialized_start=400
+  _globals['_SESSION']._serialized_end=607
+  _globals['_LOGINRESPONSE']._serialized_start=609
+  _globals['_LOGINRESPONSE']._serialized_end=661
+  _globals['_LOGOUTREQUEST']._serialized_start=663
+  _globals['_LOGOUTREQUEST']._serialized_end=678
+  _globals['_LOGOUTRESPONSE']._serialized_start=680
+  _globals['_LOGOUTRESPONSE']._serialized_end=696
+  _globals['_ROTATESESSIONREQUEST']._serialized_start=698
+  _globals['_ROTATESESSIONREQUEST']._serialized_end=720
+  _globals['_ROTATESESSIONRESPONSE']._serialized_start=722
+  _globals['_ROTATESESSIONRESPONSE']._serialized_end=782
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=784
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=855
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=857
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=918
+  _globals['_AUTHSERVICE']._serialized_start=921
+  _globals['_AUTHSERVICE']._serialized_end=1315
 # @@protoc_insertion_point(module_scope)

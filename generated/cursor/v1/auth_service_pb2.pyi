@@ -27,22 +27,29 @@ class RegisterReaderRequest(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    START_SESSION_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """Sign-in email; compared case-insensitively."""
     password: _builtins.str
     """At least 10 and at most 256 characters."""
     display_name: _builtins.str
     """1 to 100 characters."""
+    start_session: _builtins.bool
+    """Whether to sign the new reader in as well, so that a new app needs one
+    call instead of RegisterReader then Login. Default false: no session is
+    started, and the response carries none.
+    """
     def __init__(
         self,
         *,
         email: _builtins.str = ...,
         password: _builtins.str = ...,
         display_name: _builtins.str = ...,
+        start_session: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "password", b"password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "password", b"password", "start_session", b"start_session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -55,18 +62,26 @@ class RegisterReaderResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     READER_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def reader(self) -> _resources_pb2.Reader:
         """The new reader."""
+
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """The new reader's session, as Login would return it, when the request set
+        `start_session`; unset otherwise.
+        """
 
     def __init__(
         self,
         *,
         reader: _resources_pb2.Reader | None = ...,
+        session: Global___Session | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -69,7 +69,8 @@ class AuthServiceServicer:
     """
 
     def RegisterReader(self, request, context):
-        """Creates a reader account. Needs no token.
+        """Creates a reader account, and with `start_session` signs it in too.
+        Needs no token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,9 @@ class AuthServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     RegisterReader: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RegisterReaderRequest, _auth_service_pb2.RegisterReaderResponse]
-    """Creates a reader account. Needs no token."""
+    """Creates a reader account, and with `start_session` signs it in too.
+    Needs no token.
+    """
     Login: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.LoginRequest, _auth_service_pb2.LoginResponse]
     """Signs in a reader or a consultant and returns a new session token.
     Needs no token.
@@ -60,7 +62,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterReader: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RegisterReaderRequest, _auth_service_pb2.RegisterReaderResponse]  # type: ignore[assignment]
-    """Creates a reader account. Needs no token."""
+    """Creates a reader account, and with `start_session` signs it in too.
+    Needs no token.
+    """
     Login: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.LoginRequest, _auth_service_pb2.LoginResponse]  # type: ignore[assignment]
     """Signs in a reader or a consultant and returns a new session token.
     Needs no token.
@@ -87,7 +91,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.RegisterReaderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.RegisterReaderResponse, _abc.Awaitable[_auth_service_pb2.RegisterReaderResponse]]:
-        """Creates a reader account. Needs no token."""
+        """Creates a reader account, and with `start_session` signs it in too.
+        Needs no token.
+        """
 
     @_abc_1.abstractmethod
     def Login(

@@ -8,6 +8,7 @@ from cursor.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -658,6 +659,7 @@ class NewInteraction(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Optional client-chosen UUID; a retry with the same id stores nothing new.
@@ -666,22 +668,35 @@ class NewInteraction(_message.Message):
     type: _builtins.str
     """`progress`, `answer`, `heartbeat`, `open_page` or another `[a-z_]{1,32}`."""
     payload_json: _builtins.str
-    """A JSON object, at most 16 KiB. For `progress`: `{"percent": 0.0..1.0,
-    "step": n}`, both optional.
+    """The payload as JSON object text, at most 16 KiB. For `progress`:
+    `{"percent": 0.0..1.0, "step": n}`, both optional. Set this or
+    `payload`, not both (INVALID_ARGUMENT); with neither the payload is `{}`.
     """
     summary: _builtins.str
     """Optional text for consultant lists, at most 200 characters."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Struct:
+        """The payload as an object, the form JSON clients write naturally
+        (`"payload": {"percent": 0.5, "step": 3}`); checked and stored like
+        `payload_json`. Its numbers travel as doubles: a whole one is stored
+        without a fraction (`3`, not `3.0`), so `step` stays an integer. Set
+        this or `payload_json`, not both. (Not a oneof with it: a oneof would
+        change `payload_json`'s presence, and keep the last of the two silently
+        instead of refusing both.)
+        """
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         type: _builtins.str = ...,
         payload_json: _builtins.str = ...,
+        payload: _struct_pb2.Struct | None = ...,
         summary: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "payload_json", b"payload_json", "summary", b"summary", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "payload", b"payload", "payload_json", b"payload_json", "summary", b"summary", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

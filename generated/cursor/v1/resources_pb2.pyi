@@ -531,7 +531,14 @@ class Interaction(_message.Message):
     another `[a-z_]{1,32}`.
     """
     payload_json: _builtins.str
-    """JSON object text as the reader sent it."""
+    """The payload as canonical JSON object text, the same whichever form of
+    NewInteraction carried it: keys sorted, no spaces, characters unescaped
+    UTF-8, numbers as sent (a whole number from `payload` without a
+    fraction), e.g. `{"percent":0.5,"step":3}`. Interactions stored before
+    `payload` existed keep the text as sent. Responses carry this one form,
+    not a Struct as well: it is exact (a Struct makes every number a
+    double) and costs no conversion per listed or streamed interaction.
+    """
     summary: _builtins.str
     """Short text for consultant lists, at most 200 characters."""
     sequence: _builtins.int
