@@ -18,7 +18,7 @@ from cursor.v1.reader_service_pb2 import NewInteraction
 from cursor_grpc.clock import new_id
 from cursor_grpc.config import LimitSettings
 from cursor_grpc.errors import InvalidArgument, quoted
-from cursor_grpc.storage.records import NewInteractionData
+from cursor_grpc.storage import NewInteractionData
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 _TYPE = re.compile(r"^[a-z_]{1,32}$")
