@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from cursor_grpc import metrics
 from cursor_grpc.auth.passwords import Passwords
@@ -12,6 +13,7 @@ from cursor_grpc.config import ConfigError, Settings
 from cursor_grpc.errors import Unauthenticated
 from cursor_grpc.live.broadcaster import Broadcaster
 from cursor_grpc.live.presence import PresenceSweeper
+from cursor_grpc.live.shared import SharedStreamCheck
 from cursor_grpc.storage import Store, open_store
 
 
@@ -21,10 +23,19 @@ class App:
         # The owner while serving: a second server or a restore on this database refuses to start.
         self.store: Store = open_store(settings.storage, owner=True)
         self.passwords = Passwords(settings.auth, workers=settings.auth.argon2_threads)
-        self.throttle = LoginThrottle(settings.auth)
+        loop = asyncio.get_running_loop()
+        # Shared with the other instances on this database, if any (docs/scaling.md).
+        self.throttle = LoginThrottle(settings.auth, announce=self.store.announce)
+
+        def announced(note: str) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+                loop.call_soon_threadsafe(self.throttle.apply, note)
+
+        self.store.on_announcement(announced)
         self.sessions = SessionManager(self.store, settings.auth)
         self.broadcaster = Broadcaster(self.store, asyncio.get_running_loop(), settings.live)
         self.presence = PresenceSweeper(self.store, settings.live)
+        self.shared_check = SharedStreamCheck(self.broadcaster, self.store, settings.auth.session_check_seconds)
         self.sessions.on_revoked(self._end_streams)
         self.sessions.check_streaming(self.broadcaster.streaming_sessions)
         self.metrics_server: metrics.MetricsServer | None = None
@@ -40,6 +51,7 @@ class App:
         (if `ops.metrics_listen`), the backend's scheduled maintenance."""
         self.sessions.start()
         self.presence.start()
+        self.shared_check.start()
         metrics.bind_store(self.store)
         if listen := self.settings.ops.metrics_listen:
             try:
@@ -57,6 +69,7 @@ class App:
             self.metrics_server = None
         metrics.unbind_store(self.store)
         await self.presence.stop()
+        await self.shared_check.stop()
         await self.sessions.stop()
         await loop.run_in_executor(None, self.passwords.close)
         await loop.run_in_executor(None, self.store.close)

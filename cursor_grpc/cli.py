@@ -18,7 +18,14 @@ import os
 import sys
 from pathlib import Path
 
-from cursor_grpc.config import DEFAULT_DB, DEFAULT_LISTEN, Settings, StorageSettings, settings_from_env
+from cursor_grpc.config import (
+    DEFAULT_DB,
+    DEFAULT_LISTEN,
+    Settings,
+    StorageSettings,
+    database_fields,
+    settings_from_env,
+)
 
 
 def _configure_logging(level: str, fmt: str = "text") -> None:
@@ -33,7 +40,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = settings_from_env()
     storage = settings.storage
     if args.db is not None:
-        storage = dataclasses.replace(storage, path=args.db)
+        storage = dataclasses.replace(storage, **database_fields(args.db))  # type: ignore[arg-type]
     # Every command sees the database as its backend opens it (a plain path for SQLite).
     storage = resolved(storage)
     if getattr(args, "synchronous", None):
@@ -162,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_db(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument("--db", type=Path, metavar="PATH", help=described("the SQLite file", DEFAULT_DB, "CURSOR_DB"))
+        sub.add_argument("--db", metavar="PATH|URL", help=described(
+            "the SQLite file, or postgresql://… for PostgreSQL", DEFAULT_DB, "CURSOR_DB"))
         return sub
 
     defaults = StorageSettings()
@@ -236,13 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level, args.log_format)
     from cursor_grpc.config import ConfigError
-    from cursor_grpc.storage import DatabaseInUse, MigrationError
+    from cursor_grpc.storage import DatabaseInUse, DatabaseUnreachable, MigrationError
 
     try:
         return int(args.func(args))
     except MigrationError as error:
         print(f"cursor-grpc: {error}{_default_db_note(args)}", file=sys.stderr)
         return 3
-    except (ConfigError, DatabaseInUse) as error:
+    except (ConfigError, DatabaseInUse, DatabaseUnreachable) as error:
         print(f"cursor-grpc: {error}", file=sys.stderr)
         return 2

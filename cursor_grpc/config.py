@@ -19,9 +19,15 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """How the SQLite database is opened and written."""
+    """How the database is opened and written: a SQLite file (`path`), or
+    the server `url` names (`postgresql://…`), as `CURSOR_DB` or `--db` give it."""
 
     path: Path = Path(DEFAULT_DB)
+    # The database's URL as given, when it is one (a Path would fold its `//`).
+    url: str | None = None
+    # `CURSOR_BROKER`: `nats://…` or `redis://…` between instances on one
+    # PostgreSQL database; unset, PostgreSQL's own LISTEN/NOTIFY.
+    broker: str | None = None
     # NORMAL loses at most the last transactions on power loss, never
     # consistency; FULL also fsyncs the WAL on every commit.
     synchronous: str = "NORMAL"
@@ -34,6 +40,14 @@ class StorageSettings:
     # Most tasks one group commit takes from the queue.
     max_batch: int = 512
     slow_query_ms: float = 50.0
+
+
+def database_fields(value: str) -> dict[str, object]:
+    """The StorageSettings fields for a `CURSOR_DB`/`--db` value: a path, or
+    a URL kept as written."""
+    if "://" in value:
+        return {"path": Path(value), "url": value}
+    return {"path": Path(value), "url": None}
 
 
 @dataclass(frozen=True)
@@ -278,7 +292,8 @@ def settings_from_env() -> Settings:
     """
     storage = _env_overrides("CURSOR_", StorageSettings)
     if "CURSOR_DB" in os.environ:
-        storage["path"] = Path(os.environ["CURSOR_DB"])
+        storage.update(database_fields(os.environ["CURSOR_DB"]))
+    storage["broker"] = os.environ.get("CURSOR_BROKER") or None
     tls_cert = os.environ.get("CURSOR_TLS_CERT")
     tls_key = os.environ.get("CURSOR_TLS_KEY")
     switch = os.environ.get("CURSOR_SWITCH_INTERVAL_SECONDS")

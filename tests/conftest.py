@@ -30,6 +30,14 @@ from cursor_grpc import cli
 from cursor_grpc.config import AuthSettings, Settings
 from cursor_grpc.server import RunningServer, start_server
 from tests.databases import BACKENDS, Backend, TestDatabase, as_database, backends_under_test, sqlite_file
+from tests.servers import (  # noqa: F401 - the suite's own PostgreSQL, NATS and Redis (fixtures)
+    nats_server,
+    nats_url,
+    postgres_database_url,
+    postgres_server,
+    redis_server,
+    redis_url,
+)
 
 PASSWORD = "correct horse battery staple"
 ADMIN_EMAIL = "admin@example.com"

@@ -9,13 +9,15 @@ understands: `?` placeholders, no backend functions (`strftime`, `PRAGMA`,
 `sqlite_master`). Tests that need more are about one backend and say so
 (`sqlite_only`).
 
-`CURSOR_TEST_BACKENDS` (comma-separated, default `sqlite`) selects the
-backends; adding one is a `Backend` that makes fresh databases and an entry
-in `BACKENDS`.
+`CURSOR_TEST_BACKENDS` (comma-separated, default `sqlite,postgresql`)
+selects the backends; PostgreSQL is the suite's own server
+(tests/servers.py) unless `CURSOR_TEST_POSTGRES_URL` names one. Adding a
+backend is a `Backend` that makes fresh databases and an entry in `BACKENDS`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from abc import ABC, abstractmethod
@@ -24,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import psycopg
 import pytest
 
 from cursor_grpc import storage
-from cursor_grpc.config import StorageSettings
+from cursor_grpc.config import StorageSettings, database_fields
+from cursor_grpc.storage.postgres.connection import PgConnection, connect_raw
+from tests.servers import drop_postgres_database, new_postgres_database
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -106,6 +111,47 @@ class SQLiteDatabase(TestDatabase):
         return [] if found == ["ok"] else found
 
 
+class PostgresDatabase(TestDatabase):
+    """A database of its own on the suite's PostgreSQL server; the test's
+    SQL goes through the backend's own `?` translation."""
+
+    backend = "postgresql"
+
+    def __init__(self, url: str, broker: str | None = None) -> None:
+        self._url = url
+        self.broker = broker
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def storage_settings(self) -> StorageSettings:
+        return StorageSettings(**database_fields(self._url), broker=self.broker)  # type: ignore[arg-type]
+
+    def _run(self, sql: str, params: Params) -> tuple[list[tuple[Any, ...]], int]:
+        if isinstance(params, Mapping):
+            raise TypeError("use ? placeholders: named ones are not portable")
+        with connect_raw(self._url) as raw:
+            conn = PgConnection(raw)
+            cursor = conn.execute(sql, params)
+            found = [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+            return found, conn.changes()
+
+    def rows(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        return self._run(sql, params)[0]
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        return self._run(sql, params)[1]
+
+    def integrity_errors(self) -> list[str]:
+        """PostgreSQL enforces every constraint as it writes and has no
+        whole-database check to run; what can still be wrong is ours: the
+        event counter behind a stored seq."""
+        (last,), = self.rows("SELECT last_seq FROM event_sequence WHERE id = 1")
+        (top,), = self.rows("SELECT greatest((SELECT max(seq) FROM interactions), (SELECT max(seq) FROM events))")
+        return [] if top is None or top <= last else [f"event_sequence {last} is below a stored seq {top}"]
+
+
 class Backend(ABC):
     """Makes fresh databases of one backend for the tests of one module."""
 
@@ -137,16 +183,36 @@ class SQLiteBackend(Backend):
         """Nothing to drop: the files go with each test's temporary folder."""
 
 
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def __init__(self, admin_url: str) -> None:
+        self._admin_url = admin_url
+        self._made: list[str] = []
+
+    def fresh_database(self, workdir: Path, name: str) -> TestDatabase:
+        url = new_postgres_database(self._admin_url)
+        self._made.append(url)
+        return PostgresDatabase(url)
+
+    def close(self) -> None:
+        for url in self._made:
+            with contextlib.suppress(psycopg.Error):  # the server went first
+                drop_postgres_database(self._admin_url, url)
+        self._made.clear()
+
+
 # name -> how to make it; a backend that needs a server takes it from a
 # session fixture through the request, so it starts only when selected.
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Backend]] = {
     "sqlite": lambda request: SQLiteBackend(),
+    "postgresql": lambda request: PostgresBackend(request.getfixturevalue("postgres_server")),
 }
 
 
 def backends_under_test() -> list[str]:
-    """The backends `CURSOR_TEST_BACKENDS` names (default: sqlite)."""
-    given = os.environ.get("CURSOR_TEST_BACKENDS", "sqlite").split(",")
+    """The backends `CURSOR_TEST_BACKENDS` names (default: both)."""
+    given = os.environ.get("CURSOR_TEST_BACKENDS", "sqlite,postgresql").split(",")
     names = list(dict.fromkeys(name.strip() for name in given if name.strip()))
     unknown = sorted(set(names) - set(BACKENDS))
     if unknown or not names:

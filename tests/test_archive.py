@@ -18,7 +18,7 @@ from cursor.v1 import resources_pb2
 from cursor_grpc.auth.passwords import Passwords
 from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.config import AuthSettings, StorageSettings
-from cursor_grpc.storage.sqlite import accounts
+from cursor_grpc.storage.sql import accounts
 from cursor_grpc.storage.sqlite.archive import archive_file_name, quarter_of
 from cursor_grpc.storage.sqlite.connection import open_connection
 from cursor_grpc.storage.sqlite.store import apply_migrations

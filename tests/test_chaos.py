@@ -180,9 +180,13 @@ class ResumingWatcher(threading.Thread):
     """A consultant's WatchActivity (interactions only) that reconnects after
     every failure behind the last cursor it received."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, snapshot: bool = False) -> None:
         super().__init__(daemon=True)
         self.client = client
+        # With `snapshot`, the first stream starts with the readers' states.
+        self.snapshot = snapshot
+        self.snapshot_readers = 0
+        self.snapshot_complete = False
         self.seqs: list[int] = []
         self.cursor = ""
         self.reconnects = 0
@@ -192,12 +196,17 @@ class ResumingWatcher(threading.Thread):
         self._call: Any = None
 
     def run(self) -> None:
-        request = cpb.WatchActivityRequest(kinds=[resources_pb2.EVENT_KIND_INTERACTION_RECORDED])
+        request = cpb.WatchActivityRequest(kinds=[resources_pb2.EVENT_KIND_INTERACTION_RECORDED],
+                                           include_snapshot=self.snapshot)
         while not self._closing.is_set():
             request.after = self.cursor
+            if self.cursor:
+                request.include_snapshot = False  # resuming: the cursor says where, not a snapshot
             self._call = self.client.consultant.WatchActivity(request, metadata=self.client.md, wait_for_ready=True)
             try:
                 for response in self._call:
+                    self.snapshot_readers += len(response.snapshot_readers)
+                    self.snapshot_complete |= response.snapshot_complete
                     self.seqs.extend(event.event_id for event in response.events)
                     if response.cursor:
                         self.cursor = response.cursor

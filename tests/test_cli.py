@@ -526,9 +526,41 @@ def test_every_option_says_its_default_and_environment_variable() -> None:
             if option not in NO_ENVIRONMENT:
                 assert re.search(r"\(env CURSOR_[A-Z_]+; default", action.help), f"{where}: {action.help!r}"
     db = _parsers()["cursor-grpc restore"]._option_string_actions["--db"].help
-    assert db == "the SQLite file (env CURSOR_DB; default var/cursor.db)", "restore takes the database like the others"
+    assert db == "the SQLite file, or postgresql://… for PostgreSQL (env CURSOR_DB; default var/cursor.db)", (
+        "restore takes the database like the others")
 
 
 def test_create_admin_help_names_the_password_variable() -> None:
     assert "CURSOR_ADMIN_PASSWORD" in _parsers()["cursor-grpc create-admin"].format_help()
     assert "CURSOR_LOG_LEVEL" in _parsers()["cursor-grpc"].format_help()
+
+
+@pytest.mark.postgres
+def test_the_commands_on_a_postgresql_url(tmp_path: Path, postgres_database_url: str) -> None:
+    """`migrate` (with --status and --dry-run) works on PostgreSQL; the
+    commands about SQLite files refuse it in one line; an unreachable server
+    is one line too, without the password."""
+    url = postgres_database_url
+    status = run_cli(tmp_path, "migrate", "--db", url, "--status")
+    assert status.returncode == 0, status.stderr
+    assert "0 applied, 1 pending" in status.stdout
+    assert "pending  0001_init.sql" in status.stdout
+    dry = run_cli(tmp_path, "migrate", "--db", url, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "CREATE TABLE" in dry.stdout
+    migrated = run_cli(tmp_path, "migrate", "--db", url)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "applied 0001_init.sql" in migrated.stdout
+    again = run_cli(tmp_path, "migrate", "--db", url, "--status")
+    assert "1 applied, 0 pending" in again.stdout
+    for command in (("backup",), ("archive",), ("restore", "some.db")):
+        refused = run_cli(tmp_path, *command, "--db", url)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert "works on a SQLite file" in refused.stderr
+    for command in (("migrate",), ("serve", "--listen", "127.0.0.1:0")):
+        unreachable = run_cli(tmp_path, *command, "--db", "postgresql://someone:s3cret-pw@127.0.0.1:1/cursor")
+        assert unreachable.returncode == 2, unreachable.stderr
+        assert unreachable.stderr.strip().startswith("cursor-grpc: cannot reach postgresql://127.0.0.1:1/cursor")
+        assert "s3cret-pw" not in unreachable.stderr
+        assert "Traceback" not in unreachable.stderr

@@ -1,6 +1,7 @@
 """The layers of cursor_grpc, read from the imports of its modules (issue 10,
 docs/storage.md "Layers"): protos → wire → services → live/auth → storage
-contract → backends, each importing only downwards.
+contract → backends, each importing only downwards. cluster/ (the doorbell
+between instances) stands apart: it imports only config, errors and clock.
 
 The storage contract is every module directly in cursor_grpc/storage/; each
 subpackage of it (storage/sqlite/, …) is a backend. Every import counts,
@@ -122,6 +123,7 @@ class Rule:
     forbidden: Callable[[Import], bool]
 
 
+CLUSTER_MAY_IMPORT = ("cursor_grpc.cluster", "cursor_grpc.config", "cursor_grpc.errors", "cursor_grpc.clock")
 UPPER = ("cursor_grpc.services", "cursor_grpc.live", "cursor_grpc.auth",
          "cursor_grpc.metrics", "cursor_grpc.app", "cursor_grpc.cli")
 RULES = {
@@ -152,6 +154,12 @@ RULES = {
         lambda source: within(source, "cursor_grpc.live"),
         lambda i: within(i.target, "grpc", "cursor_grpc.services") or i.target.startswith("grpc_"),
     ),
+    "the_cluster_imports_only_config_errors_and_clock": Rule(
+        "cluster/ (the doorbell between instances, which storage backends use) imports nothing of "
+        "cursor_grpc but config, errors and clock",
+        lambda source: within(source, "cursor_grpc.cluster"),
+        lambda i: within(i.target, "cursor_grpc") and not within(i.target, *CLUSTER_MAY_IMPORT),
+    ),
     "the_event_codec_sits_below_services_and_live": Rule(
         "wire.py (the event codec both services/ and live/ use) imports neither of them, nor a storage backend",
         lambda source: source == "cursor_grpc.wire",
@@ -166,7 +174,8 @@ def violations(rule: Rule, imports: list[Import]) -> list[Import]:
 
 def test_the_layers_named_by_the_rules_exist() -> None:
     """A renamed or moved layer must not make the rules below pass by finding nothing."""
-    for name in (*UPPER, "cursor_grpc.wire", "cursor_grpc.storage", "cursor_grpc.storage.sqlite", "cursor_grpc.ops"):
+    for name in (*UPPER, "cursor_grpc.wire", "cursor_grpc.storage", "cursor_grpc.storage.sqlite", "cursor_grpc.ops",
+                 "cursor_grpc.cluster"):
         assert is_module(name), f"{name} is gone: update tests/test_layers.py and docs/storage.md"
     assert {"cursor_grpc.storage", "cursor_grpc.storage.contract", "cursor_grpc.storage.records"} <= set(CONTRACT)
     assert len({i.source for i in package_imports()}) > 40, "the walk found the package's modules"

@@ -11,6 +11,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.procs import ServerProcess
 from tests.test_cli import BIN, SERVICES, clean_env, cli_command
 
@@ -38,11 +40,19 @@ def json_documents(text: str) -> list[object]:
     return found
 
 
-def test_the_readme_grpcurl_session_works_as_pasted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("deployment", ["sqlite", "postgresql+nats"])
+def test_the_readme_grpcurl_session_works_as_pasted(tmp_path: Path, deployment: str,
+                                                    request: pytest.FixtureRequest) -> None:
+    """On the embedded default, and unchanged on PostgreSQL with NATS, as
+    docs/scaling.md runs it (`CURSOR_DB=postgresql://… CURSOR_BROKER=nats://…`)."""
     session = readme_session()
     assert '"payload":{"percent":0.5,"step":3}' in session, "the README shows the natural payload form"
-    db = tmp_path / "cursor.db"
-    server = ServerProcess(db, command=cli_command(), cwd=tmp_path, base_env=clean_env())
+    db: Path | str = tmp_path / "cursor.db"
+    served_env: dict[str, str] = {}
+    if deployment != "sqlite":
+        db = request.getfixturevalue("postgres_database_url")
+        served_env = {"CURSOR_BROKER": request.getfixturevalue("nats_url")}
+    server = ServerProcess(db, command=cli_command(), cwd=tmp_path, base_env=clean_env(), env=served_env)
     try:
         user = tmp_path / "checkout"
         user.mkdir()

@@ -13,9 +13,11 @@ import pytest
 
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import AlreadyExists, CursorError, FailedPrecondition, NotFound, Unavailable
-from cursor_grpc.storage.sqlite import accounts
-from cursor_grpc.storage.sqlite.errors import READING, storage_error, to_cursor_error
-from cursor_grpc.storage.sqlite.reads import ReadPool
+from cursor_grpc.storage.sql import accounts
+from cursor_grpc.storage.sql.engine import READING
+from cursor_grpc.storage.sql.reads import ReadPool
+from cursor_grpc.storage.sqlite.engine import SQLiteEngine
+from cursor_grpc.storage.sqlite.errors import storage_error, to_cursor_error
 from cursor_grpc.storage.sqlite.store import apply_migrations
 
 pytestmark = pytest.mark.sqlite_only
@@ -41,7 +43,7 @@ def locked_database(tmp_path: Path) -> Iterator[StorageSettings]:
 def test_a_read_of_a_database_locked_past_the_busy_timeout_answers_unavailable(
     locked_database: StorageSettings,
 ) -> None:
-    pool = ReadPool(locked_database, threads=1)
+    pool = ReadPool(SQLiteEngine(locked_database), threads=1)
     try:
         with pytest.raises(Unavailable) as refused:
             pool.run_sync(lambda conn: accounts.list_readers(conn, None, None, 10))
@@ -55,7 +57,7 @@ def test_a_read_of_a_database_locked_past_the_busy_timeout_answers_unavailable(
 def test_a_read_keeps_its_domain_error(tmp_path: Path) -> None:
     settings = StorageSettings(path=tmp_path / "c.db")
     apply_migrations(settings)
-    pool = ReadPool(settings, threads=1)
+    pool = ReadPool(SQLiteEngine(settings), threads=1)
     try:
         with pytest.raises(NotFound):
             pool.run_sync(lambda conn: accounts.get_reader(conn, "nobody"))

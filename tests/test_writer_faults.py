@@ -28,13 +28,18 @@ from cursor_grpc import metrics
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import AlreadyExists, Unavailable
 from cursor_grpc.storage import Event, Evented
-from cursor_grpc.storage.sqlite.writer import Writer
+from cursor_grpc.storage.sql.writer import Writer
+from cursor_grpc.storage.sqlite.engine import SQLiteEngine
 from tests.helpers import error_reason
 from tests.streams import StreamReader
 
 pytestmark = pytest.mark.sqlite_only  # the SQLite writer's faults, on a small real disk
 
 DISK_BYTES = 8 * 1024 * 1024
+
+
+def sqlite_writer(settings: StorageSettings) -> Writer:
+    return Writer(settings, SQLiteEngine(settings))
 
 
 @pytest.fixture
@@ -102,7 +107,7 @@ def run_batch(writer: Writer, tasks: list[Callable[[apsw.Connection], Evented[An
 def new_writer(disk: Path) -> tuple[Writer, list[str]]:
     """A writer on the small disk with a 1 MiB page cache (so a large row
     spills to the WAL while it is written), and the names its commits published."""
-    writer = Writer(StorageSettings(path=disk / "w.db", cache_size_kib=1024, lock_wait_seconds=1))
+    writer = sqlite_writer(StorageSettings(path=disk / "w.db", cache_size_kib=1024, lock_wait_seconds=1))
     writer.submit_sync(lambda conn: conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, data BLOB)"))
     published: list[str] = []
     writer.add_commit_hook(lambda events: published.extend(event.reader_id for event in events))
@@ -164,7 +169,7 @@ def test_a_lone_write_that_meets_a_full_disk_leaves_the_writer_working(small_dis
 def test_a_failing_task_in_a_batch_stays_with_its_caller(tmp_path: Path) -> None:
     """The ordinary case still holds: a task's own error rolls back only its
     savepoint; its neighbours commit."""
-    writer = Writer(StorageSettings(path=tmp_path / "w.db"))
+    writer = sqlite_writer(StorageSettings(path=tmp_path / "w.db"))
     try:
         writer.submit_sync(lambda conn: conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT UNIQUE, "
                                                      "data BLOB)"))
@@ -186,7 +191,7 @@ def test_a_failing_task_in_a_batch_stays_with_its_caller(tmp_path: Path) -> None
 
 
 def test_a_writer_that_stops_refuses_writes_and_says_so(tmp_path: Path) -> None:
-    writer = Writer(StorageSettings(path=tmp_path / "w.db"))
+    writer = sqlite_writer(StorageSettings(path=tmp_path / "w.db"))
     stopped: list[BaseException] = []
     writer.on_failure(stopped.append)
     # A bug in the writer loop itself (not in a task): something that is not a task.

@@ -13,16 +13,25 @@ is checked before any password work; the design is in docs/security.md.
 
 Unknown emails are counted the same way, so the answer never tells whether
 an email exists.
+
+Several instances on one database share their throttles: each failure,
+success and address attempt is announced to the others (`announce`, through
+the store's doorbell) and applied there (`apply`), so guesses spread over
+instances count as if they reached one. Accounts are named in announcements
+and in memory by a hash of the email, never the email itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+import orjson
 
 from cursor_grpc.config import AuthSettings
 from cursor_grpc.errors import ResourceExhausted
@@ -69,15 +78,23 @@ def peer_address(peer: str) -> str:
     return head if head and tail.isdigit() else peer
 
 
+def account_key(name: str) -> str:
+    """What the throttles call an account: a hash of its email (or name)."""
+    return hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
+
+
 def whole_seconds(wait: float) -> int:
     """A wait as the message says it: rounded up, so never `retry in 0 s`."""
     return max(1, math.ceil(wait))
 
 
 class LoginThrottle:
-    def __init__(self, settings: AuthSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: AuthSettings, clock: Callable[[], float] = time.monotonic,
+                 announce: Callable[[str], None] | None = None) -> None:
         self._settings = settings
         self._clock = clock
+        # Tells the other instances what happened here (None: alone).
+        self.announce = announce
         self._peers: OrderedDict[str, _Bucket] = OrderedDict()
         self._pairs: OrderedDict[tuple[str, str], _Backoff] = OrderedDict()
         self._accounts: OrderedDict[str, _Account] = OrderedDict()
@@ -86,6 +103,7 @@ class LoginThrottle:
         """Raise RESOURCE_EXHAUSTED if this login attempt must wait."""
         now = self._clock()
         self._take_peer_token(peer, now, "login", "LOGIN_RATE_LIMITED")
+        email = account_key(email)
         pair = self._pairs.get((email, peer))
         if pair is not None and now < pair.blocked_until:
             self._refuse_login(pair.blocked_until - now, "too many failed logins for this account from this address")
@@ -102,6 +120,39 @@ class LoginThrottle:
         self._take_peer_token(peer, self._clock(), "sign-up", "REGISTRATION_RATE_LIMITED")
 
     def failed(self, email: str, peer: str) -> None:
+        key = account_key(email)
+        self._failed(key, peer)
+        self._share("failed", key, peer)
+
+    def succeeded(self, email: str, peer: str) -> None:
+        """Only this address's count restarts: another address's delay stays."""
+        key = account_key(email)
+        self._succeeded(key, peer)
+        self._share("succeeded", key, peer)
+
+    def apply(self, note: str) -> None:
+        """Another instance's announcement; anything that is not one of ours is ignored."""
+        try:
+            doc = orjson.loads(note)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(doc, dict):
+            return
+        event, key, peer = doc.get("throttle"), doc.get("key", ""), doc.get("peer")
+        if not isinstance(key, str) or not isinstance(peer, str) or len(key) > 64 or len(peer) > 200:
+            return
+        if event == "failed":
+            self._failed(key, peer)
+        elif event == "succeeded":
+            self._succeeded(key, peer)
+        elif event == "attempt":
+            self._spend_peer_token(peer, self._clock())
+
+    def _share(self, event: str, key: str, peer: str) -> None:
+        if self.announce is not None:
+            self.announce(orjson.dumps({"throttle": event, "key": key, "peer": peer}).decode())
+
+    def _failed(self, email: str, peer: str) -> None:
         now = self._clock()
         pair = self._pairs.get((email, peer)) or self._remember(self._pairs, (email, peer), _Backoff())
         pair.failures += 1
@@ -116,8 +167,7 @@ class LoginThrottle:
                       self._settings.account_login_failures_per_minute / 60.0)
         bucket.tokens = max(0.0, bucket.tokens - 1.0)
 
-    def succeeded(self, email: str, peer: str) -> None:
-        """Only this address's count restarts: another address's delay stays."""
+    def _succeeded(self, email: str, peer: str) -> None:
         self._pairs.pop((email, peer), None)
         known = self._account(email, self._clock()).known_peers
         if peer not in known:
@@ -143,6 +193,14 @@ class LoginThrottle:
                 reason=reason, retry_after=wait,
             )
         bucket.tokens -= 1.0
+        self._share("attempt", "", peer)
+
+    def _spend_peer_token(self, peer: str, now: float) -> None:
+        """An attempt from `peer` made on another instance: it spends the same bucket, never below empty."""
+        capacity = float(self._settings.peer_login_burst)
+        bucket = self._peers.get(peer) or self._remember(self._peers, peer, _Bucket(capacity, now))
+        bucket.refill(now, capacity, self._settings.peer_login_per_minute / 60.0)
+        bucket.tokens = max(0.0, bucket.tokens - 1.0)
 
     @staticmethod
     def _refuse_login(wait: float, why: str) -> None:

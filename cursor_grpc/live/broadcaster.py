@@ -26,7 +26,7 @@ from cursor_grpc import wire
 from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, InvalidArgument, OutOfRange
 from cursor_grpc.live.stream_limits import StreamLimits
-from cursor_grpc.storage import Event, EventFilter, EventLog
+from cursor_grpc.storage import KIND_INTERACTION, Event, EventFilter, EventLog
 
 log = logging.getLogger("cursor.live")
 
@@ -168,6 +168,8 @@ class Broadcaster:
         # committed, and every stream has it in its buffer or has caught up
         # past it. Committed events waiting for the flush are above it.
         self.head = history.head
+        # Set whenever the head moves (`reach` waits on it).
+        self._moved = asyncio.Event()
         self._settings = settings
         self._subscriptions: set[Subscription] = set()
         self._limits = StreamLimits(settings)
@@ -212,6 +214,15 @@ class Broadcaster:
             )
         return seq
 
+    async def reach(self, seq: int, within: float = 1.0) -> None:
+        """Return once the head is at `seq` (events handed over by the
+        backend are on their way to `publish`), or after `within` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self.head < seq:
+                    self._moved.clear()
+                    await self._moved.wait()
+
     # --- publishing ----------------------------------------------------------
 
     def committed(self, events: list[Event]) -> None:
@@ -229,6 +240,7 @@ class Broadcaster:
         self.published += len(events)
         if not self._subscriptions and not self._pending:
             self.head = max(self.head, events[-1].seq)
+            self._moved.set()
             return
         self._pending.extend(events)
         if self._flush_at is None:
@@ -247,6 +259,7 @@ class Broadcaster:
         if not events:
             return
         self.head = max(self.head, events[-1].seq)
+        self._moved.set()
         if not self._subscriptions:
             return
         encoded = [self.encode(event) for event in events]
@@ -275,6 +288,18 @@ class Broadcaster:
     def streaming_sessions(self) -> KeysView[str]:
         """The sessions with at least one open stream."""
         return self._limits.sessions()
+
+    def shared_streams(self) -> dict[tuple[str, str], bool]:
+        """(granter, grantee) of every open WatchSharedActivity stream, and
+        whether it carries interactions."""
+        found: dict[tuple[str, str], bool] = {}
+        for s in self._subscriptions:
+            kind, owner_id = s.account
+            granters = s.wanted.reader_ids - {owner_id}
+            if kind == "reader" and len(granters) == 1:
+                pair = (next(iter(granters)), owner_id)
+                found[pair] = found.get(pair, False) or KIND_INTERACTION in s.wanted.kinds
+        return found
 
     def close_shared(self, granter_id: str, grantee_id: str | None, error: CursorError) -> int:
         """End WatchSharedActivity streams on `granter_id`: one grantee's, or

@@ -1,4 +1,5 @@
 """The operations side of `cursor-grpc`: `backup`, `restore`, `archive`,
+`copy` (SQLite to PostgreSQL, cursor_grpc/ops/copy.py),
 `migrate --status/--dry-run` (with the automatic pre-migration backup), and
 the scheduling flags of `serve`. cli.py wires them in. Each long run shows
 its progress (cursor_grpc/ops/progress.py), then prints one summary."""
@@ -27,9 +28,23 @@ def described(text: str, default: object, env: str | None = None) -> str:
     return f"{text} ({where}default {default})".replace("%", "%%")
 
 
+def require_sqlite(settings: Settings, command: str) -> None:
+    """Backups, restores and archives are of SQLite files; a PostgreSQL
+    database has its own tools for them, and says so in one line."""
+    from cursor_grpc.config import ConfigError
+    from cursor_grpc.storage import backend_name
+
+    if backend_name(settings.storage) != "sqlite":
+        raise ConfigError(
+            f"`cursor-grpc {command}` works on a SQLite file; back up and maintain a PostgreSQL database with "
+            "its own tools (pg_dump, base backups, autovacuum): docs/scaling.md"
+        )
+
+
 def require_database(settings: Settings, verb: str) -> None:
     """The database file a command reads must exist: naming the path it
     looked at tells a wrong --db or CURSOR_DB at once."""
+    require_sqlite(settings, {"back up": "backup"}.get(verb, verb))
     path = Path(settings.storage.path)
     if not path.exists():
         raise MigrationError(f"{path} does not exist; there is no database there to {verb}")
@@ -125,6 +140,7 @@ def cmd_restore(backup: Path, settings: Settings) -> int:
     from cursor_grpc.storage.sqlite.backup import BackupError, restore_backup
     from cursor_grpc.storage.sqlite.migrations import load_migrations, migrate_hint
 
+    require_sqlite(settings, "restore")
     try:
         with progress("restore", BYTES) as report:
             result = restore_backup(backup, Path(settings.storage.path), progress=report)
@@ -180,6 +196,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace,
                 apply: Callable[[Progress], list[str]]) -> int:
     """`apply(progress)` migrates the database (cli.py passes the storage
     contract's `migrate`)."""
+    from cursor_grpc.storage import backend_name
+
+    if backend_name(settings.storage) == "postgresql":
+        return _migrate_postgres(settings, args, apply)
     from cursor_grpc.storage.sqlite.migrations import has_tables, load_migrations, pending_of, status_of
 
     path = Path(settings.storage.path)
@@ -187,16 +207,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace,
     if args.status or args.dry_run:
         report = status_of(settings.storage, known)
         if args.status:
-            print(f"{path}: {len(report['applied'])} applied, {len(report['pending'])} pending")
-            for name, at in report["applied"]:
-                print(f"  applied  {name}  {at}")
-            for name, _ in report["pending"]:
-                print(f"  pending  {name}")
-            for name, at in report["unknown"]:
-                print(f"  UNKNOWN  {name}  {at}  (applied by a newer version)")
-            for name, at in report["modified"]:
-                print(f"  MODIFIED {name}  {at}  (file changed after it was applied)")
-            return 0
+            return _print_status(str(path), report)
         by_name = {m.name: m for m in known}
         if report["unknown"] or report["modified"]:
             print(f"{path}: the ledger does not match this version; `migrate --status` shows how", file=sys.stderr)
@@ -232,10 +243,59 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace,
     return 0
 
 
+def _print_status(where: str, report: dict[str, list[tuple[str, str]]]) -> int:
+    """`migrate --status`: the ledger against this version's files."""
+    print(f"{where}: {len(report['applied'])} applied, {len(report['pending'])} pending")
+    for name, at in report["applied"]:
+        print(f"  applied  {name}  {at}")
+    for name, _ in report["pending"]:
+        print(f"  pending  {name}")
+    for name, at in report["unknown"]:
+        print(f"  UNKNOWN  {name}  {at}  (applied by a newer version)")
+    for name, at in report["modified"]:
+        print(f"  MODIFIED {name}  {at}  (file changed after it was applied)")
+    return 0
+
+
+def _migrate_postgres(settings: Settings, args: argparse.Namespace,
+                      apply: Callable[[Progress], list[str]]) -> int:
+    """`migrate` on PostgreSQL: the same ledger, `--status` and `--dry-run`;
+    no automatic backup (that is pg_dump's, before you migrate)."""
+    from cursor_grpc.storage.postgres import migrations
+    from cursor_grpc.storage.postgres.store import connect_command
+
+    url = settings.storage.url or ""
+    where = migrations.describe_url(url)
+    if args.status or args.dry_run:
+        known = migrations.load_migrations()
+        with connect_command(url) as conn:
+            report = migrations.status(conn, known)
+        if args.status:
+            return _print_status(where, report)
+        if report["unknown"] or report["modified"]:
+            print(f"{where}: the ledger does not match this version; `migrate --status` shows how", file=sys.stderr)
+            return 3
+        by_name = {m.name: m for m in known}
+        if not report["pending"]:
+            print(f"{where}: schema is up to date; nothing would run")
+            return 0
+        print(f"{where}: would apply {len(report['pending'])} migration(s), in this order:")
+        for name, _ in report["pending"]:
+            print(f"\n== {name}\n{by_name[name].describe()}")
+        return 0
+    with progress("migrate", "migrations") as shown:
+        applied = apply(shown)
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
+        print(f"{where}: schema is up to date")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
                  with_db: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
                  settings_of: Callable[[argparse.Namespace], Settings]) -> None:
-    """`backup`, `restore`, `archive`."""
+    """`backup`, `restore`, `archive`, `copy`."""
     backup = with_db(commands.add_parser("backup", help="take a verified online backup of the database"))
     backup.add_argument("--backup-dir", type=Path, metavar="DIR",
                         help=described("where it goes", f"backups/ {BESIDE}", "CURSOR_BACKUP_DIR"))
@@ -264,6 +324,31 @@ def add_commands(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
                          help=described("rows moved per write task", OPS.archive_chunk_rows,
                                         "CURSOR_ARCHIVE_CHUNK_ROWS"))
     archive.set_defaults(func=lambda args: cmd_archive(settings_of(args)))
+
+    copy = commands.add_parser(
+        "copy", help="copy a SQLite deployment into an empty PostgreSQL database (the source is only read)",
+        description="Copy every table of a SQLite database, and by default its archived interactions, into an "
+                    "empty PostgreSQL database in one transaction, verified before it commits. Consultant cursors "
+                    "taken before the move resume after it. Stop the server on the SQLite file first.")
+    copy.add_argument("--from", dest="source", required=True, metavar="PATH",
+                      help="the SQLite database file to copy, opened read-only and never changed (required)")
+    copy.add_argument("--to", dest="target", required=True, metavar="URL",
+                      help="the PostgreSQL database, postgresql://…: migrated here if it is not yet, "
+                           "and it must hold no data (required)")
+    where = copy.add_mutually_exclusive_group()
+    where.add_argument("--archives", type=Path, metavar="DIR",
+                       help=described("where the archive files are", f"where archive_index says: archive/ {BESIDE}",
+                                      "CURSOR_ARCHIVE_DIR"))
+    where.add_argument("--no-archives", action="store_true",
+                       help="copy only the main database: the archived interactions stay in their files, "
+                            "archive_index and the history floor are kept")
+    copy.set_defaults(func=_copy)
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from cursor_grpc.ops.copy import cmd_copy
+
+    return cmd_copy(args)
 
 
 def _without_default_keep(settings: Settings, args: argparse.Namespace) -> Settings:

@@ -15,7 +15,7 @@ from cursor_grpc import paging, validation, wire
 from cursor_grpc.app import App
 from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.config import LimitSettings
-from cursor_grpc.errors import InvalidArgument, quoted
+from cursor_grpc.errors import InvalidArgument, OutOfRange, quoted
 from cursor_grpc.live.streams import Tail, run_stream
 from cursor_grpc.storage import EventFilter, InteractionRecord, MessageRecord
 
@@ -107,7 +107,17 @@ async def open_stream(
         await app.sessions.validate(caller.token_hash)
         after = None
         if after_text:
-            after = broadcaster.parse_cursor(after_text, await app.store.history_floor())
+            floor = await app.store.history_floor()
+            try:
+                after = broadcaster.parse_cursor(after_text, floor)
+            except OutOfRange as ahead:
+                if ahead.reason != "CURSOR_AHEAD":
+                    raise
+                # Another instance committed it and this one has not read it
+                # yet (milliseconds): catch up once, then judge again.
+                await app.store.catch_up()
+                await broadcaster.reach(app.store.head)
+                after = broadcaster.parse_cursor(after_text, floor)
         opening = await first() if first is not None else None
         if opened is not None and subscription.closed is None:
             await opened()

@@ -51,6 +51,11 @@ class MigrationError(RuntimeError):
     line prints it in one line and exits with status 3)."""
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The database server cannot be reached (down, wrong address, refused
+    credentials); the command line prints it in one line and exits with status 2."""
+
+
 class DatabaseInUse(RuntimeError):
     """Another process owns the database (serving or restoring it); the
     command line prints it in one line and exits with status 2."""
@@ -84,6 +89,13 @@ class EventLog(Protocol):
     def on_commit(self, listener: CommitListener) -> None:
         """Call `listener(events)` after every commit that carried events,
         in commit order, never before the commit (on the backend's thread)."""
+        ...
+
+    async def catch_up(self) -> None:
+        """Return once every event committed anywhere before the call has
+        gone to the listeners: at once for a backend whose only writer is
+        this process; after a read of the database for one shared by
+        several instances."""
         ...
 
 
@@ -132,7 +144,22 @@ class Maintenance(Protocol):
         ...
 
 
-class Store(EventLog, Maintenance, Protocol):
+class Peers(Protocol):
+    """Announcements between the instances that share one database (state
+    that lives in memory, such as the login throttles). Best effort: a lost
+    announcement weakens a limit for a moment, it never loses data. A
+    backend owned by one process has no peers: `announce` does nothing."""
+
+    def announce(self, note: str) -> None:
+        """Tell every other instance `note` (a short text, at most 1 KiB). Any thread; never blocks."""
+        ...
+
+    def on_announcement(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(note)` for each note another instance announced (on the backend's thread)."""
+        ...
+
+
+class Store(EventLog, Maintenance, Peers, Protocol):
     """The domain methods: one transaction each."""
 
     def close(self) -> None:
@@ -287,6 +314,11 @@ class Store(EventLog, Maintenance, Protocol):
     async def require_consent(self, granter_id: str, grantee_id: str, *, interactions: bool = False) -> ConsentRecord:
         """The live consent of granter to grantee (covering interactions if
         asked), or PERMISSION_DENIED."""
+        ...
+
+    async def consents_in_force(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], ConsentRecord]:
+        """Of these (granter, grantee) pairs, those whose consent is live and
+        whose granter is active, with the consent (one read)."""
         ...
 
     async def shared_state(self, granter_id: str, grantee_id: str) -> ReaderStateRecord:

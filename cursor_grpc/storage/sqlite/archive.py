@@ -44,7 +44,8 @@ import apsw
 from cursor_grpc.clock import iso_from_ns, now_iso
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.storage.contract import Progress
-from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+from cursor_grpc.storage.sql.connection import fetch_all
+from cursor_grpc.storage.sqlite.connection import open_connection
 from cursor_grpc.storage.sqlite.files import summary_level
 
 log = logging.getLogger("cursor.ops.archive")

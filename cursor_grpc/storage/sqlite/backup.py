@@ -48,7 +48,8 @@ import apsw
 from cursor_grpc.clock import now_iso
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.storage.contract import DatabaseInUse, Progress
-from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+from cursor_grpc.storage.sql.connection import fetch_all
+from cursor_grpc.storage.sqlite.connection import open_connection
 from cursor_grpc.storage.sqlite.dblock import DatabaseLock
 from cursor_grpc.storage.sqlite.files import (
     copy_file,

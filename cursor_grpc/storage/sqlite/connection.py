@@ -10,11 +10,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import apsw
 
 from cursor_grpc.config import ConfigError, StorageSettings
+from cursor_grpc.storage.sql.connection import fetch_all
 
 log = logging.getLogger("cursor.storage")
 
@@ -113,9 +113,3 @@ def retry_busy(action: Callable[[], object], settings: StorageSettings) -> int:
             log.warning("database is locked by another connection; retrying in %.2f s", delay)
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-
-
-def fetch_all(conn: apsw.Connection, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
-    """All rows of one statement. Typed loosely: columns are whatever the
-    schema says, and the record constructors give them types."""
-    return conn.execute(sql, params).fetchall()

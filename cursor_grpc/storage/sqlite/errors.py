@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import apsw
 
 from cursor_grpc.errors import AlreadyExists, CursorError, FailedPrecondition, Unavailable
+from cursor_grpc.storage.sql.engine import WRITING
 
 # SQLite errors that say the storage, not the request, is at fault: the
 # reason (a metric label and ErrorInfo reason) and the cause a client is told.
@@ -35,8 +36,6 @@ _STORAGE_ERRORS: tuple[tuple[type[apsw.Error], str, str], ...] = (
 # (COMMIT_FAILED: no storage error said why), so the metric has them all from the start.
 REFUSAL_REASONS = (*dict.fromkeys(reason for _, reason, _ in _STORAGE_ERRORS), "COMMIT_FAILED")
 
-WRITING = "store this"
-READING = "read this"
 
 
 def storage_error(error: BaseException, action: str = WRITING) -> Unavailable | None:

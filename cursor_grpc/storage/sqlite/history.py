@@ -35,10 +35,12 @@ import apsw
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import Unavailable
 from cursor_grpc.storage.records import HistoryPage, InteractionRecord
-from cursor_grpc.storage.sqlite import interactions
+from cursor_grpc.storage.sql import interactions
+from cursor_grpc.storage.sql.engine import READING
+from cursor_grpc.storage.sql.reads import ReadPool
 from cursor_grpc.storage.sqlite.archive import ArchiveEntry, archive_entries, resolve_archive
-from cursor_grpc.storage.sqlite.errors import READING, service_errors
-from cursor_grpc.storage.sqlite.reads import ReadPool
+from cursor_grpc.storage.sqlite.engine import SQLiteEngine
+from cursor_grpc.storage.sqlite.errors import service_errors
 
 T = TypeVar("T")
 
@@ -91,7 +93,8 @@ class HistoryReader(ReadPool):
     """A small pool of read-only connections that ATTACH archive files."""
 
     def __init__(self, settings: StorageSettings, threads: int = 2) -> None:
-        super().__init__(settings, threads, name="cursor-history")
+        super().__init__(SQLiteEngine(settings), threads, name="cursor-history")
+        self._settings = settings
 
     def _attached_connection(self) -> tuple[apsw.Connection, _Attached]:
         conn = self._connection()

@@ -53,8 +53,9 @@ import apsw
 
 from cursor_grpc import metrics
 from cursor_grpc.config import OpsSettings, StorageSettings
+from cursor_grpc.storage.sql.connection import fetch_all
 from cursor_grpc.storage.sqlite.backup import prune_backups, take_backup
-from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+from cursor_grpc.storage.sqlite.connection import open_connection
 from cursor_grpc.storage.sqlite.files import default_dir
 
 if TYPE_CHECKING:

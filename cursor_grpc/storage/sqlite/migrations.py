@@ -11,26 +11,30 @@ A migration may also be a Python file `NNNN_name.py` defining
 large for one, see cursor_grpc/storage/sqlite/rebuild.py) and calls `record(conn)`
 inside its last transaction, so the change and its ledger row commit
 together. Its checksum is that of its source text.
+
+The rules comparing the files with the ledger are shared with the PostgreSQL
+backend (cursor_grpc/storage/ledger.py); this module reads and writes the
+ledger of an SQLite database.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import importlib.resources
-import re
-import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
 
 from cursor_grpc.clock import now_iso
 from cursor_grpc.config import StorageSettings
+from cursor_grpc.storage import ledger
 from cursor_grpc.storage.contract import MigrationError, Progress
-from cursor_grpc.storage.sqlite.connection import fetch_all, open_connection
+from cursor_grpc.storage.ledger import Migration
+from cursor_grpc.storage.sql.connection import fetch_all
+from cursor_grpc.storage.sqlite.connection import open_connection
 
-_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.(sql|py)$")
+__all__ = [
+    "LEDGER_DDL", "Migration", "applied", "has_tables", "load_migrations", "migrate", "migrate_hint",
+    "migrations_dir", "pending_of", "plan", "status", "status_of", "verify_current",
+]
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -41,50 +45,17 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-@dataclass(frozen=True)
-class Migration:
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-    @property
-    def is_python(self) -> bool:
-        return self.name.endswith(".py")
-
-    def describe(self) -> str:
-        """What it does, for `migrate --dry-run`: the SQL, or a Python
-        migration's docstring."""
-        if not self.is_python:
-            return self.sql.strip()
-        doc = ast.get_docstring(ast.parse(self.sql)) or "(a Python migration without a docstring)"
-        return f"Python migration, run in its own transactions:\n{doc}"
-
-
 def migrations_dir() -> Path:
     """The folder of SQL files: the repository's `migrations/` when run from
     a checkout, the packaged copy otherwise."""
     checkout = Path(__file__).resolve().parents[3] / "migrations"
     if checkout.is_dir():
         return checkout
-    return Path(str(importlib.resources.files("cursor_grpc.sql")))
+    return ledger.package_folder("cursor_grpc.sql")
 
 
 def load_migrations(folder: Path | None = None) -> list[Migration]:
-    folder = folder or migrations_dir()
-    found = []
-    for path in sorted([*folder.glob("*.sql"), *folder.glob("*.py")]):
-        if path.name == "__init__.py":
-            continue
-        if not _NAME.match(path.name):
-            raise MigrationError(f"migration file {path.name} is not named NNNN_lowercase_name.sql (or .py)")
-        found.append(Migration(path.name, path.read_text(encoding="utf-8")))
-    numbers = [m.name[:4] for m in found]
-    if len(set(numbers)) != len(numbers):
-        raise MigrationError("two migration files share a number")
-    return found
+    return ledger.load_migrations(folder or migrations_dir())
 
 
 def applied(conn: apsw.Connection) -> dict[str, tuple[str, str]]:
@@ -101,21 +72,7 @@ def applied(conn: apsw.Connection) -> dict[str, tuple[str, str]]:
 
 def plan(conn: apsw.Connection, known: list[Migration]) -> list[Migration]:
     """The pending migrations, after checking the ledger against the files."""
-    done = applied(conn)
-    by_name = {m.name: m for m in known}
-    unknown = sorted(set(done) - set(by_name))
-    if unknown:
-        raise MigrationError(
-            f"the database has migrations this version does not know: {', '.join(unknown)}; "
-            "run a version of cursor-grpc that includes them"
-        )
-    for name, (checksum, _) in done.items():
-        if by_name[name].checksum != checksum:
-            raise MigrationError(
-                f"migration {name} was applied but its file has been modified since; "
-                "restore the original file and add a new migration instead"
-            )
-    return [m for m in known if m.name not in done]
+    return ledger.check_ledger(applied(conn), known)
 
 
 def migrate(conn: apsw.Connection, known: list[Migration] | None = None,
@@ -187,21 +144,13 @@ def status(conn: apsw.Connection, known: list[Migration] | None = None) -> dict[
     if has_ledger:
         done = {name: (checksum, at) for name, checksum, at in
                 conn.execute("SELECT name, checksum, applied_at FROM schema_migrations ORDER BY name")}
-    by_name = {m.name: m for m in known}
-    return {
-        "applied": [(name, at) for name, (_, at) in sorted(done.items())],
-        "pending": [(m.name, "") for m in known if m.name not in done],
-        "unknown": [(name, at) for name, (_, at) in sorted(done.items()) if name not in by_name],
-        "modified": [(name, at) for name, (checksum, at) in sorted(done.items())
-                     if name in by_name and by_name[name].checksum != checksum],
-    }
+    return ledger.status_of_ledger(done, known)
 
 
 def migrate_hint(db: Path | str) -> str:
     """What to run, naming the database the command was given, so that the
     advice migrates that one and never creates another."""
-    quoted = shlex.quote(str(db))
-    return f"run `cursor-grpc migrate --db {quoted}` first, or serve with `cursor-grpc serve --migrate --db {quoted}`"
+    return ledger.migrate_hint(str(db))
 
 
 def verify_current(conn: apsw.Connection, known: list[Migration] | None = None, *, db: Path | str = "") -> None:
@@ -210,17 +159,14 @@ def verify_current(conn: apsw.Connection, known: list[Migration] | None = None, 
     known = load_migrations() if known is None else known
     pending = plan(conn, known)
     if pending:
-        raise MigrationError(
-            f"{db or 'the database'}: {len(pending)} migration(s) pending ({pending[0].name} first); "
-            f"{migrate_hint(db or conn.filename)}"
-        )
+        raise ledger.pending_error(str(db or "the database"), pending, migrate_hint(db or conn.filename))
 
 
 def status_of(settings: StorageSettings, known: list[Migration]) -> dict[str, list[tuple[str, str]]]:
     """`status` of the database file, read-only; a file that does not exist
     yet has every migration pending."""
     if not Path(settings.path).exists():
-        return {"applied": [], "pending": [(m.name, "") for m in known], "unknown": [], "modified": []}
+        return ledger.all_pending(known)
     conn = open_connection(settings, readonly=True)
     try:
         return status(conn, known)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from cursor_grpc.storage.sqlite.connection import fetch_all
+from cursor_grpc.storage.sql.connection import fetch_all
 
 log = logging.getLogger("cursor.ops.rebuild")
 

@@ -8,18 +8,16 @@ so a row's scope never changes and the table is the history of every grant.
 
 from __future__ import annotations
 
-import apsw
-
 from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.errors import InvalidArgument, NotFound, PermissionDenied
 from cursor_grpc.storage.records import SCOPES, ConsentRecord, GrantOutcome
-from cursor_grpc.storage.sqlite.connection import fetch_all
-from cursor_grpc.storage.sqlite.keyset import Where, newest_first
+from cursor_grpc.storage.sql.connection import Connection, fetch_all
+from cursor_grpc.storage.sql.keyset import Where, newest_first
 
 CONSENT_COLUMNS = "id, granter_id, grantee_id, scope, created_at, revoked_at"
 
 
-def live_consent(conn: apsw.Connection, granter_id: str, grantee_id: str) -> ConsentRecord | None:
+def live_consent(conn: Connection, granter_id: str, grantee_id: str) -> ConsentRecord | None:
     rows = fetch_all(
         conn,
         f"SELECT {CONSENT_COLUMNS} FROM consents WHERE granter_id = ? AND grantee_id = ? AND revoked_at IS NULL",
@@ -28,7 +26,23 @@ def live_consent(conn: apsw.Connection, granter_id: str, grantee_id: str) -> Con
     return ConsentRecord(*rows[0]) if rows else None
 
 
-def require_consent(conn: apsw.Connection, granter_id: str, grantee_id: str, *, interactions: bool) -> ConsentRecord:
+def consents_in_force(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], ConsentRecord]:
+    """Of these (granter, grantee) pairs, those with a live consent from an
+    active granter, in one query (what an open shared stream still needs)."""
+    if not pairs:
+        return {}
+    rows = fetch_all(
+        conn,
+        f"SELECT {', '.join('c.' + c.strip() for c in CONSENT_COLUMNS.split(','))} FROM consents c "
+        "JOIN users u ON u.id = c.granter_id AND u.is_active = 1 WHERE c.revoked_at IS NULL "
+        f"AND (c.granter_id, c.grantee_id) IN (VALUES {', '.join(['(?, ?)'] * len(pairs))})",
+        [value for pair in pairs for value in pair],
+    )
+    found = [ConsentRecord(*row) for row in rows]
+    return {(consent.granter_id, consent.grantee_id): consent for consent in found}
+
+
+def require_consent(conn: Connection, granter_id: str, grantee_id: str, *, interactions: bool) -> ConsentRecord:
     """The live consent that lets `grantee_id` read `granter_id`, or
     PERMISSION_DENIED. An unknown reader gets the same answer as one that
     shares nothing, so the check reveals nothing about other accounts."""
@@ -52,7 +66,7 @@ def require_consent(conn: apsw.Connection, granter_id: str, grantee_id: str, *, 
     return consent
 
 
-def grant(conn: apsw.Connection, granter_id: str, grantee_id: str, scope: str) -> GrantOutcome:
+def grant(conn: Connection, granter_id: str, grantee_id: str, scope: str) -> GrantOutcome:
     if scope not in SCOPES:
         raise ValueError(f"unknown consent scope {scope!r}")
     if granter_id == grantee_id:
@@ -75,7 +89,7 @@ def grant(conn: apsw.Connection, granter_id: str, grantee_id: str, scope: str) -
     return GrantOutcome(consent, replaced, True)
 
 
-def revoke(conn: apsw.Connection, granter_id: str, grantee_id: str) -> ConsentRecord:
+def revoke(conn: Connection, granter_id: str, grantee_id: str) -> ConsentRecord:
     current = live_consent(conn, granter_id, grantee_id)
     if current is None:
         raise NotFound(f"you have no live consent for readers/{grantee_id}", reason="CONSENT_NOT_FOUND")
@@ -85,7 +99,7 @@ def revoke(conn: apsw.Connection, granter_id: str, grantee_id: str) -> ConsentRe
 
 
 def list_consents(
-    conn: apsw.Connection, reader_id: str, received: bool, show_revoked: bool, before_id: str | None, limit: int
+    conn: Connection, reader_id: str, received: bool, show_revoked: bool, before_id: str | None, limit: int
 ) -> list[ConsentRecord]:
     """The consents a reader gave (or received), newest first, keyset on id
     (ids are time-ordered)."""

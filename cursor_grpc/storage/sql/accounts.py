@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import apsw
-
 from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.errors import AlreadyExists, FailedPrecondition, NotFound
 from cursor_grpc.storage.records import ConsultantRecord, Credential, ReaderRecord, ReaderStateRecord
-from cursor_grpc.storage.sqlite.connection import fetch_all
-from cursor_grpc.storage.sqlite.keyset import Where, newest_first
+from cursor_grpc.storage.sql.connection import Connection, fetch_all
+from cursor_grpc.storage.sql.keyset import Where, newest_first
 
 READER_COLUMNS = """
     u.id, u.email, u.display_name, u.is_active, u.created_at,
@@ -37,11 +35,11 @@ def consultant_from_row(row: tuple[Any, ...]) -> ConsultantRecord:
     return ConsultantRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
 
 
-def _email_taken(conn: apsw.Connection, table: str, email: str) -> bool:
+def _email_taken(conn: Connection, table: str, email: str) -> bool:
     return bool(fetch_all(conn, f"SELECT 1 FROM {table} WHERE email = ?", (email,)))
 
 
-def create_reader(conn: apsw.Connection, email: str, password_hash: str, display_name: str) -> ReaderRecord:
+def create_reader(conn: Connection, email: str, password_hash: str, display_name: str) -> ReaderRecord:
     if _email_taken(conn, "users", email):
         raise AlreadyExists(f"a reader with email {email} already exists; log in instead", reason="EMAIL_TAKEN")
     reader_id, now = new_id(), now_iso()
@@ -53,14 +51,14 @@ def create_reader(conn: apsw.Connection, email: str, password_hash: str, display
     return get_reader(conn, reader_id)
 
 
-def get_reader(conn: apsw.Connection, reader_id: str) -> ReaderRecord:
+def get_reader(conn: Connection, reader_id: str) -> ReaderRecord:
     rows = fetch_all(conn, f"SELECT {READER_COLUMNS} {READER_FROM} WHERE u.id = ?", (reader_id,))
     if not rows:
         raise NotFound(f"reader readers/{reader_id} does not exist", reason="READER_NOT_FOUND")
     return reader_from_row(rows[0])
 
 
-def get_reader_state(conn: apsw.Connection, reader_id: str) -> ReaderStateRecord:
+def get_reader_state(conn: Connection, reader_id: str) -> ReaderStateRecord:
     rows = fetch_all(conn,
         f"SELECT {STATE_COLUMNS} FROM reader_states WHERE reader_id = ?",
         (reader_id,),
@@ -71,7 +69,7 @@ def get_reader_state(conn: apsw.Connection, reader_id: str) -> ReaderStateRecord
 
 
 def list_readers(
-    conn: apsw.Connection, status: str | None, after_id: str | None, limit: int
+    conn: Connection, status: str | None, after_id: str | None, limit: int
 ) -> list[ReaderRecord]:
     """Newest account first (ids are time-ordered), keyset on id."""
     sql, params = newest_first(
@@ -82,7 +80,7 @@ def list_readers(
 
 
 def list_active_readers(
-    conn: apsw.Connection, since: str, after: tuple[str, str] | None, limit: int
+    conn: Connection, since: str, after: tuple[str, str] | None, limit: int
 ) -> list[ReaderRecord]:
     """Readers seen at or after `since`, most recent first; keyset on
     (last_seen_at, reader_id), served by idx_reader_states_last_seen."""
@@ -93,7 +91,7 @@ def list_active_readers(
     return [reader_from_row(r) for r in fetch_all(conn, sql, params)]
 
 
-def credentials_for_email(conn: apsw.Connection, email: str) -> list[Credential]:
+def credentials_for_email(conn: Connection, email: str) -> list[Credential]:
     found = [
         Credential("reader", row[0], row[1], bool(row[2]), "reader")
         for row in fetch_all(conn, "SELECT id, password_hash, is_active FROM users WHERE email = ?", (email,))
@@ -107,7 +105,7 @@ def credentials_for_email(conn: apsw.Connection, email: str) -> list[Credential]
     return found
 
 
-def credential_by_id(conn: apsw.Connection, kind: str, account_id: str) -> Credential:
+def credential_by_id(conn: Connection, kind: str, account_id: str) -> Credential:
     if kind == "reader":
         sql = "SELECT id, password_hash, is_active, 'reader' FROM users WHERE id = ?"
     else:
@@ -119,7 +117,7 @@ def credential_by_id(conn: apsw.Connection, kind: str, account_id: str) -> Crede
     return Credential(kind, row[0], row[1], bool(row[2]), row[3])
 
 
-def set_password_hash(conn: apsw.Connection, kind: str, account_id: str, password_hash: str) -> None:
+def set_password_hash(conn: Connection, kind: str, account_id: str, password_hash: str) -> None:
     table = "users" if kind == "reader" else "consultants"
     conn.execute(
         f"UPDATE {table} SET password_hash = ?, updated_at = ? WHERE id = ?",
@@ -127,7 +125,7 @@ def set_password_hash(conn: apsw.Connection, kind: str, account_id: str, passwor
     )
 
 
-def get_consultant(conn: apsw.Connection, consultant_id: str) -> ConsultantRecord:
+def get_consultant(conn: Connection, consultant_id: str) -> ConsultantRecord:
     rows = fetch_all(conn, f"SELECT {CONSULTANT_COLUMNS} FROM consultants WHERE id = ?", (consultant_id,))
     if not rows:
         raise NotFound(f"consultant consultants/{consultant_id} does not exist", reason="CONSULTANT_NOT_FOUND")
@@ -135,7 +133,7 @@ def get_consultant(conn: apsw.Connection, consultant_id: str) -> ConsultantRecor
 
 
 def create_consultant(
-    conn: apsw.Connection,
+    conn: Connection,
     email: str,
     password_hash: str,
     display_name: str,
@@ -153,7 +151,7 @@ def create_consultant(
     return get_consultant(conn, consultant_id)
 
 
-def promote_reader(conn: apsw.Connection, reader_id: str, role: str) -> ConsultantRecord:
+def promote_reader(conn: Connection, reader_id: str, role: str) -> ConsultantRecord:
     """The design's promote query, done right: a consultant row for the same
     person (same email, same password hash, linked by user_id), in one
     transaction, refusing a second promotion or a taken email."""
@@ -172,7 +170,7 @@ def promote_reader(conn: apsw.Connection, reader_id: str, role: str) -> Consulta
     return create_consultant(conn, email, password_hash, display_name, role, user_id=reader_id)
 
 
-def set_active(conn: apsw.Connection, kind: str, account_id: str, active: bool) -> bool:
+def set_active(conn: Connection, kind: str, account_id: str, active: bool) -> bool:
     """Returns whether the flag changed."""
     table = "users" if kind == "reader" else "consultants"
     exists = fetch_all(conn, f"SELECT is_active FROM {table} WHERE id = ?", (account_id,))
@@ -187,11 +185,11 @@ def set_active(conn: apsw.Connection, kind: str, account_id: str, active: bool) 
     return True
 
 
-def count_admins(conn: apsw.Connection) -> int:
+def count_admins(conn: Connection) -> int:
     return int(fetch_all(conn, "SELECT count(*) FROM consultants WHERE role = 'admin' AND is_active = 1")[0][0])
 
 
-def get_reader_metadata(conn: apsw.Connection, reader_id: str) -> str:
+def get_reader_metadata(conn: Connection, reader_id: str) -> str:
     """The reader's metadata JSON object text (a restricted field)."""
     rows = fetch_all(conn, "SELECT metadata FROM users WHERE id = ?", (reader_id,))
     if not rows:
@@ -200,7 +198,7 @@ def get_reader_metadata(conn: apsw.Connection, reader_id: str) -> str:
 
 
 def update_reader_profile(
-    conn: apsw.Connection, reader_id: str, display_name: str | None, email: str | None, metadata: str | None
+    conn: Connection, reader_id: str, display_name: str | None, email: str | None, metadata: str | None
 ) -> list[str]:
     """Set the restricted fields given (None leaves one as it is). Returns the
     names of the fields whose value changed. An email must stay unique among
@@ -216,7 +214,7 @@ def update_reader_profile(
         taken = fetch_all(
             conn,
             "SELECT 1 FROM users WHERE email = ?1 AND id != ?2 "
-            "UNION ALL SELECT 1 FROM consultants WHERE email = ?1 AND user_id IS NOT ?2",
+            "UNION ALL SELECT 1 FROM consultants WHERE email = ?1 AND user_id IS DISTINCT FROM ?2",
             (email, reader_id),
         )
         if taken:

@@ -31,6 +31,10 @@ class Where:
         """`column = value` when the filter is given (None: any value)."""
         return self if value is None else self.add(f"{column} = ?", value)
 
+    def same(self, column: str, value: Any) -> Where:
+        """`column = value`, or `column IS NULL` for None (both served by an index)."""
+        return self.add(f"{column} IS NULL") if value is None else self.add(f"{column} = ?", value)
+
 
 def newest_first(
     select: str, where: Where, key: tuple[str, ...], after: tuple[Any, ...] | None, limit: int

@@ -3,8 +3,6 @@ consultant-set reader status. Every change commits with its event."""
 
 from __future__ import annotations
 
-import apsw
-
 from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.errors import NotFound
 from cursor_grpc.storage.records import (
@@ -16,21 +14,21 @@ from cursor_grpc.storage.records import (
     ReaderStateRecord,
     ReadPosition,
 )
-from cursor_grpc.storage.sqlite.accounts import STATE_COLUMNS
-from cursor_grpc.storage.sqlite.connection import fetch_all
-from cursor_grpc.storage.sqlite.events import SequenceAllocator, insert_event, state_data
-from cursor_grpc.storage.sqlite.keyset import Where, newest_first
+from cursor_grpc.storage.sql.accounts import STATE_COLUMNS
+from cursor_grpc.storage.sql.connection import Connection, fetch_all
+from cursor_grpc.storage.sql.events import SequenceAllocator, insert_event, state_data
+from cursor_grpc.storage.sql.keyset import Where, newest_first
 
 MESSAGE_COLUMNS = "id, reader_id, consultant_id, direction, body, created_at, read_at, seq"
 
 
-def _require_reader(conn: apsw.Connection, reader_id: str) -> None:
+def _require_reader(conn: Connection, reader_id: str) -> None:
     if not fetch_all(conn, "SELECT 1 FROM users WHERE id = ?", (reader_id,)):
         raise NotFound(f"reader readers/{reader_id} does not exist", reason="READER_NOT_FOUND")
 
 
 def send_message(
-    conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, direction: str, consultant_id: str | None,
+    conn: Connection, seqs: SequenceAllocator, reader_id: str, direction: str, consultant_id: str | None,
     body: str,
 ) -> Evented[MessageRecord]:
     _require_reader(conn, reader_id)
@@ -45,7 +43,7 @@ def send_message(
     return Evented(record, [event])
 
 
-def list_messages(conn: apsw.Connection, reader_id: str, before_seq: int | None, limit: int) -> list[MessageRecord]:
+def list_messages(conn: Connection, reader_id: str, before_seq: int | None, limit: int) -> list[MessageRecord]:
     _require_reader(conn, reader_id)
     sql, params = newest_first(
         f"SELECT {MESSAGE_COLUMNS} FROM messages", Where().add("reader_id = ?", reader_id), ("seq",),
@@ -54,7 +52,7 @@ def list_messages(conn: apsw.Connection, reader_id: str, before_seq: int | None,
     return [MessageRecord(*row) for row in fetch_all(conn, sql, params)]
 
 
-def read_positions(conn: apsw.Connection, reader_id: str) -> list[ReadPosition]:
+def read_positions(conn: Connection, reader_id: str) -> list[ReadPosition]:
     return [
         ReadPosition(reader_id, *row)
         for row in fetch_all(
@@ -67,7 +65,7 @@ def read_positions(conn: apsw.Connection, reader_id: str) -> list[ReadPosition]:
 
 
 def mark_read(
-    conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, participant_type: str, participant_id: str,
+    conn: Connection, seqs: SequenceAllocator, reader_id: str, participant_type: str, participant_id: str,
     up_to: int,
 ) -> Evented[ReadPosition]:
     """Move a participant's read position forward (never back). The reader
@@ -102,7 +100,7 @@ def mark_read(
     return Evented(position, [event])
 
 
-def unread_counts(conn: apsw.Connection, consultant_id: str, limit: int = 1000) -> list[tuple[str, int]]:
+def unread_counts(conn: Connection, consultant_id: str, limit: int = 1000) -> list[tuple[str, int]]:
     """(reader_id, unread) for conversations with messages from the reader
     after this consultant's read position."""
     return [
@@ -120,7 +118,7 @@ def unread_counts(conn: apsw.Connection, consultant_id: str, limit: int = 1000) 
 
 
 def set_reader_status(
-    conn: apsw.Connection, seqs: SequenceAllocator, reader_id: str, status: str
+    conn: Connection, seqs: SequenceAllocator, reader_id: str, status: str
 ) -> Evented[ReaderStateRecord]:
     """Pause or resume a reader; a state event when it changes."""
     rows = fetch_all(conn, f"SELECT {STATE_COLUMNS} FROM reader_states WHERE reader_id = ?", (reader_id,))

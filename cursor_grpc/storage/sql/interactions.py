@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import apsw
-
 from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.storage.records import (
     KIND_INTERACTION,
@@ -22,9 +20,9 @@ from cursor_grpc.storage.records import (
     ReaderStateRecord,
     RecordOutcome,
 )
-from cursor_grpc.storage.sqlite.connection import fetch_all
-from cursor_grpc.storage.sqlite.events import SequenceAllocator, insert_event, state_data
-from cursor_grpc.storage.sqlite.keyset import Where, newest_first
+from cursor_grpc.storage.sql.connection import Connection, fetch_all
+from cursor_grpc.storage.sql.events import SequenceAllocator, insert_event, state_data
+from cursor_grpc.storage.sql.keyset import Where, newest_first
 
 INTERACTION_COLUMNS = "seq, id, reader_id, type, payload, summary, created_at"
 
@@ -68,7 +66,7 @@ def _state_summary(state: ReaderStateRecord) -> str:
 
 
 def record_interactions(
-    conn: apsw.Connection,
+    conn: Connection,
     seqs: SequenceAllocator,
     reader_id: str,
     items: list[NewInteractionData],
@@ -147,14 +145,14 @@ SELECT (SELECT count(*) FROM reader_states WHERE presence = 'reading'),
 """
 
 
-def readers_by_presence(conn: apsw.Connection) -> dict[str, int]:
+def readers_by_presence(conn: Connection) -> dict[str, int]:
     """Readers reading, online and idle now, for the metrics endpoint."""
     reading, present, everyone = fetch_all(conn, _PRESENCE_COUNTS)[0]
     return {"reading": reading, "online": present - reading, "idle": everyone - present}
 
 
 def sweep_presence(
-    conn: apsw.Connection, seqs: SequenceAllocator, idle_ns: int, reading_window_ns: int
+    conn: Connection, seqs: SequenceAllocator, idle_ns: int, reading_window_ns: int
 ) -> list[Event]:
     """Announce time-based presence changes: readers silent for the idle time
     become idle; readers whose only recent traffic is heartbeats go from
@@ -195,7 +193,7 @@ def sweep_presence(
 READER_ID_COLUMNS = ("reader_id", "user_id")
 
 
-def reader_column_of(conn: apsw.Connection, schema: str = "main") -> str:
+def reader_column_of(conn: Connection, schema: str = "main") -> str:
     """Which of READER_ID_COLUMNS `schema`.interactions has."""
     if not schema.isidentifier():
         raise ValueError(f"not a schema name: {schema!r}")
@@ -207,22 +205,22 @@ def reader_column_of(conn: apsw.Connection, schema: str = "main") -> str:
 
 
 def list_interactions(
-    conn: apsw.Connection, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int,
-    schema: str = "main", reader_column: str = "reader_id",
+    conn: Connection, reader_id: str | None, type_: str | None, before_seq: int | None, limit: int,
+    schema: str | None = None, reader_column: str = "reader_id",
 ) -> list[InteractionRecord]:
     """Newest first, keyset on seq. `reader_id=None` lists every reader's.
     `schema` names an ATTACHed archive file to read instead of the main
     database (cursor_grpc/storage/sqlite/history.py walks history into archives);
     `reader_column` is `user_id` for an archive file made before migration 0006
     (`reader_column_of` tells which)."""
-    if not schema.isidentifier():
+    if schema is not None and not schema.isidentifier():
         raise ValueError(f"not a schema name: {schema!r}")
     if reader_column not in READER_ID_COLUMNS:
         raise ValueError(f"not a reader column: {reader_column!r}")
     columns = INTERACTION_COLUMNS if reader_column == "reader_id" else INTERACTION_COLUMNS.replace(
         "reader_id", f"{reader_column} AS reader_id")
     sql, params = newest_first(
-        f"SELECT {columns} FROM {schema}.interactions",
+        f"SELECT {columns} FROM {schema + '.' if schema else ''}interactions",
         Where().equals(reader_column, reader_id).equals("type", type_), ("seq",),
         None if before_seq is None else (before_seq,), limit,
     )

@@ -24,32 +24,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import apsw
-
 from cursor_grpc.config import StorageSettings
 from cursor_grpc.errors import CursorError, Unavailable
 from cursor_grpc.storage.records import Event, Evented
-from cursor_grpc.storage.sqlite.connection import open_connection, retry_busy
-from cursor_grpc.storage.sqlite.errors import storage_error, to_cursor_error
+from cursor_grpc.storage.sql.engine import Engine
 
 log = logging.getLogger("cursor.storage.writer")
 
 T = TypeVar("T")
-WriteFn = Callable[[apsw.Connection], T]
-EventedWriteFn = Callable[[apsw.Connection], Evented[T]]
+WriteFn = Callable[[Any], T]
+EventedWriteFn = Callable[[Any], Evented[T]]
 # Called on the writer thread after each commit that stored events, with
 # them, in commit order.
 CommitHook = Callable[[list[Event]], None]
-# Called on the writer thread right after BEGIN IMMEDIATE, inside the
-# transaction, with the write lock held (the event sequence resumes here).
-BeginHook = Callable[[apsw.Connection], None]
+# Called on the writer thread right after BEGIN, inside the transaction,
+# with whether the batch will store events: the event sequence resumes
+# here (under SQLite's write lock, or PostgreSQL's event counter row).
+BeginHook = Callable[[Any, bool], None]
+# Called on the writer thread just before COMMIT, after every task ran: a
+# failure loses the batch (PostgreSQL stores the event counter here).
+PrecommitHook = Callable[[Any], None]
 # Called on the writer thread after each batch: (tasks in the batch, seconds
 # from BEGIN to COMMIT done). Metrics hang here.
 BatchObserver = Callable[[int, float], None]
 
 @dataclass(slots=True)
 class _Task:
-    fn: Callable[[apsw.Connection], Any]
+    fn: Callable[[Any], Any]
     loop: asyncio.AbstractEventLoop | None
     future: asyncio.Future[Any] | None
     done: threading.Event | None = None
@@ -64,7 +65,7 @@ class _Task:
     evented: bool = False
     events: list[Event] | None = None
 
-    def run(self, conn: apsw.Connection) -> None:
+    def run(self, conn: Any) -> None:
         outcome = self.fn(conn)
         if self.evented:
             self.result, self.events = outcome.value, outcome.events
@@ -78,11 +79,13 @@ _STOP = object()
 class Writer:
     """Owner of the only write connection."""
 
-    def __init__(self, settings: StorageSettings) -> None:
+    def __init__(self, settings: StorageSettings, engine: Engine) -> None:
         self._settings = settings
+        self._engine = engine
         self._queue: queue.SimpleQueue[_Task | object] = queue.SimpleQueue()
         self._commit_hooks: list[CommitHook] = []
         self._begin_hooks: list[BeginHook] = []
+        self._precommit_hooks: list[PrecommitHook] = []
         self.batch_observers: list[BatchObserver] = []
         self.busy_retries = 0
         # Writes refused because their transaction was lost, by reason
@@ -109,9 +112,14 @@ class Writer:
         self._commit_hooks.append(hook)
 
     def add_begin_hook(self, hook: BeginHook) -> None:
-        """Call `hook(connection)` at the start of every group commit, under
-        the write lock: what it reads no other writer can change until COMMIT."""
+        """Call `hook(connection, stores_events)` at the start of every group
+        commit: with SQLite under the write lock, so what it reads no other
+        writer can change until COMMIT."""
         self._begin_hooks.append(hook)
+
+    def add_precommit_hook(self, hook: PrecommitHook) -> None:
+        """Call `hook(connection)` as the last statement before each COMMIT."""
+        self._precommit_hooks.append(hook)
 
     def on_failure(self, listener: Callable[[BaseException], None]) -> None:
         """Call `listener(error)` (on the writer thread) if the thread ever
@@ -172,7 +180,7 @@ class Writer:
 
     def _run(self) -> None:
         try:
-            conn = open_connection(self._settings)
+            conn = self._engine.connect()
         except BaseException as exc:  # reported to the constructor
             self._start_error = exc
             self._started.set()
@@ -190,9 +198,9 @@ class Writer:
                     listener(exc)
         finally:
             with contextlib.suppress(Exception):
-                conn.close()
+                self._engine.close(conn)
 
-    def _serve(self, conn: apsw.Connection) -> None:
+    def _serve(self, conn: Any) -> None:
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -222,7 +230,7 @@ class Writer:
             if run:
                 self._run_guarded(conn, run)
 
-    def _run_guarded(self, conn: apsw.Connection, tasks: list[_Task], *, alone: bool = False) -> None:
+    def _run_guarded(self, conn: Any, tasks: list[_Task], *, alone: bool = False) -> None:
         """Run a batch (or one task alone); whatever escapes fails its tasks
         and leaves the connection outside any transaction, so the next batch
         starts clean."""
@@ -235,7 +243,8 @@ class Writer:
             log.exception("write batch of %d tasks failed unexpectedly", len(tasks))
             self._end_transaction(conn)
             self._fail_all([t for t in tasks if not t.delivered],
-                           storage_error(exc) or Unavailable("the write failed; retry", reason="WRITE_FAILED"))
+                           self._engine.storage_error(exc)
+                           or Unavailable("the write failed; retry", reason="WRITE_FAILED"))
 
     def _drain(self, error: BaseException) -> None:
         """Fail everything still queued (the thread is stopping for good)."""
@@ -249,20 +258,20 @@ class Writer:
                 waiting.append(item)  # type: ignore[arg-type]
         self._fail_all(waiting, error)
 
-    @staticmethod
-    def _end_transaction(conn: apsw.Connection) -> None:
-        """Roll back whatever is open; SQLite may have done so already."""
-        if not conn.getautocommit():
-            with contextlib.suppress(apsw.Error):
+    def _end_transaction(self, conn: Any) -> None:
+        """Roll back whatever is open; the database may have done so already."""
+        if self._engine.in_transaction(conn):
+            with contextlib.suppress(self._engine.error):
                 conn.execute("ROLLBACK")
 
-    def _lose_batch(self, conn: apsw.Connection, live: list[_Task], cause: BaseException,
+    def _lose_batch(self, conn: Any, live: list[_Task], cause: BaseException,
                     culprit: _Task | None) -> None:
         """The transaction is gone (rolled back by SQLite, or it could not
         commit): no task of the batch is stored, so none may be answered OK
         and none of its events may be published."""
         self._end_transaction(conn)
-        error = storage_error(cause) or Unavailable("the write could not be committed; retry", reason="COMMIT_FAILED")
+        error = self._engine.storage_error(cause) or Unavailable(
+            "the write could not be committed; retry", reason="COMMIT_FAILED")
         reason = error.reason if isinstance(error, CursorError) else "COMMIT_FAILED"
         self.refused_writes[reason] += len(live)
         log.error("a write transaction was lost (%s: %s); %d writes refused with %s, the writer carries on",
@@ -270,25 +279,26 @@ class Writer:
         for task in live:
             task.result = task.events = None
             if task is culprit:
-                task.error = to_cursor_error(cause)
+                task.error = self._engine.to_cursor_error(cause)
             elif task.error is None:  # a task that failed by itself keeps its own error
                 task.error = error
         self._deliver(live)
 
-    def _run_batch(self, conn: apsw.Connection, batch: list[_Task]) -> None:
+    def _run_batch(self, conn: Any, batch: list[_Task]) -> None:
         # Skip work whose caller already gave up (cancelled RPC).
         live = [t for t in batch if t.future is None or not t.future.done()]
         if not live:
             return
         started = time.perf_counter()
         try:
-            self.busy_retries += retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), self._settings)
+            self.busy_retries += self._engine.begin(conn)
+            stores_events = any(t.evented for t in live)
             for begun in self._begin_hooks:
-                begun(conn)
-        except apsw.Error as exc:
+                begun(conn, stores_events)
+        except self._engine.error as exc:
             log.error("could not start a write transaction: %s", exc)
             self._end_transaction(conn)
-            self._fail_all(live, storage_error(exc) or Unavailable("the database is locked; retry shortly",
+            self._fail_all(live, self._engine.storage_error(exc) or Unavailable("the database is locked; retry shortly",
                                                                     reason="DATABASE_LOCKED"))
             return
         # One task needs no savepoint: the transaction is its own.
@@ -301,25 +311,27 @@ class Writer:
                 if not single:
                     conn.execute("RELEASE task")
             except BaseException as exc:  # a task's failure is its caller's, whatever it is
-                if conn.getautocommit():
-                    # SQLite rolled the whole transaction back: the tasks
-                    # before this one are gone too.
+                if not self._engine.in_transaction(conn):
+                    # The database rolled the whole transaction back: the
+                    # tasks before this one are gone too.
                     self._lose_batch(conn, live, exc, task)
                     return
-                task.error = to_cursor_error(exc)
+                task.error = self._engine.to_cursor_error(exc)
                 try:
                     conn.execute("ROLLBACK" if single else "ROLLBACK TO task")
                     if not single:
                         conn.execute("RELEASE task")
-                except apsw.Error as undo:
+                except self._engine.error as undo:
                     self._lose_batch(conn, live, undo, task)
                     return
         if single and live[0].error is not None:
             self._deliver(live)
             return
         try:
-            self.busy_retries += retry_busy(lambda: conn.execute("COMMIT"), self._settings)
-        except apsw.Error as exc:
+            for precommit in self._precommit_hooks:
+                precommit(conn)
+            self.busy_retries += self._engine.commit(conn)
+        except self._engine.error as exc:
             self._lose_batch(conn, live, exc, None)
             return
         self.batches += 1
@@ -339,13 +351,13 @@ class Writer:
                     log.exception("commit hook failed")
         self._deliver(live)
 
-    def _run_alone(self, conn: apsw.Connection, task: _Task) -> None:
+    def _run_alone(self, conn: Any, task: _Task) -> None:
         if task.future is not None and task.future.done():
             return
         try:
             task.run(conn)
         except BaseException as exc:  # a task's failure is its caller's, whatever it is
-            task.error = to_cursor_error(exc)
+            task.error = self._engine.to_cursor_error(exc)
             self._end_transaction(conn)
         self._deliver([task])
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import apsw
-
 from cursor_grpc.clock import new_id, now_iso
 from cursor_grpc.storage.records import AuditQuery, AuditRecord
-from cursor_grpc.storage.sqlite.connection import fetch_all
-from cursor_grpc.storage.sqlite.keyset import Where, newest_first
+from cursor_grpc.storage.sql.connection import Connection, fetch_all
+from cursor_grpc.storage.sql.keyset import Where, newest_first
 
 
 def write_audit(
-    conn: apsw.Connection,
+    conn: Connection,
     actor_type: str,
     actor_id: str | None,
     action: str,
@@ -33,15 +31,15 @@ AUDIT_COLUMNS = "id, actor_type, actor_id, action, target_type, target_id, detai
 
 
 def list_audit_logs(
-    conn: apsw.Connection, query: AuditQuery, before: tuple[str, str] | None, limit: int
+    conn: Connection, query: AuditQuery, before: tuple[str, str] | None, limit: int
 ) -> list[AuditRecord]:
     """Newest first, keyset on (created_at, id); every filter is bound."""
     where = Where()
     if query.actor_type is not None:
-        where.add("actor_type = ?", query.actor_type).add("actor_id IS ?", query.actor_id)
+        where.add("actor_type = ?", query.actor_type).same("actor_id", query.actor_id)
     where.equals("action", query.action)
     if query.target_type is not None:
-        where.add("target_type = ?", query.target_type).add("target_id IS ?", query.target_id)
+        where.add("target_type = ?", query.target_type).same("target_id", query.target_id)
     if query.start is not None:
         where.add("created_at >= ?", query.start)
     if query.end is not None:

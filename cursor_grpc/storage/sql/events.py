@@ -2,10 +2,11 @@
 `events` table, the epoch that names this history, and replay.
 
 Sequence numbers are made inside the write transaction: at the start of
-every group commit, with the write lock held, `SequenceAllocator.resume`
-reads the highest seq the database holds, and the batch's events number
-on from there. So `seq` order is commit order whichever process writes,
-and nothing rests on one process's memory. A seq taken by a task that
+every group commit that stores events, holding the lock that orders such
+commits, the backend resumes `SequenceAllocator` from the highest seq the
+database holds, and the batch's events number on from there. So `seq`
+order is commit order whichever process writes, and nothing rests on one
+process's memory. A seq taken by a task that
 rolled back is simply never used: cursors need order, not density.
 """
 
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import json
 from typing import Any
-
-import apsw
 
 from cursor_grpc.storage.records import (
     ALL_KINDS,
@@ -24,21 +23,22 @@ from cursor_grpc.storage.records import (
     InteractionRecord,
     ReaderStateRecord,
 )
-from cursor_grpc.storage.sqlite.connection import fetch_all
+from cursor_grpc.storage.sql.connection import Connection, fetch_all, stream_rows
 
 
 class SequenceAllocator:
-    """Hands out seq values on the writer thread, above everything the
-    database has ever held (sqlite_sequence remembers archived interactions)."""
+    """Hands out seq values on the writer thread. The backend moves it to
+    what the database holds at the start of each group commit that stores
+    events (`resume`), under the lock that orders commits: SQLite's write
+    lock, PostgreSQL's event counter row."""
 
-    def __init__(self, conn: apsw.Connection) -> None:
-        self._last = max_seq(conn)
+    def __init__(self, last: int = 0) -> None:
+        self._last = last
 
-    def resume(self, conn: apsw.Connection) -> None:
-        """At the start of a group commit, under the write lock: go on from
-        what the database holds (a lost batch's numbers are free again, and
+    def resume(self, last: int) -> None:
+        """Go on from `last` (a lost batch's numbers are free again, and
         were never published)."""
-        self._last = max_seq(conn)
+        self._last = last
 
     def next(self) -> int:
         self._last += 1
@@ -49,30 +49,18 @@ class SequenceAllocator:
         return self._last
 
 
-def max_seq(conn: apsw.Connection) -> int:
-    row = fetch_all(
-        conn,
-        """SELECT max(
-               coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'interactions'), 0),
-               coalesce((SELECT max(seq) FROM interactions), 0),
-               coalesce((SELECT max(seq) FROM events), 0),
-               coalesce((SELECT CAST(value AS INTEGER) FROM cursor_meta WHERE key = 'history_floor_seq'), 0))""",
-    )[0]
-    return int(row[0])
-
-
-def epoch(conn: apsw.Connection) -> str:
+def epoch(conn: Connection) -> str:
     return str(fetch_all(conn, "SELECT value FROM cursor_meta WHERE key = 'event_epoch'")[0][0])
 
 
-def history_floor(conn: apsw.Connection) -> int:
+def history_floor(conn: Connection) -> int:
     """Events at or below this seq are no longer held (archived)."""
     found = fetch_all(conn, "SELECT value FROM cursor_meta WHERE key = 'history_floor_seq'")
     return int(found[0][0]) if found else 0
 
 
 def insert_event(
-    conn: apsw.Connection, seq: int, kind: str, reader_id: str, ref_id: str | None, summary: str,
+    conn: Connection, seq: int, kind: str, reader_id: str, ref_id: str | None, summary: str,
     data: dict[str, Any], created_at: str,
 ) -> Event:
     conn.execute(
@@ -94,7 +82,7 @@ def state_data(state: ReaderStateRecord) -> dict[str, Any]:
     }
 
 
-def replay(conn: apsw.Connection, after: int, upto: int, wanted: EventFilter,
+def replay(conn: Connection, after: int, upto: int, wanted: EventFilter,
            max_bytes: int | None = None) -> tuple[list[Event], int]:
     """Committed events with after < seq <= upto that match, in seq order,
     and how far they reach. With `max_bytes`, reading stops at the event
@@ -132,7 +120,7 @@ def replay(conn: apsw.Connection, after: int, upto: int, wanted: EventFilter,
     size = 0
     # Rows are stepped through, not fetched at once, so stopping early
     # leaves the rest unread.
-    rows = conn.execute(" UNION ALL ".join(parts) + " ORDER BY 1", params)
+    rows = stream_rows(conn, " UNION ALL ".join(parts) + " ORDER BY 1", params)
     try:
         for seq, kind, reader_id, ref_id, type_, body, summary, created_at in rows:
             if kind == KIND_INTERACTION:

@@ -1,0 +1,1 @@
+"""The PostgreSQL backend of the storage contract (psycopg 3)."""
