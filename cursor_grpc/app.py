@@ -29,7 +29,7 @@ class App:
 
         def announced(note: str) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
-                loop.call_soon_threadsafe(self.throttle.apply, note)
+                loop.call_soon_threadsafe(self._announced, note)
 
         self.store.on_announcement(announced)
         self.sessions = SessionManager(self.store, settings.auth)
@@ -39,6 +39,12 @@ class App:
         self.sessions.on_revoked(self._end_streams)
         self.sessions.check_streaming(self.broadcaster.streaming_sessions)
         self.metrics_server: metrics.MetricsServer | None = None
+
+    def _announced(self, note: str) -> None:
+        """Loop: what another instance announced, to whoever it concerns."""
+        self.throttle.apply(note)
+        self.sessions.apply(note)
+        self.shared_check.apply(note)
 
     def _end_streams(self, session_id: str | None, account: tuple[str, str] | None, error: Unauthenticated) -> None:
         """A session or account that stops working loses its open streams at once."""

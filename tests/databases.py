@@ -186,14 +186,17 @@ class SQLiteBackend(Backend):
 class PostgresBackend(Backend):
     name = "postgresql"
 
-    def __init__(self, admin_url: str) -> None:
+    def __init__(self, admin_url: str, broker: str | None = None) -> None:
         self._admin_url = admin_url
+        self._broker = broker
         self._made: list[str] = []
 
     def fresh_database(self, workdir: Path, name: str) -> TestDatabase:
+        """In-process servers on it use the suite's NATS as their doorbell;
+        servers in subprocesses (which take only `url`) use LISTEN/NOTIFY."""
         url = new_postgres_database(self._admin_url)
         self._made.append(url)
-        return PostgresDatabase(url)
+        return PostgresDatabase(url, self._broker)
 
     def close(self) -> None:
         for url in self._made:
@@ -206,7 +209,8 @@ class PostgresBackend(Backend):
 # session fixture through the request, so it starts only when selected.
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Backend]] = {
     "sqlite": lambda request: SQLiteBackend(),
-    "postgresql": lambda request: PostgresBackend(request.getfixturevalue("postgres_server")),
+    "postgresql": lambda request: PostgresBackend(request.getfixturevalue("postgres_server"),
+                                                  request.getfixturevalue("nats_url")),
 }
 
 

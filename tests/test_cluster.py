@@ -49,12 +49,17 @@ def round_robin(*servers: ServerProcess) -> grpc.Channel:
         *FAST_RECONNECT, ("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 0)])
 
 
-@pytest.fixture
-def instances(postgres_database_url: str, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    database = PostgresDatabase(postgres_database_url, broker=nats_url)
+@pytest.fixture(params=["nats"])
+def instances(request: pytest.FixtureRequest, postgres_database_url: str,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Three instances on one database; the doorbell is NATS unless a test
+    asks for Redis or PostgreSQL's LISTEN/NOTIFY (`postgres`)."""
+    doorbell = request.param
+    broker = None if doorbell == "postgres" else request.getfixturevalue(f"{doorbell}_url")
+    database = PostgresDatabase(postgres_database_url, broker=broker)
     migrate_with_admin(database, monkeypatch)
     env = {
-        **FAST_AUTH_ENV, "CURSOR_BROKER": nats_url,
+        **FAST_AUTH_ENV, **({"CURSOR_BROKER": broker} if broker else {}),
         "CURSOR_PRESENCE_IDLE_SECONDS": str(IDLE_SECONDS), "CURSOR_PRESENCE_GRACE_SECONDS": "0",
         "CURSOR_PRESENCE_SWEEP_SECONDS": "0.2",
         "CURSOR_ACCOUNT_LOGIN_FAILURE_BURST": str(ACCOUNT_FAILURE_BURST),
@@ -65,7 +70,7 @@ def instances(postgres_database_url: str, nats_url: str, monkeypatch: pytest.Mon
         for _ in range(3):
             servers.append(ServerProcess(database.url, env=env, args=()))
         for server in servers:  # hints sent before an instance subscribed would be lost (they are advisory)
-            assert server.wait_log("doorbell nats connected", timeout=15), server.stderr
+            assert server.wait_log(f"doorbell {doorbell} connected", timeout=15), server.stderr
         yield database, servers
     finally:
         for server in servers:
@@ -163,6 +168,7 @@ def test_three_instances_keep_every_guarantee_through_a_kill(instances: Any) -> 
             channel.close()
 
 
+@pytest.mark.parametrize("instances", ["nats", "redis", "postgres"], indirect=True)
 def test_a_logout_on_one_instance_ends_a_stream_on_another_within_a_second(instances: Any) -> None:
     _, (a, _, c) = instances
     with grpc.insecure_channel(a.address) as on_a, grpc.insecure_channel(c.address) as on_c:
@@ -207,6 +213,7 @@ def test_a_cursor_from_one_instance_resumes_on_another_at_once(instances: Any) -
             resumed.cancel()
 
 
+@pytest.mark.parametrize("instances", ["nats", "redis", "postgres"], indirect=True)
 def test_a_consent_revoked_on_one_instance_ends_the_shared_stream_on_another_within_a_second(
         instances: Any) -> None:
     _, (a, _, c) = instances

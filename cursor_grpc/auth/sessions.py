@@ -36,6 +36,8 @@ CACHE_SECONDS = 10
 # Cached sessions unused this long are dropped (memory stays bounded).
 UNUSED_SECONDS = 300
 _NS = 1_000_000_000
+# What an instance announces after a revocation committed (docs/scaling.md).
+SESSIONS_CHANGED = '{"sessions":"changed"}'
 
 
 _ENDED = {
@@ -101,6 +103,7 @@ class SessionManager:
         self._streaming: Callable[[], Iterable[str]] = tuple
         self._tasks: list[asyncio.Task[None]] = []
         self._revoked_listeners: list[RevokedListener] = []
+        self._check_soon: asyncio.Task[None] | None = None
 
     def on_revoked(self, listener: RevokedListener) -> None:
         """Call `listener` whenever a session, or all of an account's, ends."""
@@ -194,6 +197,9 @@ class SessionManager:
             raise
         self._revocations.committed(keys)
         self._forget(caller, account, error)
+        # Other instances on this database check their sessions in use now,
+        # instead of at their next periodic check.
+        self._store.announce(SESSIONS_CHANGED)
 
     def _forget(self, caller: Principal | None, account: tuple[str, str] | None, error: Unauthenticated) -> None:
         """Drop the cache entries and end the open streams of a session or an account."""
@@ -301,6 +307,22 @@ class SessionManager:
         if self._touches:
             touches, self._touches = list(self._touches.items()), {}
             await self._store.touch_sessions(touches)
+
+    def apply(self, note: str) -> None:
+        """Another instance's announcement: on "sessions changed", check the
+        sessions in use against the database at once (the database decides,
+        not the note), once however many arrive meanwhile."""
+        if note != SESSIONS_CHANGED or self._check_soon is not None:
+            return
+        self._check_soon = asyncio.get_running_loop().create_task(self._check_now())
+
+    async def _check_now(self) -> None:
+        try:
+            await self.check_in_use()
+        except Exception:
+            log.exception("could not check the sessions in use; the periodic check will")
+        finally:
+            self._check_soon = None
 
     async def _check_loop(self) -> None:
         while True:

@@ -16,6 +16,10 @@ from cursor_grpc.storage import Store
 
 log = logging.getLogger("cursor.live.shared")
 
+# What an instance announces after a consent ended or narrowed, or a granter
+# was deactivated: the others check their shared streams at once.
+CONSENTS_CHANGED = '{"consents":"changed"}'
+
 
 class SharedStreamCheck:
     def __init__(self, broadcaster: Broadcaster, store: Store, interval: float) -> None:
@@ -23,6 +27,26 @@ class SharedStreamCheck:
         self._store = store
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._check_soon: asyncio.Task[None] | None = None
+
+    def changed(self) -> None:
+        """A consent ended or narrowed here (committed): tell the other instances."""
+        self._store.announce(CONSENTS_CHANGED)
+
+    def apply(self, note: str) -> None:
+        """Another instance's announcement: on "consents changed", check now
+        (the database decides), once however many arrive meanwhile."""
+        if note != CONSENTS_CHANGED or self._check_soon is not None:
+            return
+        self._check_soon = asyncio.get_running_loop().create_task(self._check_now())
+
+    async def _check_now(self) -> None:
+        try:
+            await self.check()
+        except Exception:
+            log.exception("could not check the consents of shared streams; the periodic check will")
+        finally:
+            self._check_soon = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

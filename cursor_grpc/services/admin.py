@@ -84,6 +84,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
             self.app.broadcaster.close_shared(account_id, None, PermissionDenied(
                 f"readers/{account_id} was deactivated; what it shares is hidden until it is active again",
                 reason="GRANTER_INACTIVE"))
+            self.app.shared_check.changed()
         name = f"{kind}s/{account_id}"  # canonical, whatever case the caller's id was in
         log.info("%s set %s active=%s (%d sessions ended)", caller.name, name, request.active, revoked)
         return pb.SetAccountActiveResponse(account=name, active=request.active, revoked_session_count=revoked)

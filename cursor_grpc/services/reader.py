@@ -198,6 +198,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
             # Narrowed: open streams still carry interactions; end them.
             self.app.broadcaster.close_shared(caller.account_id, grantee_id, PermissionDenied(
                 "the consent was changed to state only; open the stream again", reason="CONSENT_CHANGED"))
+            self.app.shared_check.changed()
         return pb.GrantConsentResponse(consent=wire.consent(outcome.consent))
 
     @rpc(Access.READER)
@@ -210,6 +211,7 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
         self.app.broadcaster.close_shared(caller.account_id, grantee_id, error)
         revoked = await self.app.store.revoke_consent(caller.account_id, grantee_id)
         self.app.broadcaster.close_shared(caller.account_id, grantee_id, error)
+        self.app.shared_check.changed()
         return pb.RevokeConsentResponse(consent=wire.consent(revoked))
 
     @rpc(Access.READER)
