@@ -50,12 +50,18 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "sqlite_only: about SQLite itself (files, WAL, backups, archives, the lock file, "
         "migrations); runs on SQLite whatever CURSOR_TEST_BACKENDS selects",
     )
+    config.addinivalue_line(
+        "markers", "postgres_only: about the PostgreSQL backend itself (its connections, its server); "
+        "runs on PostgreSQL when CURSOR_TEST_BACKENDS selects it, else not at all",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """One run per backend under test for every test that needs a database."""
     if "backend" in metafunc.fixturenames:
         names = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else backends_under_test()
+        if metafunc.definition.get_closest_marker("postgres_only"):
+            names = [name for name in names if name == "postgresql"]
         metafunc.parametrize("backend", names, indirect=True, scope="module")
 
 

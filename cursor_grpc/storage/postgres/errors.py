@@ -22,7 +22,7 @@ _STORAGE_ERRORS: tuple[tuple[type[psycopg.Error], str, str], ...] = (
     (pg.DeadlockDetected, "DATABASE_LOCKED", "a deadlock with another writer"),
     (pg.LockNotAvailable, "DATABASE_LOCKED", "locked by another connection"),
     (pg.QueryCanceled, "STORAGE_INTERRUPTED", "interrupted"),
-    (pg.AdminShutdown, "DATABASE_UNAVAILABLE", "the database server is shutting down"),
+    (pg.AdminShutdown, "DATABASE_UNAVAILABLE", "the database server ended the connection"),
     (pg.CannotConnectNow, "DATABASE_UNAVAILABLE", "the database server is starting"),
     (psycopg.OperationalError, "DATABASE_UNAVAILABLE", "the database server cannot be reached"),
 )

@@ -49,13 +49,15 @@ class ReadPool:
         engine = self._engine
         try:
             conn = self._connection()
-            engine.begin_read(conn)
             try:
+                engine.begin_read(conn)
                 return fn(conn)
             finally:
                 if engine.in_transaction(conn):
                     engine.end_read(conn)
                 else:
+                    # Rolled back by the database, or the connection is gone
+                    # (BEGIN itself can find that out): a new one next time.
                     self._forget(conn)
         except Exception as error:
             mapped = engine.to_cursor_error(error, READING)
