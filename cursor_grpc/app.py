@@ -14,6 +14,7 @@ from cursor_grpc.errors import Unauthenticated
 from cursor_grpc.live.broadcaster import Broadcaster
 from cursor_grpc.live.presence import PresenceSweeper
 from cursor_grpc.live.shared import SharedStreamCheck
+from cursor_grpc.live.stream_limits import share_counts
 from cursor_grpc.storage import Store, open_store
 
 
@@ -39,12 +40,14 @@ class App:
         self.sessions.on_revoked(self._end_streams)
         self.sessions.check_streaming(self.broadcaster.streaming_sessions)
         self.metrics_server: metrics.MetricsServer | None = None
+        self._share_caps: asyncio.Task[None] | None = None
 
     def _announced(self, note: str) -> None:
         """Loop: what another instance announced, to whoever it concerns."""
         self.throttle.apply(note)
         self.sessions.apply(note)
         self.shared_check.apply(note)
+        self.broadcaster.limits.apply(note)
 
     def _end_streams(self, session_id: str | None, account: tuple[str, str] | None, error: Unauthenticated) -> None:
         """A session or account that stops working loses its open streams at once."""
@@ -58,6 +61,9 @@ class App:
         self.sessions.start()
         self.presence.start()
         self.shared_check.start()
+        # The stream caps per session and account hold across instances (docs/scaling.md).
+        self._share_caps = asyncio.get_running_loop().create_task(
+            share_counts(self.broadcaster.limits, self.store.announce))
         metrics.bind_store(self.store)
         if listen := self.settings.ops.metrics_listen:
             try:
@@ -76,6 +82,10 @@ class App:
         metrics.unbind_store(self.store)
         await self.presence.stop()
         await self.shared_check.stop()
+        if self._share_caps is not None:
+            self._share_caps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._share_caps
         await self.sessions.stop()
         await loop.run_in_executor(None, self.passwords.close)
         await loop.run_in_executor(None, self.store.close)

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.postgres
 WRITERS = 4
 IDLE_SECONDS = 2.0
 ACCOUNT_FAILURE_BURST = 3
+STREAMS_PER_SESSION = 4
 
 
 def round_robin(*servers: ServerProcess) -> grpc.Channel:
@@ -64,6 +65,7 @@ def instances(request: pytest.FixtureRequest, postgres_database_url: str,
         "CURSOR_PRESENCE_SWEEP_SECONDS": "0.2",
         "CURSOR_ACCOUNT_LOGIN_FAILURE_BURST": str(ACCOUNT_FAILURE_BURST),
         "CURSOR_ACCOUNT_LOGIN_FAILURES_PER_MINUTE": "1",
+        "CURSOR_MAX_STREAMS_PER_SESSION": str(STREAMS_PER_SESSION),
     }
     servers: list[ServerProcess] = []
     try:
@@ -257,3 +259,35 @@ def test_login_failures_on_several_instances_count_together(instances: Any) -> N
             Client(on_a).auth.Login(wrong)
         assert throttled.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, throttled.value.details()
         assert "too many failed logins for this account" in (throttled.value.details() or "")
+
+
+def test_a_session_s_stream_cap_holds_across_instances(instances: Any) -> None:
+    """Streams of one session on A and on C count together against its cap
+    (4 here); closing one elsewhere frees a place within a second or so."""
+    _, (a, _, c) = instances
+    with grpc.insecure_channel(a.address) as on_a, grpc.insecure_channel(c.address) as on_c:
+        consultant = Cluster._consultant(Client(on_a))
+        on = {"a": Client(on_a, token=consultant.token), "c": Client(on_c, token=consultant.token)}
+
+        def watch(where: str) -> StreamReader:
+            stream = StreamReader(on[where].consultant.WatchActivity(
+                cpb.WatchActivityRequest(), metadata=consultant.md))
+            stream.wait_for(lambda: bool(stream.responses) or stream.error is not None)
+            return stream
+
+        streams = [watch("a"), watch("a"), watch("c"), watch("c")]
+        try:
+            assert all(s.error is None for s in streams)
+            time.sleep(1.5)  # each instance shares its counts every half second
+            refused = watch("a")
+            assert refused.error is not None, "a fifth stream of the session was admitted"
+            assert refused.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "session already has 4 open streams" in (refused.error.details() or "")
+            streams.pop().cancel()  # one of C's
+            time.sleep(1.5)
+            admitted = watch("a")
+            assert admitted.error is None, admitted.error
+            streams.append(admitted)
+        finally:
+            for stream in streams:
+                stream.cancel()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from cursor_grpc.live.broadcaster import Encoded, Subscription
 from cursor_grpc.storage.records import EventFilter
 
@@ -73,3 +75,40 @@ def test_take_stops_at_a_byte_budget_but_always_takes_one() -> None:
         return taken
 
     assert asyncio.run(scenario()) == [[1, 2], [3], [4], [5]]
+
+
+def test_stream_caps_count_the_streams_other_instances_announce() -> None:
+    """Pure logic of the shared caps: another instance's whole snapshot
+    counts, a partial one does not replace the last whole one, and an
+    instance that went silent is forgotten."""
+    from cursor_grpc.config import LiveSettings
+    from cursor_grpc.errors import ResourceExhausted
+    from cursor_grpc.live import stream_limits
+    from cursor_grpc.live.stream_limits import StreamLimits
+
+    settings = LiveSettings(max_streams_per_session=4, max_streams_per_account=100)
+    here, there = StreamLimits(settings), StreamLimits(settings)
+    for n in range(3):
+        there.admit("s1", ("consultant", "c1"))
+        there.admit(f"other{n}", ("reader", f"r{n}"))
+    for n in range(40):  # enough sessions for a snapshot of several parts
+        there.admit(f"busy{n}", ("reader", "many"))
+    now = time.monotonic()
+    notes = there.snapshot_notes(now=now)
+    assert len(notes) > 1
+    assert there.snapshot_notes(now=now + 0.1) == [], "nothing changed, and the keep-alive is not due"
+    assert there.snapshot_notes(now=now + stream_limits.KEEPALIVE_SECONDS + 0.1), "the keep-alive"
+    for note in notes[:-1]:
+        here.apply(note)
+    here.admit("s1", ("consultant", "c1"))  # the partial snapshot does not count yet: 1 here
+    here.release("s1", ("consultant", "c1"))
+    here.apply(notes[-1])
+    here.admit("s1", ("consultant", "c1"))  # 3 there + 1 here = the cap
+    with pytest.raises(ResourceExhausted) as refused:
+        here.admit("s1", ("consultant", "c1"))
+    assert refused.value.metadata == {"scope": "session", "limit": "4"}
+    here.apply('{"streams": "junk"}')
+    here.apply("not json at all")
+    # Silent past FORGET_SECONDS (the instance stopped or was killed): its streams no longer count.
+    here._forget_silent(now=time.monotonic() + stream_limits.FORGET_SECONDS + 1)
+    here.admit("s1", ("consultant", "c1"))

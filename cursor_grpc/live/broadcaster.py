@@ -172,7 +172,7 @@ class Broadcaster:
         self._moved = asyncio.Event()
         self._settings = settings
         self._subscriptions: set[Subscription] = set()
-        self._limits = StreamLimits(settings)
+        self.limits = StreamLimits(settings)
         self.published = 0
         self._pending: list[Event] = []
         self._flush_at: asyncio.Handle | None = None
@@ -271,7 +271,7 @@ class Broadcaster:
 
     def subscribe(self, wanted: EventFilter, limit: int, session_id: str, account: tuple[str, str]) -> Subscription:
         """A new stream's subscription; RESOURCE_EXHAUSTED past a stream cap."""
-        self._limits.admit(session_id, account)
+        self.limits.admit(session_id, account)
         subscription = Subscription(wanted, limit, session_id, account, self._settings.stream_buffer_bytes)
         self._subscriptions.add(subscription)
         return subscription
@@ -279,7 +279,7 @@ class Broadcaster:
     def unsubscribe(self, subscription: Subscription) -> None:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
-            self._limits.release(subscription.session_id, subscription.account)
+            self.limits.release(subscription.session_id, subscription.account)
 
     @property
     def stream_count(self) -> int:
@@ -287,7 +287,7 @@ class Broadcaster:
 
     def streaming_sessions(self) -> KeysView[str]:
         """The sessions with at least one open stream."""
-        return self._limits.sessions()
+        return self.limits.sessions()
 
     def shared_streams(self) -> dict[tuple[str, str], bool]:
         """(granter, grantee) of every open WatchSharedActivity stream, and
