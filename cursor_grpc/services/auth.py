@@ -97,7 +97,9 @@ class AuthService(pb_grpc.AuthServiceServicer):
         except Exception as error:
             log.warning("login throttled for peer %s: %s", peer, error)
             raise
-        credential = _choose(await self.app.store.credentials_for_email(email), request.account_kind)
+        # An email no account can have is not looked up, and answers like an unknown one.
+        found = await self.app.store.credentials_for_email(email) if validation.could_be_stored(email) else []
+        credential = _choose(found, request.account_kind)
         matches, needs_rehash = await self.app.passwords.verify(
             credential.password_hash if credential else None, request.password
         )
