@@ -6,6 +6,7 @@ from __future__ import annotations
 from cursor.v1 import resources_pb2 as pb
 from cursor_grpc.clock import timestamp_from_iso
 from cursor_grpc.storage import (
+    AssignmentRecord,
     AuditRecord,
     ConsentRecord,
     ConsultantRecord,
@@ -176,6 +177,16 @@ def consent(record: ConsentRecord) -> pb.Consent:
         scope=CONSENT_SCOPE[record.scope],
         create_time=timestamp_from_iso(record.created_at),
         revoke_time=timestamp_from_iso(record.revoked_at),
+    )
+
+
+def assignment(record: AssignmentRecord) -> pb.ReaderAssignment:
+    return pb.ReaderAssignment(
+        name=f"readers/{record.reader_id}/assignment",
+        reader=f"readers/{record.reader_id}",
+        consultant=f"consultants/{record.consultant_id}",
+        assigned_by=f"consultants/{record.assigned_by}" if record.assigned_by else "",
+        assign_time=timestamp_from_iso(record.assigned_at),
     )
 
 

@@ -28,6 +28,7 @@ from cursor_grpc import cli
 from cursor_grpc.config import ConfigError, OpsSettings, Settings, StorageSettings
 from cursor_grpc.server import start_server
 from cursor_grpc.storage import open_store
+from cursor_grpc.storage.postgres import migrations as pg_migrations
 from cursor_grpc.storage.sqlite.migrations import load_migrations
 from tests.databases import TestDatabase
 from tests.helpers import db_rows
@@ -543,7 +544,8 @@ def test_the_commands_on_a_postgresql_url(tmp_path: Path, postgres_database_url:
     url = postgres_database_url
     status = run_cli(tmp_path, "migrate", "--db", url, "--status")
     assert status.returncode == 0, status.stderr
-    assert "0 applied, 1 pending" in status.stdout
+    known = [m.name for m in pg_migrations.load_migrations()]
+    assert f"0 applied, {len(known)} pending" in status.stdout
     assert "pending  0001_init.sql" in status.stdout
     dry = run_cli(tmp_path, "migrate", "--db", url, "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -552,7 +554,7 @@ def test_the_commands_on_a_postgresql_url(tmp_path: Path, postgres_database_url:
     assert migrated.returncode == 0, migrated.stderr
     assert "applied 0001_init.sql" in migrated.stdout
     again = run_cli(tmp_path, "migrate", "--db", url, "--status")
-    assert "1 applied, 0 pending" in again.stdout
+    assert f"{len(known)} applied, 0 pending" in again.stdout
     for command in (("backup",), ("archive",), ("restore", "some.db")):
         refused = run_cli(tmp_path, *command, "--db", url)
         assert refused.returncode == 2, refused.stderr

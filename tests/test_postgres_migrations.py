@@ -28,6 +28,8 @@ from cursor_grpc.storage.sqlite.connection import open_connection
 pytestmark = pytest.mark.postgres
 
 REPO = Path(__file__).resolve().parents[1]
+# Every PostgreSQL migration this version has, in order.
+ALL = [m.name for m in pg.load_migrations()]
 TIMESTAMP = "2024-05-06T07:08:09.123Z"
 
 
@@ -131,7 +133,7 @@ def test_fresh_database_gets_sqlites_schema(migrated: psycopg.Connection[Any], t
 def test_column_types(migrated: psycopg.Connection[Any]) -> None:
     types = _column_types(migrated)
     timestamps = {key for key in types if key[1].endswith("_at")}
-    assert len(timestamps) == 23
+    assert len(timestamps) == 24  # 23 in 0001, reader_assignments.assigned_at in 0002
     assert {key for key, kind in types.items() if kind == "timestamp with time zone"} == timestamps
     assert {types[key] for key in types if key[1] == "seq" or key[1].endswith("_seq")} == {"bigint"}
     assert types["sessions", "token_hash"] == "bytea"
@@ -155,8 +157,8 @@ def test_second_migrate_applies_nothing(migrated: psycopg.Connection[Any]) -> No
 
 def test_autocommit_connection_with_dict_rows(postgres_database_url: str) -> None:
     with psycopg.connect(postgres_database_url, autocommit=True, row_factory=dict_row) as conn:
-        assert pg.migrate(conn) == ["0001_init.sql"]
-        assert [name for name, _ in pg.status(conn)["applied"]] == ["0001_init.sql"]
+        assert pg.migrate(conn) == ALL
+        assert [name for name, _ in pg.status(conn)["applied"]] == ALL
         pg.verify_current(conn)
         assert pg.has_tables(conn)
 
@@ -192,8 +194,8 @@ def test_concurrent_migrators_serialize(postgres_database_url: str) -> None:
 
 
 def test_edited_file_is_refused(migrated: psycopg.Connection[Any]) -> None:
-    first = pg.load_migrations()[0]
-    edited = [Migration(first.name, first.sql + "\n-- edited after it was applied\n")]
+    first, *rest = pg.load_migrations()
+    edited = [Migration(first.name, first.sql + "\n-- edited after it was applied\n"), *rest]
     with pytest.raises(MigrationError, match=f"{first.name} was applied but its file has been modified"):
         pg.migrate(migrated, edited)
     with pytest.raises(MigrationError, match="modified"):
@@ -220,14 +222,14 @@ def test_verify_current_on_empty_database(conn: psycopg.Connection[Any], postgre
     described = pg.describe_url(with_password)
     assert "s3cret-pw" not in message
     assert "postgres@" not in message
-    assert f"{described}: 1 migration(s) pending (0001_init.sql first)" in message
+    assert f"{described}: {len(ALL)} migration(s) pending (0001_init.sql first)" in message
     assert "cursor-grpc migrate --db" in message
     assert "cursor-grpc serve --migrate --db" in message
     # Without `db`, the connection names itself.
     with pytest.raises(MigrationError, match=r"pending .*run `cursor-grpc migrate --db 'postgresql://"):
         pg.verify_current(conn)
     # Nothing was written: no ledger appeared.
-    assert pg.status(conn) == {"applied": [], "pending": [("0001_init.sql", "")], "unknown": [], "modified": []}
+    assert pg.status(conn) == {"applied": [], "pending": [(name, "") for name in ALL], "unknown": [], "modified": []}
     assert not pg.has_tables(conn)
 
 
@@ -321,12 +323,12 @@ def test_python_migrations_and_open_transactions_are_refused(conn: psycopg.Conne
     with pytest.raises(MigrationError, match="no transaction open"):
         pg.migrate(conn)
     conn.rollback()
-    assert pg.migrate(conn) == ["0001_init.sql"]
+    assert pg.migrate(conn) == ALL
 
 
 def test_migration_files() -> None:
     assert pg.migrations_dir() == REPO / "migrations" / "postgres"
-    assert [m.name for m in pg.load_migrations()] == ["0001_init.sql"]
+    assert ALL == ["0001_init.sql", "0002_reader_assignments.sql"]
     assert all(m.name != "0001_init.sql" or "json_valid" in m.sql for m in lite.load_migrations())
 
 

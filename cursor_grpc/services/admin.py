@@ -17,7 +17,7 @@ from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.passwords import check_password_rules
 from cursor_grpc.auth.sessions import Principal, session_ended
 from cursor_grpc.clock import iso_from_ns
-from cursor_grpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied, quoted
+from cursor_grpc.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, quoted
 from cursor_grpc.services.common import Context, PageRequest, profile_update
 from cursor_grpc.storage import Actor, AuditQuery
 
@@ -100,6 +100,25 @@ class AdminService(pb_grpc.AdminServiceServicer):
         )
         log.info("%s updated readers/%s (%s)", caller.name, reader_id, ", ".join(changed) or "no change")
         return pb.UpdateReaderResponse(reader=wire.reader_profile(record, metadata))
+
+    @rpc(Access.SUPERVISOR)
+    async def AssignReader(self, request: pb.AssignReaderRequest, context: Context,
+                           caller: Principal) -> pb.AssignReaderResponse:
+        reader_id = validation.resource_id(request.reader, "readers", "reader")
+        consultant_id = validation.resource_id(request.consultant, "consultants", "consultant")
+        assigned = await self.app.store.assign_reader(Actor("consultant", caller.account_id), reader_id, consultant_id)
+        log.info("%s assigned readers/%s to consultants/%s", caller.name, reader_id, consultant_id)
+        return pb.AssignReaderResponse(assignment=wire.assignment(assigned))
+
+    @rpc(Access.SUPERVISOR)
+    async def UnassignReader(self, request: pb.UnassignReaderRequest, context: Context,
+                             caller: Principal) -> pb.UnassignReaderResponse:
+        reader_id = validation.resource_id(request.reader, "readers", "reader")
+        removed = await self.app.store.unassign_reader(Actor("consultant", caller.account_id), reader_id)
+        if removed is None:
+            raise NotFound(f"readers/{reader_id} is not assigned to anyone", reason="NOT_ASSIGNED")
+        log.info("%s unassigned readers/%s", caller.name, reader_id)
+        return pb.UnassignReaderResponse(removed=wire.assignment(removed))
 
     @rpc(Access.ADMIN)
     async def ListAuditLogs(self, request: pb.ListAuditLogsRequest, context: Context,

@@ -34,12 +34,14 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
             raise InvalidArgument(f"window_seconds must be 0 to {MAX_WINDOW_SECONDS}", field="window_seconds")
         window = request.window_seconds or self.app.settings.limits.active_window_seconds
         page = PageRequest.parse(request.page_size, request.page_token, self.app.settings.limits,
-                                 ("active", window), paging.TIMESTAMP, paging.TIMESTAMP, paging.ROW_ID)
+                                 ("active", window, request.only_my_readers), paging.TIMESTAMP, paging.TIMESTAMP,
+                                 paging.ROW_ID)
         # The window is fixed at the first page, so later pages don't shift.
         since = page.key[0] if page.key else iso_from_ns(time.time_ns() - window * 1_000_000_000)
+        assignee = caller.account_id if request.only_my_readers else None
         records, token = await page.read(
             lambda key, how_many: self.app.store.list_active_readers(
-                since, (key[1], key[2]) if key else None, how_many
+                since, (key[1], key[2]) if key else None, how_many, assignee
             ),
             lambda r: [since, r.state.last_seen_at if r.state else "", r.id],
         )
@@ -51,10 +53,11 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         if request.status not in resources_pb2.ReaderStatus.values():
             raise InvalidArgument(f"status {request.status} is not known", field="status")
         status = wire.STATUS_NAME.get(request.status)
+        assignee = caller.account_id if request.only_my_readers else None
         page = PageRequest.parse(request.page_size, request.page_token, self.app.settings.limits,
-                                 ("readers", status), paging.ROW_ID)
+                                 ("readers", status, assignee is not None), paging.ROW_ID)
         records, token = await page.read(
-            lambda key, how_many: self.app.store.list_readers(status, key[0] if key else None, how_many),
+            lambda key, how_many: self.app.store.list_readers(status, key[0] if key else None, how_many, assignee),
             lambda r: [r.id],
         )
         return pb.ListReadersResponse(readers=[wire.reader(r) for r in records], next_page_token=token)
@@ -84,6 +87,10 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         if len(request.readers) > MAX_WATCHED_READERS:
             raise InvalidArgument(f"watch at most {MAX_WATCHED_READERS} readers per stream", field="readers")
         reader_ids = frozenset(validation.resource_id(name, "readers", "readers") for name in request.readers)
+        if request.only_my_readers:
+            mine = await self.app.store.assigned_readers(caller.account_id)
+            # None assigned (or none of those asked for): a stream that carries no reader's events.
+            reader_ids = (reader_ids & mine if reader_ids else mine) or NO_READER
         kinds = set()
         for kind in request.kinds:
             if kind not in wire.KIND_NAME:
@@ -92,10 +99,13 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         types = frozenset(validation.interaction_type(t, "interaction_types") for t in request.interaction_types)
         wanted = EventFilter(reader_ids, frozenset(kinds), types)
         actor = Actor("consultant", caller.account_id)
-        details = {"kinds": sorted(kinds), "interaction_types": sorted(types), "resume": bool(request.after)}
+        details = {"kinds": sorted(kinds), "interaction_types": sorted(types), "resume": bool(request.after),
+                   "only_my_readers": request.only_my_readers}
 
         async def audit_open() -> None:
-            # Only once the watch is accepted: a refused one observed nobody.
+            # Only once the watch is accepted: a refused one observed nobody, nor one of no reader.
+            if reader_ids == NO_READER:
+                return
             if reader_ids:
                 for reader_id in sorted(reader_ids):
                     await self.app.store.audit(actor, "watch.open", "reader", reader_id, details)
@@ -164,6 +174,9 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
     async def ListUnreadCounts(self, request: pb.ListUnreadCountsRequest, context: Context,
                                caller: Principal) -> pb.ListUnreadCountsResponse:
         counts = await self.app.store.unread_counts(caller.account_id)
+        if request.only_my_readers:
+            mine = await self.app.store.assigned_readers(caller.account_id)
+            counts = [(reader_id, n) for reader_id, n in counts if reader_id in mine]
         return pb.ListUnreadCountsResponse(
             counts=[pb.UnreadCount(reader=f"readers/{reader_id}", unread=n) for reader_id, n in counts]
         )
@@ -177,6 +190,11 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
             raise InvalidArgument("status must be READER_STATUS_PAUSED or READER_STATUS_ACTIVE", field="status")
         state = await self.app.store.set_reader_status(Actor("consultant", caller.account_id), reader_id, status)
         return pb.SetReaderStatusResponse(state=wire.reader_state(state))
+
+
+# A reader filter that no reader matches (ids are UUIDs): "only my readers"
+# for a consultant with none assigned.
+NO_READER = frozenset({"-"})
 
 
 def _activity_tail(cursor: str, heartbeat: bool) -> bytes:

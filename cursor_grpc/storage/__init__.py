@@ -11,6 +11,7 @@ storage. docs/storage.md describes the layers and what a backend must do.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from cursor_grpc.storage.records import (
     SCOPES,
     SYSTEM,
     Actor,
+    AssignmentRecord,
     AuditQuery,
     AuditRecord,
     ConsentRecord,
@@ -106,6 +108,9 @@ def open_store(settings: StorageSettings, *, owner: bool = False) -> Store:
         return PostgresStore(settings, owner=owner)
     from cursor_grpc.storage.sqlite.store import SQLiteStore
 
+    if settings.broker:
+        logging.getLogger("cursor.storage").warning(
+            "CURSOR_BROKER is set, but a SQLite database has one server: the broker is not used")
     return SQLiteStore(settings, owner=owner)
 
 
@@ -139,7 +144,7 @@ def require_current_schema(settings: StorageSettings) -> None:
 
 __all__ = [
     "ALL_KINDS", "KIND_INTERACTION", "KIND_MESSAGE", "KIND_MESSAGE_READ", "KIND_PRESENCE", "KIND_STATE",
-    "SCOPES", "SCOPE_INTERACTIONS", "SCOPE_STATE", "SYSTEM", "Actor", "AuditQuery", "AuditRecord",
+    "SCOPES", "SCOPE_INTERACTIONS", "SCOPE_STATE", "SYSTEM", "Actor", "AssignmentRecord", "AuditQuery", "AuditRecord",
     "CommitListener", "ConsentRecord", "ConsultantRecord", "Credential", "DatabaseInUse", "DatabaseUnreachable",
     "Event", "EventFilter",
     "EventLog", "Evented", "GrantOutcome", "HistoryPage", "InteractionRecord", "Maintenance", "MessageRecord",

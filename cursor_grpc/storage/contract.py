@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from cursor_grpc.config import OpsSettings
 from cursor_grpc.storage.records import (
     Actor,
+    AssignmentRecord,
     AuditQuery,
     AuditRecord,
     ConsentRecord,
@@ -185,10 +186,14 @@ class Store(EventLog, Maintenance, Peers, Protocol):
     async def get_reader_state(self, reader_id: str) -> ReaderStateRecord:
         ...
 
-    async def list_readers(self, status: str | None, after_id: str | None, limit: int) -> list[ReaderRecord]:
+    async def list_readers(self, status: str | None, after_id: str | None, limit: int,
+                           assignee: str | None = None) -> list[ReaderRecord]:
+        """With `assignee`, only the readers assigned to that consultant."""
         ...
 
-    async def list_active_readers(self, since: str, after: tuple[str, str] | None, limit: int) -> list[ReaderRecord]:
+    async def list_active_readers(self, since: str, after: tuple[str, str] | None, limit: int,
+                                  assignee: str | None = None) -> list[ReaderRecord]:
+        """With `assignee`, only the readers assigned to that consultant."""
         ...
 
     async def create_consultant(
@@ -314,6 +319,19 @@ class Store(EventLog, Maintenance, Peers, Protocol):
     async def require_consent(self, granter_id: str, grantee_id: str, *, interactions: bool = False) -> ConsentRecord:
         """The live consent of granter to grantee (covering interactions if
         asked), or PERMISSION_DENIED."""
+        ...
+
+    async def assign_reader(self, actor: Actor, reader_id: str, consultant_id: str) -> AssignmentRecord:
+        """Assign (or move) a reader to an active consultant, audited;
+        NOT_FOUND for either unknown, FAILED_PRECONDITION for a deactivated consultant."""
+        ...
+
+    async def unassign_reader(self, actor: Actor, reader_id: str) -> AssignmentRecord | None:
+        """Remove a reader's assignment (audited); the one removed, or None."""
+        ...
+
+    async def assigned_readers(self, consultant_id: str) -> frozenset[str]:
+        """The ids of the readers assigned to a consultant."""
         ...
 
     async def consents_in_force(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], ConsentRecord]:

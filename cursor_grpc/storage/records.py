@@ -166,6 +166,16 @@ class ConsentRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AssignmentRecord:
+    """A reader's consultant: at most one per reader."""
+
+    reader_id: str
+    consultant_id: str
+    assigned_by: str | None
+    assigned_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class GrantOutcome:
     """What GrantConsent did: the live consent, and the one it replaced."""
 

@@ -68,25 +68,36 @@ def get_reader_state(conn: Connection, reader_id: str) -> ReaderStateRecord:
     return state_from_row(rows[0])
 
 
+_ASSIGNED_TO = "{column} IN (SELECT reader_id FROM reader_assignments WHERE consultant_id = ?)"
+
+
+def assigned_to(where: Where, column: str, consultant_id: str | None) -> Where:
+    """Only the readers assigned to `consultant_id` ("my readers"), when given."""
+    return where if consultant_id is None else where.add(_ASSIGNED_TO.format(column=column), consultant_id)
+
+
 def list_readers(
-    conn: Connection, status: str | None, after_id: str | None, limit: int
+    conn: Connection, status: str | None, after_id: str | None, limit: int, assignee: str | None = None
 ) -> list[ReaderRecord]:
-    """Newest account first (ids are time-ordered), keyset on id."""
+    """Newest account first (ids are time-ordered), keyset on id; with
+    `assignee`, only the readers assigned to that consultant."""
     sql, params = newest_first(
-        f"SELECT {READER_COLUMNS} {READER_FROM}", Where().equals("s.status", status), ("u.id",),
-        None if after_id is None else (after_id,), limit,
+        f"SELECT {READER_COLUMNS} {READER_FROM}", assigned_to(Where().equals("s.status", status), "u.id", assignee),
+        ("u.id",), None if after_id is None else (after_id,), limit,
     )
     return [reader_from_row(r) for r in fetch_all(conn, sql, params)]
 
 
 def list_active_readers(
-    conn: Connection, since: str, after: tuple[str, str] | None, limit: int
+    conn: Connection, since: str, after: tuple[str, str] | None, limit: int, assignee: str | None = None
 ) -> list[ReaderRecord]:
     """Readers seen at or after `since`, most recent first; keyset on
-    (last_seen_at, reader_id), served by idx_reader_states_last_seen."""
+    (last_seen_at, reader_id), served by idx_reader_states_last_seen; with
+    `assignee`, only the readers assigned to that consultant."""
     sql, params = newest_first(
         f"SELECT {READER_COLUMNS} FROM reader_states s JOIN users u ON u.id = s.reader_id",
-        Where().add("s.last_seen_at >= ?", since), ("s.last_seen_at", "s.reader_id"), after, limit,
+        assigned_to(Where().add("s.last_seen_at >= ?", since), "s.reader_id", assignee),
+        ("s.last_seen_at", "s.reader_id"), after, limit,
     )
     return [reader_from_row(r) for r in fetch_all(conn, sql, params)]
 

@@ -13,6 +13,7 @@ from typing import Any
 from cursor_grpc.errors import FailedPrecondition
 from cursor_grpc.storage.records import (
     Actor,
+    AssignmentRecord,
     AuditQuery,
     AuditRecord,
     ConsentRecord,
@@ -32,7 +33,7 @@ from cursor_grpc.storage.records import (
     RecordOutcome,
     SessionRecord,
 )
-from cursor_grpc.storage.sql import accounts, consents, events, interactions, messages, sessions
+from cursor_grpc.storage.sql import accounts, assignments, consents, events, interactions, messages, sessions
 from cursor_grpc.storage.sql.audit import list_audit_logs, write_audit
 from cursor_grpc.storage.sql.connection import Connection
 from cursor_grpc.storage.sql.events import SequenceAllocator
@@ -73,11 +74,14 @@ class SqlStore:
     async def get_reader_state(self, reader_id: str) -> ReaderStateRecord:
         return await self.reads.run(lambda conn: accounts.get_reader_state(conn, reader_id))
 
-    async def list_readers(self, status: str | None, after_id: str | None, limit: int) -> list[ReaderRecord]:
-        return await self.reads.run(lambda conn: accounts.list_readers(conn, status, after_id, limit))
+    async def list_readers(self, status: str | None, after_id: str | None, limit: int,
+                           assignee: str | None = None) -> list[ReaderRecord]:
+        return await self.reads.run(lambda conn: accounts.list_readers(conn, status, after_id, limit, assignee))
 
-    async def list_active_readers(self, since: str, after: tuple[str, str] | None, limit: int) -> list[ReaderRecord]:
-        return await self.reads.run(lambda conn: accounts.list_active_readers(conn, since, after, limit))
+    async def list_active_readers(self, since: str, after: tuple[str, str] | None, limit: int,
+                                  assignee: str | None = None) -> list[ReaderRecord]:
+        return await self.reads.run(
+            lambda conn: accounts.list_active_readers(conn, since, after, limit, assignee))
 
     async def create_consultant(
         self, actor: Actor, email: str, password_hash: str, display_name: str, role: str
@@ -390,6 +394,36 @@ class SqlStore:
             return accounts.get_reader_state(conn, granter_id)
 
         return await self.reads.run(read)
+
+    # --- assignments ---------------------------------------------------------------
+
+    async def assign_reader(self, actor: Actor, reader_id: str, consultant_id: str) -> AssignmentRecord:
+        """Assign (or move) a reader to a consultant, audited with the previous assignee."""
+
+        def write(conn: Connection) -> AssignmentRecord:
+            before = assignments.unassign(conn, reader_id)
+            assigned = assignments.assign(conn, reader_id, consultant_id, actor.id)
+            write_audit(conn, actor.type, actor.id, "reader.assign", "reader", reader_id,
+                        {"consultant_id": consultant_id,
+                         "previous_consultant_id": before.consultant_id if before else None})
+            return assigned
+
+        return await self.writer.submit(write)
+
+    async def unassign_reader(self, actor: Actor, reader_id: str) -> AssignmentRecord | None:
+        """Remove a reader's assignment (audited when there was one)."""
+
+        def write(conn: Connection) -> AssignmentRecord | None:
+            removed = assignments.unassign(conn, reader_id)
+            if removed is not None:
+                write_audit(conn, actor.type, actor.id, "reader.unassign", "reader", reader_id,
+                            {"consultant_id": removed.consultant_id})
+            return removed
+
+        return await self.writer.submit(write)
+
+    async def assigned_readers(self, consultant_id: str) -> frozenset[str]:
+        return await self.reads.run(lambda conn: assignments.assigned_readers(conn, consultant_id))
 
     # --- audit log -----------------------------------------------------------------
 

@@ -27,33 +27,41 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ursor/v1/admin_service.proto\x12\tcursor.v1\x1a\x19\x63ursor/v1/resources.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\x13UpdateReaderRequest\x12!\n\x06reader\x18\x01 \x01(\x0b\x32\x11.cursor.v1.Reader\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"9\n\x14UpdateReaderResponse\x12!\n\x06reader\x18\x01 \x01(\x0b\x32\x11.cursor.v1.Reader\"\xca\x01\n\x14ListAuditLogsRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"Y\n\x15ListAuditLogsResponse\x12\'\n\naudit_logs\x18\x01 \x03(\x0b\x32\x13.cursor.v1.AuditLog\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"y\n\x17\x43reateConsultantRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\'\n\x04role\x18\x04 \x01(\x0e\x32\x19.cursor.v1.ConsultantRole\"E\n\x18\x43reateConsultantResponse\x12)\n\nconsultant\x18\x01 \x01(\x0b\x32\x15.cursor.v1.Consultant\"O\n\x14PromoteReaderRequest\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.cursor.v1.ConsultantRole\"B\n\x15PromoteReaderResponse\x12)\n\nconsultant\x18\x01 \x01(\x0b\x32\x15.cursor.v1.Consultant\":\n\x17SetAccountActiveRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\"Z\n\x18SetAccountActiveResponse\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x1d\n\x15revoked_session_count\x18\x03 \x01(\x03\x32\xc1\x03\n\x0c\x41\x64minService\x12[\n\x10\x43reateConsultant\x12\".cursor.v1.CreateConsultantRequest\x1a#.cursor.v1.CreateConsultantResponse\x12R\n\rPromoteReader\x12\x1f.cursor.v1.PromoteReaderRequest\x1a .cursor.v1.PromoteReaderResponse\x12[\n\x10SetAccountActive\x12\".cursor.v1.SetAccountActiveRequest\x1a#.cursor.v1.SetAccountActiveResponse\x12O\n\x0cUpdateReader\x12\x1e.cursor.v1.UpdateReaderRequest\x1a\x1f.cursor.v1.UpdateReaderResponse\x12R\n\rListAuditLogs\x12\x1f.cursor.v1.ListAuditLogsRequest\x1a .cursor.v1.ListAuditLogsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ursor/v1/admin_service.proto\x12\tcursor.v1\x1a\x19\x63ursor/v1/resources.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n\x13\x41ssignReaderRequest\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\x12\n\nconsultant\x18\x02 \x01(\t\"G\n\x14\x41ssignReaderResponse\x12/\n\nassignment\x18\x01 \x01(\x0b\x32\x1b.cursor.v1.ReaderAssignment\"\'\n\x15UnassignReaderRequest\x12\x0e\n\x06reader\x18\x01 \x01(\t\"F\n\x16UnassignReaderResponse\x12,\n\x07removed\x18\x01 \x01(\x0b\x32\x1b.cursor.v1.ReaderAssignment\"i\n\x13UpdateReaderRequest\x12!\n\x06reader\x18\x01 \x01(\x0b\x32\x11.cursor.v1.Reader\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"9\n\x14UpdateReaderResponse\x12!\n\x06reader\x18\x01 \x01(\x0b\x32\x11.cursor.v1.Reader\"\xca\x01\n\x14ListAuditLogsRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"Y\n\x15ListAuditLogsResponse\x12\'\n\naudit_logs\x18\x01 \x03(\x0b\x32\x13.cursor.v1.AuditLog\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"y\n\x17\x43reateConsultantRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\'\n\x04role\x18\x04 \x01(\x0e\x32\x19.cursor.v1.ConsultantRole\"E\n\x18\x43reateConsultantResponse\x12)\n\nconsultant\x18\x01 \x01(\x0b\x32\x15.cursor.v1.Consultant\"O\n\x14PromoteReaderRequest\x12\x0e\n\x06reader\x18\x01 \x01(\t\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.cursor.v1.ConsultantRole\"B\n\x15PromoteReaderResponse\x12)\n\nconsultant\x18\x01 \x01(\x0b\x32\x15.cursor.v1.Consultant\":\n\x17SetAccountActiveRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\"Z\n\x18SetAccountActiveResponse\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x1d\n\x15revoked_session_count\x18\x03 \x01(\x03\x32\xe9\x04\n\x0c\x41\x64minService\x12[\n\x10\x43reateConsultant\x12\".cursor.v1.CreateConsultantRequest\x1a#.cursor.v1.CreateConsultantResponse\x12R\n\rPromoteReader\x12\x1f.cursor.v1.PromoteReaderRequest\x1a .cursor.v1.PromoteReaderResponse\x12[\n\x10SetAccountActive\x12\".cursor.v1.SetAccountActiveRequest\x1a#.cursor.v1.SetAccountActiveResponse\x12O\n\x0cUpdateReader\x12\x1e.cursor.v1.UpdateReaderRequest\x1a\x1f.cursor.v1.UpdateReaderResponse\x12R\n\rListAuditLogs\x12\x1f.cursor.v1.ListAuditLogsRequest\x1a .cursor.v1.ListAuditLogsResponse\x12O\n\x0c\x41ssignReader\x12\x1e.cursor.v1.AssignReaderRequest\x1a\x1f.cursor.v1.AssignReaderResponse\x12U\n\x0eUnassignReader\x12 .cursor.v1.UnassignReaderRequest\x1a!.cursor.v1.UnassignReaderResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cursor.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPDATEREADERREQUEST']._serialized_start=138
-  _globals['_UPDATEREADERREQUEST']._serialized_end=243
-  _globals['_UPDATEREADERRESPONSE']._serialized_start=245
-  _globals['_UPDATEREADERRESPONSE']._serialized_end=302
-  _globals['_LISTAUDITLOGSREQUEST']._serialized_start=305
-  _globals['_LISTAUDITLOGSREQUEST']._serialized_end=507
-  _globals['_LISTAUDITLOGSRESPONSE']._serialized_start=509
-  _globals['_LISTAUDITLOGSRESPONSE']._serialized_end=598
-  _globals['_CREATECONSULTANTREQUEST']._serialized_start=600
-  _globals['_CREATECONSULTANTREQUEST']._serialized_end=721
-  _globals['_CREATECONSULTANTRESPONSE']._serialized_start=723
-  _globals['_CREATECONSULTANTRESPONSE']._serialized_end=792
-  _globals['_PROMOTEREADERREQUEST']._serialized_start=794
-  _globals['_PROMOTEREADERREQUEST']._serialized_end=873
-  _globals['_PROMOTEREADERRESPONSE']._serialized_start=875
-  _globals['_PROMOTEREADERRESPONSE']._serialized_end=941
-  _globals['_SETACCOUNTACTIVEREQUEST']._serialized_start=943
-  _globals['_SETACCOUNTACTIVEREQUEST']._serialized_end=1001
-  _globals['_SETACCOUNTACTIVERESPONSE']._serialized_start=1003
-  _globals['_SETACCOUNTACTIVERESPONSE']._serialized_end=1093
-  _globals['_ADMINSERVICE']._serialized_start=1096
-  _globals['_ADMINSERVICE']._serialized_end=1545
+  _globals['_ASSIGNREADERREQUEST']._serialized_start=138
+  _globals['_ASSIGNREADERREQUEST']._serialized_end=195
+  _globals['_ASSIGNREADERRESPONSE']._serialized_start=197
+  _globals['_ASSIGNREADERRESPONSE']._serialized_end=268
+  _globals['_UNASSIGNREADERREQUEST']._serialized_start=270
+  _globals['_UNASSIGNREADERREQUEST']._serialized_end=309
+  _globals['_UNASSIGNREADERRESPONSE']._serialized_start=311
+  _globals['_UNASSIGNREADERRESPONSE']._serialized_end=381
+  _globals['_UPDATEREADERREQUEST']._serialized_start=383
+  _globals['_UPDATEREADERREQUEST']._serialized_end=488
+  _globals['_UPDATEREADERRESPONSE']._serialized_start=490
+  _globals['_UPDATEREADERRESPONSE']._serialized_end=547
+  _globals['_LISTAUDITLOGSREQUEST']._serialized_start=550
+  _globals['_LISTAUDITLOGSREQUEST']._serialized_end=752
+  _globals['_LISTAUDITLOGSRESPONSE']._serialized_start=754
+  _globals['_LISTAUDITLOGSRESPONSE']._serialized_end=843
+  _globals['_CREATECONSULTANTREQUEST']._serialized_start=845
+  _globals['_CREATECONSULTANTREQUEST']._serialized_end=966
+  _globals['_CREATECONSULTANTRESPONSE']._serialized_start=968
+  _globals['_CREATECONSULTANTRESPONSE']._serialized_end=1037
+  _globals['_PROMOTEREADERREQUEST']._serialized_start=1039
+  _globals['_PROMOTEREADERREQUEST']._serialized_end=1118
+  _globals['_PROMOTEREADERRESPONSE']._serialized_start=1120
+  _globals['_PROMOTEREADERRESPONSE']._serialized_end=1186
+  _globals['_SETACCOUNTACTIVEREQUEST']._serialized_start=1188
+  _globals['_SETACCOUNTACTIVEREQUEST']._serialized_end=1246
+  _globals['_SETACCOUNTACTIVERESPONSE']._serialized_start=1248
+  _globals['_SETACCOUNTACTIVERESPONSE']._serialized_end=1338
+  _globals['_ADMINSERVICE']._serialized_start=1341
+  _globals['_ADMINSERVICE']._serialized_end=1958
 # @@protoc_insertion_point(module_scope)

@@ -22,6 +22,102 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class AssignReaderRequest(_message.Message):
+    """Request for AssignReader."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    CONSULTANT_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The reader, `readers/{reader_id}`."""
+    consultant: _builtins.str
+    """The consultant, `consultants/{consultant_id}`."""
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+        consultant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consultant", b"consultant", "reader", b"reader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignReaderRequest: _TypeAlias = AssignReaderRequest  # noqa: Y015
+
+@_typing.final
+class AssignReaderResponse(_message.Message):
+    """Response for AssignReader."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSIGNMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assignment(self) -> _resources_pb2.ReaderAssignment:
+        """The assignment now."""
+
+    def __init__(
+        self,
+        *,
+        assignment: _resources_pb2.ReaderAssignment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignReaderResponse: _TypeAlias = AssignReaderResponse  # noqa: Y015
+
+@_typing.final
+class UnassignReaderRequest(_message.Message):
+    """Request for UnassignReader."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The reader, `readers/{reader_id}`."""
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnassignReaderRequest: _TypeAlias = UnassignReaderRequest  # noqa: Y015
+
+@_typing.final
+class UnassignReaderResponse(_message.Message):
+    """Response for UnassignReader."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removed(self) -> _resources_pb2.ReaderAssignment:
+        """The assignment that was removed."""
+
+    def __init__(
+        self,
+        *,
+        removed: _resources_pb2.ReaderAssignment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnassignReaderResponse: _TypeAlias = UnassignReaderResponse  # noqa: Y015
+
+@_typing.final
 class UpdateReaderRequest(_message.Message):
     """Request for UpdateReader."""
 

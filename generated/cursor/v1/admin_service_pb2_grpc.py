@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """Account management. Every RPC needs a consultant session with role admin,
-    and every call writes the audit log.
+    """Account management. Every RPC needs a consultant session with role admin
+    (AssignReader and UnassignReader: supervisor or admin), and every call
+    writes the audit log.
     """
 
     def __init__(self, channel):
@@ -61,11 +62,22 @@ class AdminServiceStub:
                 request_serializer=cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsRequest.SerializeToString,
                 response_deserializer=cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsResponse.FromString,
                 _registered_method=True)
+        self.AssignReader = channel.unary_unary(
+                '/cursor.v1.AdminService/AssignReader',
+                request_serializer=cursor_dot_v1_dot_admin__service__pb2.AssignReaderRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_admin__service__pb2.AssignReaderResponse.FromString,
+                _registered_method=True)
+        self.UnassignReader = channel.unary_unary(
+                '/cursor.v1.AdminService/UnassignReader',
+                request_serializer=cursor_dot_v1_dot_admin__service__pb2.UnassignReaderRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_admin__service__pb2.UnassignReaderResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """Account management. Every RPC needs a consultant session with role admin,
-    and every call writes the audit log.
+    """Account management. Every RPC needs a consultant session with role admin
+    (AssignReader and UnassignReader: supervisor or admin), and every call
+    writes the audit log.
     """
 
     def CreateConsultant(self, request, context):
@@ -107,6 +119,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AssignReader(self, request, context):
+        """Assigns a reader to an active consultant, or moves it from the one it
+        had. Consultants filter on it with `only_my_readers`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnassignReader(self, request, context):
+        """Removes a reader's assignment; NOT_FOUND if it had none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +162,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsRequest.FromString,
                     response_serializer=cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsResponse.SerializeToString,
             ),
+            'AssignReader': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignReader,
+                    request_deserializer=cursor_dot_v1_dot_admin__service__pb2.AssignReaderRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_admin__service__pb2.AssignReaderResponse.SerializeToString,
+            ),
+            'UnassignReader': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnassignReader,
+                    request_deserializer=cursor_dot_v1_dot_admin__service__pb2.UnassignReaderRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_admin__service__pb2.UnassignReaderResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cursor.v1.AdminService', rpc_method_handlers)
@@ -144,8 +181,9 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Account management. Every RPC needs a consultant session with role admin,
-    and every call writes the audit log.
+    """Account management. Every RPC needs a consultant session with role admin
+    (AssignReader and UnassignReader: supervisor or admin), and every call
+    writes the audit log.
     """
 
     @staticmethod
@@ -273,6 +311,60 @@ class AdminService:
             '/cursor.v1.AdminService/ListAuditLogs',
             cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsRequest.SerializeToString,
             cursor_dot_v1_dot_admin__service__pb2.ListAuditLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignReader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.AdminService/AssignReader',
+            cursor_dot_v1_dot_admin__service__pb2.AssignReaderRequest.SerializeToString,
+            cursor_dot_v1_dot_admin__service__pb2.AssignReaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnassignReader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.AdminService/UnassignReader',
+            cursor_dot_v1_dot_admin__service__pb2.UnassignReaderRequest.SerializeToString,
+            cursor_dot_v1_dot_admin__service__pb2.UnassignReaderResponse.FromString,
             options,
             channel_credentials,
             insecure,

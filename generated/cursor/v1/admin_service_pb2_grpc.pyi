@@ -27,8 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """Account management. Every RPC needs a consultant session with role admin,
-    and every call writes the audit log.
+    """Account management. Every RPC needs a consultant session with role admin
+    (AssignReader and UnassignReader: supervisor or admin), and every call
+    writes the audit log.
     """
 
     @_typing.overload
@@ -52,11 +53,18 @@ class AdminServiceStub:
     """
     ListAuditLogs: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditLogsRequest, _admin_service_pb2.ListAuditLogsResponse]
     """Lists the audit log, newest first."""
+    AssignReader: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.AssignReaderRequest, _admin_service_pb2.AssignReaderResponse]
+    """Assigns a reader to an active consultant, or moves it from the one it
+    had. Consultants filter on it with `only_my_readers`.
+    """
+    UnassignReader: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UnassignReaderRequest, _admin_service_pb2.UnassignReaderResponse]
+    """Removes a reader's assignment; NOT_FOUND if it had none."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """Account management. Every RPC needs a consultant session with role admin,
-    and every call writes the audit log.
+    """Account management. Every RPC needs a consultant session with role admin
+    (AssignReader and UnassignReader: supervisor or admin), and every call
+    writes the audit log.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -77,10 +85,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListAuditLogs: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditLogsRequest, _admin_service_pb2.ListAuditLogsResponse]  # type: ignore[assignment]
     """Lists the audit log, newest first."""
+    AssignReader: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.AssignReaderRequest, _admin_service_pb2.AssignReaderResponse]  # type: ignore[assignment]
+    """Assigns a reader to an active consultant, or moves it from the one it
+    had. Consultants filter on it with `only_my_readers`.
+    """
+    UnassignReader: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UnassignReaderRequest, _admin_service_pb2.UnassignReaderResponse]  # type: ignore[assignment]
+    """Removes a reader's assignment; NOT_FOUND if it had none."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Account management. Every RPC needs a consultant session with role admin,
-    and every call writes the audit log.
+    """Account management. Every RPC needs a consultant session with role admin
+    (AssignReader and UnassignReader: supervisor or admin), and every call
+    writes the audit log.
     """
 
     @_abc_1.abstractmethod
@@ -129,5 +144,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListAuditLogsResponse, _abc.Awaitable[_admin_service_pb2.ListAuditLogsResponse]]:
         """Lists the audit log, newest first."""
+
+    @_abc_1.abstractmethod
+    def AssignReader(
+        self,
+        request: _admin_service_pb2.AssignReaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.AssignReaderResponse, _abc.Awaitable[_admin_service_pb2.AssignReaderResponse]]:
+        """Assigns a reader to an active consultant, or moves it from the one it
+        had. Consultants filter on it with `only_my_readers`.
+        """
+
+    @_abc_1.abstractmethod
+    def UnassignReader(
+        self,
+        request: _admin_service_pb2.UnassignReaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.UnassignReaderResponse, _abc.Awaitable[_admin_service_pb2.UnassignReaderResponse]]:
+        """Removes a reader's assignment; NOT_FOUND if it had none."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

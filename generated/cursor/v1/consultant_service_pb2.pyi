@@ -30,11 +30,16 @@ class WatchActivityRequest(_message.Message):
     INTERACTION_TYPES_FIELD_NUMBER: _builtins.int
     INCLUDE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
+    ONLY_MY_READERS_FIELD_NUMBER: _builtins.int
     include_snapshot: _builtins.bool
     """Start with the current state of every active reader that matches."""
     after: _builtins.str
     """Resume behind this cursor (from an event or a heartbeat); empty to
     start with what happens from now on.
+    """
+    only_my_readers: _builtins.bool
+    """Only the readers assigned to the caller (AdminService.AssignReader),
+    as they are when the stream opens; with `readers`, those of them.
     """
     @_builtins.property
     def readers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -56,10 +61,11 @@ class WatchActivityRequest(_message.Message):
         interaction_types: _abc.Iterable[_builtins.str] | None = ...,
         include_snapshot: _builtins.bool = ...,
         after: _builtins.str = ...,
+        only_my_readers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "include_snapshot", b"include_snapshot", "interaction_types", b"interaction_types", "kinds", b"kinds", "readers", b"readers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "include_snapshot", b"include_snapshot", "interaction_types", b"interaction_types", "kinds", b"kinds", "only_my_readers", b"only_my_readers", "readers", b"readers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,12 +283,17 @@ class ListUnreadCountsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ONLY_MY_READERS_FIELD_NUMBER: _builtins.int
+    only_my_readers: _builtins.bool
+    """Only the readers assigned to the caller."""
     def __init__(
         self,
+        *,
+        only_my_readers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["only_my_readers", b"only_my_readers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -397,22 +408,26 @@ class ListActiveReadersRequest(_message.Message):
     WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ONLY_MY_READERS_FIELD_NUMBER: _builtins.int
     window_seconds: _builtins.int
     """How far back "active" reaches, in seconds; 0 means 120."""
     page_size: _builtins.int
     """At most this many; 0 means 50, more than 1000 means 1000."""
     page_token: _builtins.str
     """`next_page_token` of the previous page."""
+    only_my_readers: _builtins.bool
+    """Only the readers assigned to the caller."""
     def __init__(
         self,
         *,
         window_seconds: _builtins.int = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        only_my_readers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "window_seconds", b"window_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["only_my_readers", b"only_my_readers", "page_size", b"page_size", "page_token", b"page_token", "window_seconds", b"window_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -455,22 +470,26 @@ class ListReadersRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    ONLY_MY_READERS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many; 0 means 50, more than 1000 means 1000."""
     page_token: _builtins.str
     """`next_page_token` of the previous page."""
     status: _resources_pb2.ReaderStatus.ValueType
     """Only readers in this status; unspecified for all."""
+    only_my_readers: _builtins.bool
+    """Only the readers assigned to the caller."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         status: _resources_pb2.ReaderStatus.ValueType = ...,
+        only_my_readers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["only_my_readers", b"only_my_readers", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

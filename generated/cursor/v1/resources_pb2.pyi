@@ -663,6 +663,48 @@ class Consent(_message.Message):
 Global___Consent: _TypeAlias = Consent  # noqa: Y015
 
 @_typing.final
+class ReaderAssignment(_message.Message):
+    """Which consultant a reader is assigned to (at most one). Resource name:
+    `readers/{reader_id}/assignment`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    READER_FIELD_NUMBER: _builtins.int
+    CONSULTANT_FIELD_NUMBER: _builtins.int
+    ASSIGNED_BY_FIELD_NUMBER: _builtins.int
+    ASSIGN_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `readers/{reader_id}/assignment`."""
+    reader: _builtins.str
+    """The reader, `readers/{reader_id}`."""
+    consultant: _builtins.str
+    """The consultant, `consultants/{consultant_id}`."""
+    assigned_by: _builtins.str
+    """Who assigned it, `consultants/{consultant_id}`."""
+    @_builtins.property
+    def assign_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was assigned."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reader: _builtins.str = ...,
+        consultant: _builtins.str = ...,
+        assigned_by: _builtins.str = ...,
+        assign_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assign_time", b"assign_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign_time", b"assign_time", "assigned_by", b"assigned_by", "consultant", b"consultant", "name", b"name", "reader", b"reader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReaderAssignment: _TypeAlias = ReaderAssignment  # noqa: Y015
+
+@_typing.final
 class AuditLog(_message.Message):
     """One entry of the audit log: who did what to whom. Written in the same
     transaction as the action. Resource name: `auditLogs/{audit_log_id}`.
