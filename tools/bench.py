@@ -15,12 +15,17 @@ Scenarios (see docs/performance.md for a run and how to read it):
 3. Cost as the database grows: ingest rate and consultant queries at 0, 1M and
    5M interactions over 10k readers, queries with ingest at half its maximum.
 4. Fan-out: 0/1/20/100/200 ConsultantService.WatchActivity streams while
-   readers write 1,000 stamped events/s: send-to-watcher latency, events
-   missed, ingest p99 and server CPU/RSS against the 0-watcher run; the most
-   watchers kept at p99 <= 100 ms; 20 watchers with the ingest back to back
-   (the highest rate); 20 consultants polling ListInteractions every 500 ms
-   instead (the design's fallback) against push. Reported "not available"
-   when the stubs or the server lack WatchActivity.
+   readers write stamped events at 50% of scenario 1's RecordInteraction
+   maximum (16 readers; as scenario 7, measured here when 1 has no figure):
+   send-to-watcher latency, events delivered and missed (every watcher must
+   get every event), ingest p99 and server CPU/RSS against the 0-watcher run;
+   the ingest retained with 20/100/200 watchers against 0 watchers; the most
+   watchers kept at p99 <= 100 ms; 20 consultants polling ListInteractions
+   every 500 ms instead (the design's fallback) against push; 20 watchers
+   with the ingest back to back (the highest rate). The same cases again at
+   a fixed 1,000 events/s only where that is at most 80% of the maximum (a
+   row says when not). Reported "not available" when the stubs or the
+   server lack WatchActivity.
 5. Login storm: 20 logins/s beside scenario 1 at half load; p99 of the other
    RPCs against the same load without the storm.
 6. Memory: server RSS idle (VmRSS), its peak (VmHWM), per watch stream, with
@@ -113,9 +118,14 @@ class Plan:
     # Scenario 5.
     storm_logins_per_s: float = 20.0
     storm_concurrency: int = 16
-    # Scenario 4: the ingest rate of the watcher and polling cases (stamped events/s).
-    fanout_rate: float = 1000.0
+    # Scenario 4: every case runs at `scale_load` of scenario 1's RecordInteraction maximum
+    # (`ingest_concurrency` readers); the cases again at the fixed `fanout_rate` (stamped events/s;
+    # None: not in this plan) only where that is at most `fanout_fixed_max` of the maximum.
+    fanout_rate: float | None = 1000.0
+    fanout_fixed_max: float = 0.8
     fanout_watchers: tuple[int, ...] = (1, 20, 100, 200)
+    # Watcher counts of the "ingest retained" rows (their targets: FANOUT_RETAINED).
+    fanout_retained: tuple[int, ...] = (20, 100, 200)
     # Watchers of the target row and of the maximum-rate case; pollers of the polling baseline.
     fanout_reference: int = 20
     fanout_drain_s: float = 2.0
@@ -128,8 +138,9 @@ class Plan:
     churn_warmup_cycles: int = 1_000
     churn_workers: int = 32
     churn_limit_s: float = 180.0
-    # Scenario 7 (with --db): watchers of its fan-out rows, and its offered load as a
-    # share of the lower of SQLite's and one PostgreSQL instance's maximum ingest.
+    # Scenario 7 (with --db): watchers of its fan-out rows. `scale_load`: the offered load of the
+    # fan-out rows of 7 (a share of the lower of SQLite's and one PostgreSQL instance's maximum
+    # ingest) and of 4 (a share of scenario 1's maximum).
     scale_watchers: tuple[int, ...] = (20, 100)
     scale_load: float = 0.5
     # Limits of the whole run.
@@ -140,19 +151,23 @@ PLANS = {
     "default": Plan("default"),
     "quick": Plan(
         "quick", warmup_s=0.5, measure_s=2.0, repeats=1, stream_s=3.0, raw_s=2.0, sizes=(0, 100_000),
-        query_measure_s=3.0, fanout_watchers=(1, 20), fanout_drain_s=1.0, churn_cycles=5_000, churn_limit_s=60.0,
-        budget_s=120.0,
+        query_measure_s=3.0, fanout_watchers=(1, 20), fanout_retained=(20, 100), fanout_drain_s=1.0,
+        churn_cycles=5_000, churn_limit_s=60.0, budget_s=120.0,
     ),
     # For the test suite: proves every path end to end on 2 cores in well under a minute.
     "ci": Plan(
         "ci", warmup_s=0.2, measure_s=0.6, concurrencies=(1, 4), repeats=1, stream_workers=2, chunk_events=100,
         chunks_per_call=2, stream_s=0.8, raw_s=0.5, sizes=(0, 2_000), growth_readers=200, growth_sessions=20,
         ingest_concurrency=4, query_rate=50.0, query_measure_s=0.8, storm_logins_per_s=10.0,
-        storm_concurrency=4, fanout_rate=100.0, fanout_watchers=(1, 3), fanout_reference=3, fanout_drain_s=1.0,
-        idle_streams=50, hold_s=0.5, churn_cycles=500, churn_warmup_cycles=100, churn_workers=8, churn_limit_s=30.0,
-        scale_watchers=(3,), budget_s=60.0,
+        storm_concurrency=4, fanout_rate=None, fanout_watchers=(1, 3), fanout_retained=(20,), fanout_reference=3,
+        fanout_drain_s=1.0, idle_streams=50, hold_s=0.5, churn_cycles=500, churn_warmup_cycles=100, churn_workers=8,
+        churn_limit_s=30.0, scale_watchers=(3,), budget_s=60.0,
     ),
 }
+
+# Scenario 4's "ingest retained with N watchers" targets (the issue's table): the ingest rate with
+# N watchers over the rate with none, at the same offered load. Counts not here are reported only.
+FANOUT_RETAINED = {20: 0.9, 100: 0.6}
 
 # --- small helpers ---------------------------------------------------------------
 
@@ -1173,51 +1188,169 @@ class Bench:
 
         Runs only when both the generated stubs and the running server (asked
         by reflection) have WatchActivity; otherwise it is reported as "not
-        available". Ingest is RecordInteraction at a fixed `fanout_rate`
-        events/s from scenario 5's readers, each request's summary stamped
-        with its send time, so each consumer measures send -> receipt. Cases,
-        in order: no watchers (the baseline of the ingest rows), each count of
-        W watch streams (all readers, all kinds, snapshot first, open before
-        the ingest starts), the reference count of watchers with the ingest
-        back to back (the highest rate the server sustains), and as many
-        consultants polling ListInteractions every `poll_interval_s` instead
-        (the design's fallback). Every watcher and poller must see every
-        stamped interaction exactly once. Also gives scenario 6 its RSS per
-        watch stream.
+        available". The offered load is relative, as scenario 7's: `scale_load`
+        of the RecordInteraction maximum with `ingest_concurrency` readers
+        (scenario 1's figure; measured here when 1 has none), so no case
+        measures an overloaded server. Ingest is stamped RecordInteraction at
+        that rate from scenario 5's readers (each request's summary stamped
+        with its send time, so each consumer measures send -> receipt). Cases:
+        no watchers (the baseline of the ingest rows), each count of W watch
+        streams (all readers, all kinds, snapshot first, open before the
+        ingest starts), as many consultants polling ListInteractions every
+        `poll_interval_s` as the reference count of watchers (the design's
+        fallback), then the reference count with the ingest back to back (the
+        highest rate the server sustains). The same cases again at the fixed
+        `fanout_rate` only where that is at most `fanout_fixed_max` of the
+        maximum (otherwise one row says why not). Every watcher and poller must
+        see every stamped interaction exactly once. Also gives scenario 6 its
+        RSS per watch stream.
         """
         plan = self.plan
         ref = plan.fanout_reference
-        counts = sorted({*plan.fanout_watchers, ref})
+        counts = self.fanout_counts(plan)
         available, why = watch_activity_available(server.address)
         self.data["fanout"] = {"available": available, "why": why}
         if not available:
             self.rows.append(Row("4 fan-out", "WatchActivity to many watchers", "report", "not available",
                                  baseline=why, verdict="n/a"))
             self.rows.append(Row("6 memory", "server RSS per watch stream", "report", "not available", verdict="n/a"))
-            for _ in range(len(counts) + 3):
+            for _ in range(self.fanout_steps(plan)):
                 self.progress.advance()
             return
         consultant = self.consultant_token(server)
-        rate = plan.fanout_rate
-        at = f"at {rate:,.0f} ev/s"
+        top, source = self.unary_max(server, accounts)
+        rate = self.offered_load("4 fan-out", top, source)
+        at = f"at {rate:,.0f} ev/s ({plan.scale_load:.0%} of max)"
         paced = [[a["token"]] for a in accounts[:plan.storm_concurrency]]
         time.sleep(0.5)
         rss_before = server.rss()
-        cases: dict[str, dict[str, Any]] = {"0": self.fanout_case(server, consultant, paced, rate, f"no watchers {at}")}
-        for watchers in counts:
-            cases[str(watchers)] = self.fanout_case(
-                server, consultant, paced, rate, f"{watchers} watcher{'s' if watchers > 1 else ''} {at}", watchers)
+        cases = self.fanout_load(server, consultant, paced, rate, at, counts)
         closed = [[a["token"]] for a in accounts[:plan.ingest_concurrency]]
         cases["max"] = self.fanout_case(server, consultant, closed, None, f"{ref} watchers at the highest rate", ref)
-        cases["poll"] = self.fanout_case(
-            server, consultant, paced, rate, f"{ref} pollers every {plan.poll_interval_s * 1000:.0f} ms {at}",
-            pollers=ref)
+        fixed = plan.fanout_rate
+        fixed_at = f"at {fixed:,.0f} ev/s" if fixed else ""
+        fixed_cases: dict[str, dict[str, Any]] | None = None
+        if fixed and top and fixed <= plan.fanout_fixed_max * top:
+            fixed_cases = self.fanout_load(server, consultant, paced, fixed, fixed_at, counts)
+        elif fixed:
+            for _ in range(2 + len(counts)):  # the skipped load's steps
+                self.progress.advance()
 
+        summary = self.fanout_load_rows(cases, rate, at, retained=True)
+        top_case = cases["max"]
+        d, ingest = top_case["delivery"], top_case["ingest"]
+        where = "1." if str(plan.ingest_concurrency) in self.data.get("unary", {}) else "measured in 4."
+        self.rows.append(Row(
+            "4 fan-out", f"{top_case['label']} ({plan.ingest_concurrency} readers back to back)", "report",
+            f"ingest {fmt_rate(ingest['rate'], 'RPC/s')}, p99 {fmt_ms(ingest['p99_ms'])}; delivery p50 "
+            f"{fmt_ms(d['p50_ms'])}, p99 {fmt_ms(d['p99_ms'])}, max {fmt_ms(d['max_ms'])}; "
+            f"{top_case['delivered']:,}/{top_case['written']:,} delivered; server {top_case['server_cores']:.2f} cores",
+            f"no watchers ({where}): {fmt_rate(top, 'RPC/s')}", ingest["rate"] / top if top else None,
+            noise=top_case["noise"],
+        ))
+        fixed_data: dict[str, Any] = {"rate": fixed}
+        if fixed_cases is not None:
+            fixed_data |= self.fanout_load_rows(fixed_cases, fixed or 0.0, fixed_at, retained=False)
+            fixed_data["cases"] = fixed_cases
+        else:
+            reason = (f"{fixed:,.0f} ev/s is {fixed / top:.0%} of {fmt_rate(top, 'RPC/s')}, {source}, above "
+                      f"{plan.fanout_fixed_max:.0%}: every row would measure an overloaded server" if fixed and top else
+                      "the maximum measured 0 RPC/s" if fixed else f"not in the {plan.name} plan")
+            fixed_data["skipped"] = reason
+            self.rows.append(Row("4 fan-out", f"the cases at a fixed {fixed:,.0f} ev/s" if fixed else
+                                 "the cases at a fixed rate", "report", "skipped", reason, verdict="n/a"))
+        self.data["fanout"].update({"rate": rate, "load": plan.scale_load, "max": top, "max_source": source,
+                                    "rss_before": rss_before, "cases": cases, **summary, "fixed": fixed_data})
+        most = max(counts)
+        rss_most = cases[str(most)]["rss_max"]
+        self.rows.append(Row("6 memory", f"server RSS per watch stream ({most} open)", "report",
+                             f"{(rss_most - rss_before) / most / 1024:,.0f} KiB ({rss_most / MiB:.0f} MiB with "
+                             f"{most} open)", f"{rss_before / MiB:.0f} MiB before"))
+
+    @staticmethod
+    def fanout_counts(plan: Plan) -> list[int]:
+        """Scenario 4's watcher counts: its own, the reference one, those of the retained rows."""
+        return sorted({*plan.fanout_watchers, plan.fanout_reference, *plan.fanout_retained})
+
+    @classmethod
+    def fanout_steps(cls, plan: Plan) -> int:
+        """Progress steps of scenario 4: per load no watchers, each count and the pollers; the highest rate."""
+        per_load = 2 + len(cls.fanout_counts(plan))
+        return per_load * (2 if plan.fanout_rate else 1) + 1
+
+    def unary_max(self, server: ServerProcess, accounts: list[dict[str, str]]) -> tuple[float, str]:
+        """The RecordInteraction maximum (RPC/s, `ingest_concurrency` readers back
+        to back) and where it comes from: scenario 1's figure, or one run here
+        when 1 has none for that many readers."""
+        conc = self.plan.ingest_concurrency
+        known = self.data.get("unary", {}).get(str(conc))
+        if known:
+            return float(known["cursor"]["rate"]), f"the RecordInteraction maximum of 1. ({conc} readers)"
+        self.progress.step(f"4. fan-out: RecordInteraction maximum, {conc} readers")
+        tokens = [[a["token"]] for a in accounts[:conc]]
+        results, _ = self.run_clients(
+            self.unary_specs(server.address, RECORD_PATH, tokens, self.interaction_requests(), None), server)
+        run = self.merge(results)
+        self.check(f"4. RecordInteraction maximum ({conc} readers): no errors", not run["errors"],
+                   f"ok {run['ok_total']}, errors {run['errors'] or 0}")
+        return float(run["rate"]), (
+            f"the RecordInteraction maximum with {conc} readers, measured in 4. (1. did not run)")
+
+    def offered_load(self, scenario: str, top: float, source: str) -> float:
+        """The offered load of a scenario's fan-out rows (4 and 7): `scale_load` of
+        `top`, a maximum measured earlier in this run (`source` says which), and
+        the row that says so."""
+        rate = self.plan.scale_load * top
+        self.rows.append(Row(scenario, "offered load of the fan-out rows", "report", fmt_rate(rate, "ev/s"),
+                             f"{self.plan.scale_load:.0%} of {fmt_rate(top, 'RPC/s')}, {source}"))
+        return rate
+
+    def fanout_load(self, server: ServerProcess, consultant: str, tokens: list[list[str]], rate: float, at: str,
+                    counts: list[int]) -> dict[str, dict[str, Any]]:
+        """Scenario 4's cases at one offered load (`at` names it): no watchers, each
+        count of watchers, `fanout_reference` pollers."""
+        plan = self.plan
+        ref = plan.fanout_reference
+        cases = {"0": self.fanout_case(server, consultant, tokens, rate, f"no watchers {at}")}
+        for watchers in counts:
+            cases[str(watchers)] = self.fanout_case(
+                server, consultant, tokens, rate, f"{watchers} watcher{'s' if watchers > 1 else ''} {at}", watchers)
+        cases["poll"] = self.fanout_case(
+            server, consultant, tokens, rate, f"{ref} pollers every {plan.poll_interval_s * 1000:.0f} ms {at}",
+            pollers=ref)
+        return cases
+
+    def fanout_load_rows(self, cases: dict[str, dict[str, Any]], rate: float, at: str,
+                         retained: bool) -> dict[str, Any]:
+        """The rows of one load's cases: delivery and ingest per case, with
+        `retained` the ingest retained with each `fanout_retained` count of
+        watchers, the most watchers kept at p99 <= 100 ms, polling against push.
+        Returns the figures for results.json."""
+        plan = self.plan
+        ref = plan.fanout_reference
+        counts = self.fanout_counts(plan)
         zero = cases["0"]
+        base = zero["ingest"]
         self.fanout_rows(zero, zero)
         for watchers in counts:
             self.fanout_rows(cases[str(watchers)], zero, "p50 <= 10 ms, p99 <= 50 ms, 0 missing" if watchers == ref
                              else None)
+        kept: dict[str, float] = {}
+        for n in plan.fanout_retained if retained else ():
+            case = cases[str(n)]
+            ingest = case["ingest"]
+            ratio = ingest["rate"] / base["rate"] if base["rate"] else float("nan")
+            goal = FANOUT_RETAINED.get(n)
+            kept[str(n)] = ratio
+            self.rows.append(Row(
+                "4 fan-out", f"ingest retained with {n} watchers {at}",
+                f">= {goal:g}x the rate with 0 watchers" if goal else "report",
+                f"ingest {fmt_rate(ingest['rate'], 'RPC/s')} of {fmt_rate(rate, 'ev/s')} offered, p99 "
+                f"{fmt_ms(ingest['p99_ms'])}; {case['delivered']:,}/{case['written']:,} delivered",
+                f"0 watchers: {fmt_rate(base['rate'], 'RPC/s')}, p99 {fmt_ms(base['p99_ms'])}", ratio,
+                ("pass" if ratio >= goal else "miss") if goal else "info",
+                max(case["noise"] or 0.0, zero["noise"] or 0.0),
+            ))
         sustained = [w for w in plan.fanout_watchers
                      if (c := cases[str(w)])["delivery"]["p99_ms"] <= 100.0 and not c["missing"]
                      and c["ingest"]["rate"] >= 0.95 * rate]
@@ -1230,35 +1363,16 @@ class Bench:
             verdict="pass" if best >= 100 else "miss" if max(plan.fanout_watchers) >= 100 else "info",
             noise=max((cases[str(w)]["noise"] or 0.0 for w in plan.fanout_watchers), default=None),
         ))
-
-        top = cases["max"]
-        d, ingest = top["delivery"], top["ingest"]
-        alone = self.data["unary"].get(str(plan.ingest_concurrency), {}).get("cursor")
-        self.rows.append(Row(
-            "4 fan-out", f"{top['label']} ({plan.ingest_concurrency} readers back to back)", "report",
-            f"ingest {fmt_rate(ingest['rate'], 'RPC/s')}, p99 {fmt_ms(ingest['p99_ms'])}; delivery p50 "
-            f"{fmt_ms(d['p50_ms'])}, p99 {fmt_ms(d['p99_ms'])}, max {fmt_ms(d['max_ms'])}; "
-            f"{top['delivered']:,}/{top['written']:,} delivered; server {top['server_cores']:.2f} cores",
-            f"no watchers (1.): {fmt_rate(alone['rate'], 'RPC/s')}" if alone else "",
-            ingest["rate"] / alone["rate"] if alone and alone["rate"] else None, noise=top["noise"],
-        ))
-
         self.fanout_rows(cases["poll"], zero)
         poll, push = cases["poll"]["delivery"], cases[str(ref)]["delivery"]
         ratio = poll["p50_ms"] / push["p50_ms"] if push["p50_ms"] else float("nan")
         self.rows.append(Row(
-            "4 fan-out", f"polling baseline vs push ({ref})", "push p50 >= 20x lower",
+            "4 fan-out", f"polling baseline vs push ({ref}) {at}", "push p50 >= 20x lower",
             f"push p50 {fmt_ms(push['p50_ms'])}, p99 {fmt_ms(push['p99_ms'])}",
             f"polling p50 {fmt_ms(poll['p50_ms'])}, p99 {fmt_ms(poll['p99_ms'])}", ratio,
             "pass" if ratio >= 20 else "miss", max(cases["poll"]["noise"] or 0.0, cases[str(ref)]["noise"] or 0.0),
         ))
-        self.data["fanout"].update({"rate": rate, "rss_before": rss_before, "cases": cases, "sustained": best,
-                                    "poll_over_push_p50": ratio})
-        most = max(counts)
-        rss_most = cases[str(most)]["rss_max"]
-        self.rows.append(Row("6 memory", f"server RSS per watch stream ({most} open)", "report",
-                             f"{(rss_most - rss_before) / most / 1024:,.0f} KiB ({rss_most / MiB:.0f} MiB with "
-                             f"{most} open)", f"{rss_before / MiB:.0f} MiB before"))
+        return {"sustained": best, "poll_over_push_p50": ratio, **({"retained": kept} if retained else {})}
 
     def fanout_case(self, server: ServerProcess, consultant: str, tokens: list[list[str]], rate: float | None,
                     label: str, watchers: int = 0, pollers: int = 0) -> dict[str, Any]:
@@ -1482,7 +1596,6 @@ class Bench:
         or LISTEN/NOTIFY, says when to look). Every case has a database of its
         own (with `--db auto`) and servers of its own."""
         assert self.scale_db is not None
-        plan = self.plan
         started = time.monotonic()
         print(f"7. scale-out; reproduce with: {self.scale_command}", file=sys.stderr, flush=True)
         self.rows.append(Row("7 scale-out", "reproduce this section", "command", self.scale_command))
@@ -1501,12 +1614,8 @@ class Bench:
             self.data["scale"]["ingest"] = ingest
             self.scale_ingest_rows(ingest)
             top = min(ingest["sqlite"]["unary"]["rate"], ingest["pg1"]["unary"]["rate"])
-            rate = plan.scale_load * top
-            self.rows.append(Row(
-                "7 scale-out", "offered load of the fan-out rows", "report", fmt_rate(rate, "ev/s"),
-                f"{plan.scale_load:.0%} of {fmt_rate(top, 'RPC/s')}, the lower of SQLite's and PostgreSQL 1 "
-                f"instance's RecordInteraction maximum above; broker: {broker}",
-            ))
+            rate = self.offered_load("7 scale-out", top, "the lower of SQLite's and PostgreSQL 1 instance's "
+                                     f"RecordInteraction maximum above; broker: {broker}")
             fanout = {"sqlite": self.scale_fanout("sqlite-fanout", None, rate),
                       "pg2": self.scale_fanout("pg2-fanout", scale, rate)}
             self.data["scale"]["fanout"] = {"rate": rate, **fanout}
@@ -2224,10 +2333,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--broker goes with --db")
     if args.broker and args.broker != "auto" and not args.broker.startswith(("nats://", "redis://", "rediss://")):
         parser.error("--broker: a nats://... or redis://... URL, or auto")
-    # Set-up, 1 (with the hand-off baseline), 5, 4 (no watchers, each count, the highest rate,
-    # polling), 2, 6 (idle streams, churn warm-up, churn), 3, done.
+    # Set-up, 1 (with the hand-off baseline), 5, 4 (per load no watchers, each count, polling;
+    # the highest rate), 2, 6 (idle streams, churn warm-up, churn), 3, done.
     steps = 2 + 2 * len(plan.concurrencies) * plan.repeats + plan.repeats + 2 * plan.repeats \
-        + len({*plan.fanout_watchers, plan.fanout_reference}) + 3 + 2 + 3 \
+        + Bench.fanout_steps(plan) + 2 + 3 \
         + 4 * len(plan.sizes) + 1 if only - {SCALE} else 1
     if SCALE in only:
         # Set-up; per ingest case a database, readers, the unary runs, the batched run; per
