@@ -11,10 +11,10 @@ from __future__ import annotations
 import psycopg
 from psycopg import errors as pg
 
-from cursor_grpc.errors import AlreadyExists, CursorError, FailedPrecondition, Unavailable
-from cursor_grpc.storage.sql.engine import WRITING
+from cursor_grpc.errors import AlreadyExists, CursorError, FailedPrecondition
+from cursor_grpc.storage.sql.engine import WRITING, StorageFailures
 
-_STORAGE_ERRORS: tuple[tuple[type[psycopg.Error], str, str], ...] = (
+_FAILURES = StorageFailures((
     (pg.DiskFull, "DATABASE_FULL", "disk full"),
     (pg.OutOfMemory, "STORAGE_NO_MEMORY", "out of memory"),
     (pg.InsufficientResources, "STORAGE_NO_MEMORY", "out of resources"),
@@ -25,16 +25,9 @@ _STORAGE_ERRORS: tuple[tuple[type[psycopg.Error], str, str], ...] = (
     (pg.AdminShutdown, "DATABASE_UNAVAILABLE", "the database server ended the connection"),
     (pg.CannotConnectNow, "DATABASE_UNAVAILABLE", "the database server is starting"),
     (psycopg.OperationalError, "DATABASE_UNAVAILABLE", "the database server cannot be reached"),
-)
-
-REFUSAL_REASONS = (*dict.fromkeys(reason for _, reason, _ in _STORAGE_ERRORS), "COMMIT_FAILED")
-
-
-def storage_error(error: BaseException, action: str = WRITING) -> Unavailable | None:
-    for kind, reason, cause in _STORAGE_ERRORS:
-        if isinstance(error, kind):
-            return Unavailable(f"the database could not {action} ({cause}); retry", reason=reason)
-    return None
+))
+REFUSAL_REASONS = _FAILURES.reasons
+storage_error = _FAILURES.error
 
 
 def constraint_error(error: psycopg.IntegrityError) -> CursorError:

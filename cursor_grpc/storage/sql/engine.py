@@ -16,6 +16,27 @@ WRITING = "store this"
 READING = "read this"
 
 
+class StorageFailures:
+    """A backend's table of the driver exceptions that say the storage, not
+    the request, is at fault: each with its reason (a metric label and
+    ErrorInfo reason) and the cause a client is told."""
+
+    def __init__(self, table: tuple[tuple[type[BaseException], str, str], ...]) -> None:
+        self._table = table
+        # Every reason the writer refuses the writes of a lost transaction
+        # with (COMMIT_FAILED: no failure said why), so the metric has them all from the start.
+        self.reasons = (*dict.fromkeys(reason for _, reason, _ in table), "COMMIT_FAILED")
+
+    def error(self, error: BaseException, action: str = WRITING) -> Unavailable | None:
+        """The retryable error a client gets when the storage failed `action`
+        (e.g. "the database could not store this (disk full); retry"), or
+        None when `error` is not such a failure."""
+        for kind, reason, cause in self._table:
+            if isinstance(error, kind):
+                return Unavailable(f"the database could not {action} ({cause}); retry", reason=reason)
+        return None
+
+
 class Engine(Protocol):
     # The driver's base exception: what a failed BEGIN/COMMIT/ROLLBACK raises.
     error: type[BaseException]

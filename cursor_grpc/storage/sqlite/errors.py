@@ -17,12 +17,11 @@ from collections.abc import Iterator
 
 import apsw
 
-from cursor_grpc.errors import AlreadyExists, CursorError, FailedPrecondition, Unavailable
-from cursor_grpc.storage.sql.engine import WRITING
+from cursor_grpc.errors import AlreadyExists, CursorError, FailedPrecondition
+from cursor_grpc.storage.sql.engine import WRITING, StorageFailures
 
-# SQLite errors that say the storage, not the request, is at fault: the
-# reason (a metric label and ErrorInfo reason) and the cause a client is told.
-_STORAGE_ERRORS: tuple[tuple[type[apsw.Error], str, str], ...] = (
+# SQLite errors that say the storage, not the request, is at fault.
+_FAILURES = StorageFailures((
     (apsw.FullError, "DATABASE_FULL", "disk full"),
     (apsw.IOError, "STORAGE_IO_ERROR", "I/O error"),
     (apsw.NoMemError, "STORAGE_NO_MEMORY", "out of memory"),
@@ -30,22 +29,9 @@ _STORAGE_ERRORS: tuple[tuple[type[apsw.Error], str, str], ...] = (
     (apsw.LockedError, "DATABASE_LOCKED", "locked by another connection"),
     (apsw.InterruptError, "STORAGE_INTERRUPTED", "interrupted"),
     (apsw.CantOpenError, "STORAGE_CANNOT_OPEN", "the file cannot be opened"),
-)
-
-# Every reason the writer refuses the writes of a lost transaction with
-# (COMMIT_FAILED: no storage error said why), so the metric has them all from the start.
-REFUSAL_REASONS = (*dict.fromkeys(reason for _, reason, _ in _STORAGE_ERRORS), "COMMIT_FAILED")
-
-
-
-def storage_error(error: BaseException, action: str = WRITING) -> Unavailable | None:
-    """The retryable error a client gets when the storage failed `action`
-    (e.g. "the database could not store this (disk full); retry"), or None
-    when `error` is not such a failure."""
-    for kind, reason, cause in _STORAGE_ERRORS:
-        if isinstance(error, kind):
-            return Unavailable(f"the database could not {action} ({cause}); retry", reason=reason)
-    return None
+))
+REFUSAL_REASONS = _FAILURES.reasons
+storage_error = _FAILURES.error
 
 
 def constraint_error(error: apsw.ConstraintError) -> CursorError:
