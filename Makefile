@@ -65,7 +65,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
 # Benchmarks (tools/bench.py): the `bench` extra adds the progress bar and the chart.
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-attention
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
@@ -79,3 +79,7 @@ bench: $(BENCH_STAMP)
 ## The same with smaller sizes and shorter runs (under 2 minutes).
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python tools/bench.py --quick
+
+## How long after its trigger each attention signal reaches a watcher, 100 readers (under a minute).
+bench-attention: setup
+	$(BIN)/python tools/attention_bench.py --check

@@ -35,7 +35,7 @@ class App:
         self.store.on_announcement(announced)
         self.sessions = SessionManager(self.store, settings.auth)
         self.broadcaster = Broadcaster(self.store, asyncio.get_running_loop(), settings.live)
-        self.presence = PresenceSweeper(self.store, settings.live)
+        self.presence = PresenceSweeper(self.store, settings.live, settings.attention)
         self.shared_check = SharedStreamCheck(self.broadcaster, self.store, settings.auth.session_check_seconds)
         self.sessions.on_revoked(self._end_streams)
         self.sessions.check_streaming(self.broadcaster.streaming_sessions)

@@ -156,6 +156,43 @@ class LiveSettings:
 
 
 @dataclass(frozen=True)
+class AttentionSettings:
+    """Who needs a consultant: the attention rules' thresholds, and how new
+    readers get one (docs/attention.md). Every field is `CURSOR_<FIELD>`,
+    e.g. `CURSOR_ATTENTION_STUCK_SECONDS`."""
+
+    # stuck: present (reading or online) with no progress on one step for
+    # this long; once the reader has a pace (`attention_pace_steps` steps
+    # timed), `attention_pace_factor` times its usual time per step instead,
+    # kept between the minimum and the maximum.
+    attention_stuck_seconds: float = 300.0
+    attention_pace_steps: int = 5
+    attention_pace_factor: float = 4.0
+    attention_stuck_min_seconds: float = 120.0
+    attention_stuck_max_seconds: float = 1800.0
+    # struggling: this many wrong answers in a row.
+    attention_wrong_answers: int = 3
+    # stalled: went idle before finishing, having done more than heartbeats
+    # within this long before going idle.
+    attention_stalled_active_seconds: float = 600.0
+    # `round_robin`: a new reader is assigned to the active consultant
+    # (role consultant) with the fewest readers; `off`: admins and
+    # supervisors assign by hand.
+    assign_new_readers: str = "off"
+
+    def __post_init__(self) -> None:
+        if self.assign_new_readers not in ("off", "round_robin"):
+            raise ConfigError(f"CURSOR_ASSIGN_NEW_READERS must be off or round_robin, not {self.assign_new_readers!r}")
+
+    def stuck_after(self, pace_seconds: float | None, pace_steps: int) -> float:
+        """Seconds without progress after which this reader counts as stuck."""
+        if pace_seconds is None or pace_steps < self.attention_pace_steps:
+            return self.attention_stuck_seconds
+        return min(max(self.attention_pace_factor * pace_seconds, self.attention_stuck_min_seconds),
+                   self.attention_stuck_max_seconds)
+
+
+@dataclass(frozen=True)
 class OpsSettings:
     """Backups, archival, WAL housekeeping and metrics (docs/operations.md).
     Periods are seconds; 0 turns a job off."""
@@ -261,6 +298,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
+    attention: AttentionSettings = field(default_factory=AttentionSettings)
     ops: OpsSettings = field(default_factory=OpsSettings)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -305,6 +343,7 @@ def settings_from_env() -> Settings:
         auth=AuthSettings(**_env_overrides("CURSOR_", AuthSettings)),  # type: ignore[arg-type]
         limits=LimitSettings(**_env_overrides("CURSOR_", LimitSettings)),  # type: ignore[arg-type]
         live=LiveSettings(**_env_overrides("CURSOR_", LiveSettings)),  # type: ignore[arg-type]
+        attention=AttentionSettings(**_env_overrides("CURSOR_", AttentionSettings)),  # type: ignore[arg-type]
         ops=ops_settings_from_env(),
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,

@@ -94,6 +94,15 @@ def resource_id(name: str, collection: str, field: str) -> str:
     return uuid_text(name[len(prefix):], field)
 
 
+def child_resource_id(name: str, parent: str, collection: str, field: str) -> tuple[str, str]:
+    """The two ids in `{parent}/{uuid}/{collection}/{uuid}`."""
+    head, slash, child = name.rpartition(f"/{collection}/")
+    if not slash:
+        raise InvalidArgument(f"{field} must look like {parent}/{{id}}/{collection}/{{id}}, not {quoted(name)}",
+                              field=field)
+    return resource_id(head, parent, field), uuid_text(child, field)
+
+
 def account_name(name: str, field: str) -> tuple[str, str]:
     """('reader'|'consultant', id) from `readers/{id}` or `consultants/{id}`."""
     for kind in ("reader", "consultant"):
@@ -127,9 +136,13 @@ def new_interaction(
         )
     free_text(given.summary, prefix + "summary")
     percent = step = None
+    correct = question = None
     if given.type == "progress":
         percent, step = _progress(payload, field)
-    return NewInteractionData(index, interaction_id, given.type, text, given.summary, percent, step)
+    elif given.type == "answer":
+        correct, question = _answer(payload, field)
+    return NewInteractionData(index, interaction_id, given.type, text, given.summary, percent, step,
+                              correct, question)
 
 
 def _payload(given: NewInteraction, limits: LimitSettings, prefix: str) -> tuple[dict[str, Any], str, str]:
@@ -158,6 +171,23 @@ def _payload_within_cap(text: str, field: str, limits: LimitSettings) -> None:
         raise InvalidArgument(
             f"{field} is larger than {limits.max_payload_bytes} bytes", field=field, reason="PAYLOAD_TOO_LARGE",
         )
+
+
+def _answer(payload: dict[str, object], field: str) -> tuple[bool | None, str | None]:
+    """The `correct` flag and `question_id` of an answer (the struggling
+    rule counts wrong answers in a row); both may be left out."""
+    correct = payload.get("correct")
+    if correct is not None and not isinstance(correct, bool):
+        raise InvalidArgument(
+            f"{field}: correct must be true or false, not {quoted(correct)}", field=field, reason="INVALID_ANSWER"
+        )
+    question = payload.get("question_id")
+    if question is not None and (isinstance(question, bool) or not isinstance(question, str | int)):
+        raise InvalidArgument(
+            f"{field}: question_id must be a string or a whole number, not {quoted(question)}", field=field,
+            reason="INVALID_ANSWER",
+        )
+    return correct, None if question is None else str(question)[:64]
 
 
 def _progress(payload: dict[str, object], field: str) -> tuple[float | None, int | None]:

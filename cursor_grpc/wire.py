@@ -7,6 +7,7 @@ from cursor.v1 import resources_pb2 as pb
 from cursor_grpc.clock import timestamp_from_iso
 from cursor_grpc.storage import (
     AssignmentRecord,
+    AttentionRecord,
     AuditRecord,
     ConsentRecord,
     ConsultantRecord,
@@ -93,6 +94,7 @@ EVENT_KIND = {
     "message": pb.EVENT_KIND_MESSAGE_SENT,
     "message_read": pb.EVENT_KIND_MESSAGE_READ,
     "presence": pb.EVENT_KIND_PRESENCE_CHANGED,
+    "attention": pb.EVENT_KIND_ATTENTION_CHANGED,
 }
 KIND_NAME = {v: k for k, v in EVENT_KIND.items()}
 
@@ -120,6 +122,34 @@ def message_read(position: ReadPosition) -> pb.MessageRead:
         reader=f"readers/{position.reader_id}",
         participant=f"{position.participant_type}s/{position.participant_id}",
         last_read_sequence=position.last_read_seq,
+    )
+
+
+ATTENTION_RULE = {
+    "stuck": pb.ATTENTION_RULE_STUCK,
+    "struggling": pb.ATTENTION_RULE_STRUGGLING,
+    "stalled": pb.ATTENTION_RULE_STALLED,
+    "asked_for_help": pb.ATTENTION_RULE_ASKED_FOR_HELP,
+}
+RULE_NAME = {v: k for k, v in ATTENTION_RULE.items()}
+
+
+def attention_signal(record: AttentionRecord, epoch: str) -> pb.AttentionSignal:
+    """A signal; `epoch` names the history its evidence cursors point into."""
+    reader = f"readers/{record.reader_id}"
+    return pb.AttentionSignal(
+        name=f"{reader}/attentionSignals/{record.id}",
+        reader=reader,
+        rule=ATTENTION_RULE[record.rule],
+        state=pb.ATTENTION_STATE_OPEN if record.cleared_at is None else pb.ATTENTION_STATE_CLEARED,
+        summary=record.summary,
+        evidence_cursors=[f"{epoch}-{seq}" for seq in record.evidence],
+        raise_time=timestamp_from_iso(record.raised_at),
+        acknowledged_by=f"consultants/{record.acknowledged_by}" if record.acknowledged_by else "",
+        acknowledge_time=timestamp_from_iso(record.acknowledged_at),
+        clear_time=timestamp_from_iso(record.cleared_at),
+        clear_reason=record.clear_reason or "",
+        assignee=f"consultants/{record.assignee}" if record.assignee else "",
     )
 
 
@@ -152,6 +182,10 @@ def activity_event(event: Event, cursor: str) -> pb.ActivityEvent:
         out.presence.CopyFrom(
             pb.PresenceChange(presence=PRESENCE[data["presence"]], previous=PRESENCE[data["previous"]])
         )
+    elif event.kind == "attention":
+        # A cursor is `epoch-seq`: the evidence lives in the same history.
+        epoch = cursor.rpartition("-")[0]
+        out.attention.CopyFrom(attention_signal(AttentionRecord.from_data(event.reader_id, data), epoch))
     return out
 
 

@@ -27,7 +27,7 @@ from cursor.v1 import (
     resources_pb2,
 )
 from cursor_grpc import cli
-from cursor_grpc.config import AuthSettings, Settings
+from cursor_grpc.config import AttentionSettings, AuthSettings, LiveSettings, Settings
 from cursor_grpc.server import RunningServer, start_server
 from tests.databases import BACKENDS, Backend, TestDatabase, as_database, backends_under_test, sqlite_file
 from tests.servers import (  # noqa: F401 - the suite's own PostgreSQL, NATS and Redis (fixtures)
@@ -236,11 +236,15 @@ def make_harness(backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     the backend under test or on a given one (a restart, a restored file)."""
     started: list[Harness] = []
 
-    def make(database: TestDatabase | Path | None = None, **auth: Any) -> Harness:
+    def make(database: TestDatabase | Path | None = None, *, live: LiveSettings | None = None,
+             attention: AttentionSettings | None = None, **auth: Any) -> Harness:
         if database is None:
             database = backend.fresh_database(tmp_path, f"cursor{len(started)}")
         ready = migrate_with_admin(as_database(database), monkeypatch)
-        harness = Harness(ServerThread(test_settings(ready, **auth)), ready)
+        settings = test_settings(ready, **auth)
+        settings = dataclasses.replace(settings, live=live or settings.live,
+                                       attention=attention or settings.attention)
+        harness = Harness(ServerThread(settings), ready)
         started.append(harness)
         return harness
 

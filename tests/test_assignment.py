@@ -6,6 +6,7 @@ On every backend."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from cursor.v1 import admin_service_pb2 as apb
 from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import reader_service_pb2 as rpb
 from cursor.v1 import resources_pb2
+from cursor_grpc.config import AttentionSettings, ConfigError
 from tests.conftest import Client, Harness
 from tests.helpers import error_reason, rpc_error
 from tests.ops_support import record
@@ -136,3 +138,30 @@ def test_assignment_refusals(h: Harness, case: str) -> None:
     if reason:
         assert error_reason(refused) == reason
     assert h.database.count("reader_assignments") == 0, "nothing half-written"
+
+
+def test_round_robin_spreads_new_readers_over_active_consultants(make_harness: Any) -> None:
+    h = make_harness(attention=AttentionSettings(assign_new_readers="round_robin"))
+    nobody_yet = h.new_reader("early")  # only the admin exists: admins are not given readers
+    first, second, gone = h.new_consultant(), h.new_consultant(), h.new_consultant()
+    h.admin().admin.SetAccountActive(apb.SetAccountActiveRequest(account=gone.account, active=False),
+                                     metadata=h.admin_md())
+    readers = [h.new_reader(f"rr{n}") for n in range(5)]
+
+    def mine(consultant: Client) -> set[str]:
+        return {r.name for r in consultant.consultant.ListReaders(
+            cpb.ListReadersRequest(only_my_readers=True), metadata=consultant.md).readers}
+
+    got_first, got_second = mine(first), mine(second)
+    assert got_first | got_second == {r.account for r in readers}
+    assert sorted([len(got_first), len(got_second)]) == [2, 3], "even, within one"
+    assert nobody_yet.account not in got_first | got_second
+    rows = h.database.rows("SELECT actor_type, details FROM audit_logs WHERE action = 'reader.assign'")
+    assert len(rows) == 5
+    assert {row[0] for row in rows} == {"system"}
+    assert {json.loads(row[1])["via"] for row in rows} == {"round_robin"}
+
+
+def test_an_unknown_assignment_mode_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="round_robin"):
+        AttentionSettings(assign_new_readers="random")

@@ -133,14 +133,17 @@ def test_fresh_database_gets_sqlites_schema(migrated: psycopg.Connection[Any], t
 def test_column_types(migrated: psycopg.Connection[Any]) -> None:
     types = _column_types(migrated)
     timestamps = {key for key in types if key[1].endswith("_at")}
-    assert len(timestamps) == 24  # 23 in 0001, reader_assignments.assigned_at in 0002
+    # 23 in 0001, reader_assignments.assigned_at in 0002, three of attention_signals and
+    # reader_states.progress_at in 0003
+    assert len(timestamps) == 28
     assert {key for key, kind in types.items() if kind == "timestamp with time zone"} == timestamps
     assert {types[key] for key in types if key[1] == "seq" or key[1].endswith("_seq")} == {"bigint"}
     assert types["sessions", "token_hash"] == "bytea"
     assert types["reader_states", "progress"] == "double precision"
     assert types["users", "is_active"] == types["interactions", "processed"] == "integer"
     for json_column in [("users", "metadata"), ("interactions", "payload"), ("events", "data"),
-                        ("audit_logs", "details"), ("reader_states", "metadata"), ("messages", "metadata")]:
+                        ("audit_logs", "details"), ("reader_states", "metadata"), ("messages", "metadata"),
+                        ("attention_signals", "evidence"), ("reader_states", "wrong_seqs")]:
         assert types[json_column] == "text", json_column
 
 
@@ -164,9 +167,9 @@ def test_autocommit_connection_with_dict_rows(postgres_database_url: str) -> Non
 
 
 def test_concurrent_migrators_serialize(postgres_database_url: str) -> None:
-    # A slow second file, so the two migrators overlap while there is work left.
+    # A slow last file, so the two migrators overlap while there is work left.
     known = [*pg.load_migrations(),
-             Migration("0002_slow.sql", "SELECT pg_sleep(0.3);\nCREATE TABLE slow_extra (x integer);\n")]
+             Migration("9999_slow.sql", "SELECT pg_sleep(0.3);\nCREATE TABLE slow_extra (x integer);\n")]
     start = threading.Barrier(2)
     results: list[list[str]] = []
     errors: list[BaseException] = []
@@ -328,7 +331,7 @@ def test_python_migrations_and_open_transactions_are_refused(conn: psycopg.Conne
 
 def test_migration_files() -> None:
     assert pg.migrations_dir() == REPO / "migrations" / "postgres"
-    assert ALL == ["0001_init.sql", "0002_reader_assignments.sql"]
+    assert ALL == ["0001_init.sql", "0002_reader_assignments.sql", "0003_attention.sql"]
     assert all(m.name != "0001_init.sql" or "json_valid" in m.sql for m in lite.load_migrations())
 
 

@@ -72,11 +72,17 @@ def test_the_readme_grpcurl_session_works_as_pasted(tmp_path: Path, deployment: 
         assert service in listed
     assert "// Stores one interaction" in out, "describe shows the RPC's comment"
     documents = json_documents(out)
-    health, registered, recorded, *_, active = documents
+    health, registered, recorded, *_, active, listed_attention, acknowledged = documents
     assert health == {"status": "SERVING"}
     assert registered["reader"]["displayName"] == "Ann"
     assert recorded["interaction"]["payloadJson"] == '{"percent":0.5,"step":3}'
     assert (recorded["state"]["progress"], recorded["state"]["currentStep"]) == (0.5, "3")
     assert [r["name"] for r in active["readers"]] == [registered["reader"]["name"]]
+    [struggling] = listed_attention["signals"]
+    assert struggling["rule"] == "ATTENTION_RULE_STRUGGLING"
+    assert struggling["summary"] == "3 wrong answers in a row (last: q3)"
+    assert len(struggling["evidenceCursors"]) == 3
+    assert acknowledged["signal"]["name"] == struggling["name"]
+    assert acknowledged["signal"]["acknowledgedBy"].startswith("consultants/")
     # create-admin wrote to the server's database (CURSOR_DB), not to a var/cursor.db of its own.
     assert not (user / "var").exists()

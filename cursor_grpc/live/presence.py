@@ -1,5 +1,6 @@
-"""Announces time-based presence changes (reading -> online, anything ->
-idle) on time, from a timer on the event loop; the writer does the work."""
+"""Announces time-based changes on time, from a timer on the event loop:
+presence (reading -> online, anything -> idle) and the attention rules that
+time decides (stuck, stalled). The writer does the work."""
 
 from __future__ import annotations
 
@@ -7,16 +8,17 @@ import asyncio
 import contextlib
 import logging
 
-from cursor_grpc.config import LiveSettings
+from cursor_grpc.config import AttentionSettings, LiveSettings
 from cursor_grpc.storage import Store
 
 log = logging.getLogger("cursor.live.presence")
 
 
 class PresenceSweeper:
-    def __init__(self, store: Store, settings: LiveSettings) -> None:
+    def __init__(self, store: Store, settings: LiveSettings, rules: AttentionSettings) -> None:
         self._store = store
         self._settings = settings
+        self._rules = rules
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -29,7 +31,7 @@ class PresenceSweeper:
         while True:
             await asyncio.sleep(s.presence_sweep_seconds)
             try:
-                await self._store.sweep_presence(idle_ns, reading_ns)
+                await self._store.sweep_presence(idle_ns, reading_ns, self._rules)
             except Exception:
                 log.exception("presence sweep failed; trying again next time")
 

@@ -68,7 +68,8 @@ class AuthService(pb_grpc.AuthServiceServicer):
             log.warning("registration throttled for peer %s: %s", peer, error)
             raise
         password_hash = await self.app.passwords.hash(request.password)
-        reader = await self.app.store.create_reader(email, password_hash, name)
+        reader = await self.app.store.create_reader(
+            email, password_hash, name, round_robin=self.app.settings.attention.assign_new_readers == "round_robin")
         log.info("reader registered: readers/%s", reader.id)
         response = pb.RegisterReaderResponse(reader=wire.reader(reader))
         if request.start_session:

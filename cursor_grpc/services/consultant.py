@@ -14,7 +14,7 @@ from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.errors import InvalidArgument
 from cursor_grpc.services.common import Context, PageRequest, list_interactions_page, list_messages_page, open_stream
-from cursor_grpc.storage import Actor, EventFilter
+from cursor_grpc.storage import KIND_ATTENTION, Actor, EventFilter
 
 MAX_WINDOW_SECONDS = 7 * 24 * 3600
 MAX_WATCHED_READERS = 1000
@@ -67,7 +67,10 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
                         caller: Principal) -> pb.GetReaderResponse:
         reader_id = validation.resource_id(request.name, "readers", "name")
         # Get returns the whole resource (AIP-131), metadata included; lists leave it out.
-        return pb.GetReaderResponse(reader=wire.reader_profile(*await self.app.store.get_reader_profile(reader_id)))
+        record, metadata, signals = await self.app.store.reader_with_attention(reader_id)
+        epoch = self.app.broadcaster.epoch
+        return pb.GetReaderResponse(reader=wire.reader_profile(record, metadata),
+                                    attention=[wire.attention_signal(s, epoch) for s in signals])
 
     @rpc(Access.CONSULTANT)
     async def ListInteractions(self, request: pb.ListInteractionsRequest, context: Context,
@@ -117,7 +120,8 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
         await open_stream(self.app, context, caller, wanted, request.after, _activity_tail, snapshot, audit_open)
 
     async def _snapshot(self, wanted: EventFilter) -> list[bytes]:
-        """Every active reader that matches, then the end-of-snapshot marker."""
+        """Every active reader that matches, the open attention signals of
+        the readers that match, then the end-of-snapshot marker."""
         since = iso_from_ns(time.time_ns() - self.app.settings.limits.active_window_seconds * 1_000_000_000)
         head = self.app.broadcaster.head
         readers, after = [], None
@@ -136,6 +140,17 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
             ).SerializeToString()
             for i in range(0, len(readers), SNAPSHOT_READERS_PER_MESSAGE)
         ]
+        if not wanted.kinds or KIND_ATTENTION in wanted.kinds:
+            epoch, after_seq = self.app.broadcaster.epoch, None
+            while True:
+                signals = await self.app.store.list_attention(frozenset(), None, wanted.reader_ids or None,
+                                                              after_seq, SNAPSHOT_READERS_PER_MESSAGE)
+                if signals:
+                    messages.append(pb.WatchActivityResponse(
+                        snapshot_attention=[wire.attention_signal(s, epoch) for s in signals]).SerializeToString())
+                if len(signals) < SNAPSHOT_READERS_PER_MESSAGE:
+                    break
+                after_seq = signals[-1].raised_seq
         cursor = self.app.broadcaster.cursor(head)
         messages.append(pb.WatchActivityResponse(snapshot_complete=True, cursor=cursor).SerializeToString())
         return messages
@@ -190,6 +205,43 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
             raise InvalidArgument("status must be READER_STATUS_PAUSED or READER_STATUS_ACTIVE", field="status")
         state = await self.app.store.set_reader_status(Actor("consultant", caller.account_id), reader_id, status)
         return pb.SetReaderStatusResponse(state=wire.reader_state(state))
+
+
+    @rpc(Access.CONSULTANT)
+    async def ListAttention(self, request: pb.ListAttentionRequest, context: Context,
+                            caller: Principal) -> pb.ListAttentionResponse:
+        rules = set()
+        for rule in request.rules:
+            if rule not in wire.RULE_NAME:
+                raise InvalidArgument(f"rules has an unknown or unspecified value {rule}", field="rules")
+            rules.add(wire.RULE_NAME[rule])
+        if request.only_my_readers and request.assignee:
+            raise InvalidArgument("set only_my_readers or assignee, not both", field="assignee")
+        assignee: str | None = None
+        if request.only_my_readers:
+            assignee = caller.account_id
+        elif request.assignee == "consultants/-":
+            assignee = "-"
+        elif request.assignee:
+            assignee = validation.resource_id(request.assignee, "consultants", "assignee")
+        page = PageRequest.parse(request.page_size, request.page_token, self.app.settings.limits,
+                                 ("attention", sorted(rules), assignee), paging.SEQ)
+        records, token = await page.read(
+            lambda key, how_many: self.app.store.list_attention(
+                frozenset(rules), assignee, None, key[0] if key else None, how_many),
+            lambda r: [r.raised_seq],
+        )
+        epoch = self.app.broadcaster.epoch
+        return pb.ListAttentionResponse(signals=[wire.attention_signal(r, epoch) for r in records],
+                                        next_page_token=token)
+
+    @rpc(Access.CONSULTANT)
+    async def AcknowledgeAttention(self, request: pb.AcknowledgeAttentionRequest, context: Context,
+                                   caller: Principal) -> pb.AcknowledgeAttentionResponse:
+        reader_id, signal_id = validation.child_resource_id(request.name, "readers", "attentionSignals", "name")
+        record = await self.app.store.acknowledge_attention(Actor("consultant", caller.account_id), reader_id,
+                                                            signal_id)
+        return pb.AcknowledgeAttentionResponse(signal=wire.attention_signal(record, self.app.broadcaster.epoch))
 
 
 # A reader filter that no reader matches (ids are UUIDs): "only my readers"

@@ -50,7 +50,8 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
             raise InvalidArgument("interaction is required", field="interaction")
         given = request.interaction
         item = validation.new_interaction(0, given, self.app.settings.limits, "interaction.")
-        outcome = await self.app.store.record_interactions(caller.account_id, [item], self._reading_window_ns)
+        outcome = await self.app.store.record_interactions(
+            caller.account_id, [item], self._reading_window_ns, self.app.settings.attention)
         if outcome.conflicts:
             raise AlreadyExists(
                 f"interaction id {item.id} is already used by another reader; choose a new id",
@@ -105,7 +106,8 @@ class ReaderService(pb_grpc.ReaderServiceServicer):
                     index += 1
                 if items:
                     in_flight.append(asyncio.ensure_future(
-                        self.app.store.record_interactions(caller.account_id, items, self._reading_window_ns)))
+                        self.app.store.record_interactions(
+                            caller.account_id, items, self._reading_window_ns, self.app.settings.attention)))
                 while len(in_flight) >= UPLOAD_CHUNKS_IN_FLIGHT or (in_flight and in_flight[0].done()):
                     settle(await in_flight.pop(0))
             while in_flight:

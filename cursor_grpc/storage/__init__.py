@@ -30,6 +30,8 @@ from cursor_grpc.storage.contract import (
 )
 from cursor_grpc.storage.records import (
     ALL_KINDS,
+    ALL_RULES,
+    KIND_ATTENTION,
     KIND_INTERACTION,
     KIND_MESSAGE,
     KIND_MESSAGE_READ,
@@ -41,6 +43,7 @@ from cursor_grpc.storage.records import (
     SYSTEM,
     Actor,
     AssignmentRecord,
+    AttentionRecord,
     AuditQuery,
     AuditRecord,
     ConsentRecord,
@@ -143,8 +146,9 @@ def require_current_schema(settings: StorageSettings) -> None:
 
 
 __all__ = [
-    "ALL_KINDS", "KIND_INTERACTION", "KIND_MESSAGE", "KIND_MESSAGE_READ", "KIND_PRESENCE", "KIND_STATE",
-    "SCOPES", "SCOPE_INTERACTIONS", "SCOPE_STATE", "SYSTEM", "Actor", "AssignmentRecord", "AuditQuery", "AuditRecord",
+    "ALL_KINDS", "ALL_RULES", "KIND_ATTENTION", "KIND_INTERACTION", "KIND_MESSAGE", "KIND_MESSAGE_READ",
+    "KIND_PRESENCE", "KIND_STATE", "SCOPES", "SCOPE_INTERACTIONS", "SCOPE_STATE", "SYSTEM", "Actor",
+    "AssignmentRecord", "AttentionRecord", "AuditQuery", "AuditRecord",
     "CommitListener", "ConsentRecord", "ConsultantRecord", "Credential", "DatabaseInUse", "DatabaseUnreachable",
     "Event", "EventFilter",
     "EventLog", "Evented", "GrantOutcome", "HistoryPage", "InteractionRecord", "Maintenance", "MessageRecord",

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cursor_grpc.config import OpsSettings
+from cursor_grpc.config import AttentionSettings, OpsSettings
 from cursor_grpc.storage.records import (
     Actor,
     AssignmentRecord,
+    AttentionRecord,
     AuditQuery,
     AuditRecord,
     ConsentRecord,
@@ -167,7 +168,10 @@ class Store(EventLog, Maintenance, Peers, Protocol):
         """Commit what is queued, then close every connection. Idempotent."""
         ...
 
-    async def create_reader(self, email: str, password_hash: str, display_name: str) -> ReaderRecord:
+    async def create_reader(self, email: str, password_hash: str, display_name: str,
+                            round_robin: bool = False) -> ReaderRecord:
+        """A new reader, audited; with `round_robin`, assigned to the least
+        loaded active consultant in the same transaction."""
         ...
 
     async def credentials_for_email(self, email: str) -> list[Credential]:
@@ -245,11 +249,27 @@ class Store(EventLog, Maintenance, Peers, Protocol):
         ...
 
     async def record_interactions(
-        self, reader_id: str, items: list[NewInteractionData], reading_window_ns: int
+        self, reader_id: str, items: list[NewInteractionData], reading_window_ns: int,
+        rules: AttentionSettings = ...,
     ) -> RecordOutcome:
+        """Store interactions, move the reader's state and presence, and run
+        the attention rules their evidence feeds, in one transaction."""
         ...
 
-    async def sweep_presence(self, idle_ns: int, reading_window_ns: int) -> list[Event]:
+    async def sweep_presence(self, idle_ns: int, reading_window_ns: int,
+                             rules: AttentionSettings = ...) -> list[Event]:
+        """Time-based changes: presence, and the stuck and stalled rules."""
+        ...
+
+    async def list_attention(
+        self, rules: frozenset[str], assignee: str | None, reader_ids: frozenset[str] | None,
+        after_seq: int | None, limit: int,
+    ) -> list[AttentionRecord]:
+        """Open signals, longest waiting first (`assignee` `-`: unassigned readers)."""
+        ...
+
+    async def acknowledge_attention(self, actor: Actor, reader_id: str, signal_id: str) -> AttentionRecord:
+        """A consultant takes an open signal, audited; FAILED_PRECONDITION once cleared."""
         ...
 
     async def audit(
@@ -328,6 +348,10 @@ class Store(EventLog, Maintenance, Peers, Protocol):
 
     async def unassign_reader(self, actor: Actor, reader_id: str) -> AssignmentRecord | None:
         """Remove a reader's assignment (audited); the one removed, or None."""
+        ...
+
+    async def reader_with_attention(self, reader_id: str) -> tuple[ReaderRecord, str, list[AttentionRecord]]:
+        """The reader, its metadata and its open signals, read together."""
         ...
 
     async def assigned_readers(self, consultant_id: str) -> frozenset[str]:

@@ -67,6 +67,9 @@ class NewInteractionData(NamedTuple):
     summary: str
     percent: float | None
     step: int | None
+    # From an `answer` payload: its `correct` flag and `question_id`, when given.
+    correct: bool | None = None
+    question: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +235,53 @@ KIND_MESSAGE_READ = "message_read"
 KIND_PRESENCE = "presence"
 
 
-ALL_KINDS = frozenset({KIND_INTERACTION, KIND_STATE, KIND_MESSAGE, KIND_MESSAGE_READ, KIND_PRESENCE})
+KIND_ATTENTION = "attention"
+
+
+ALL_KINDS = frozenset({KIND_INTERACTION, KIND_STATE, KIND_MESSAGE, KIND_MESSAGE_READ, KIND_PRESENCE, KIND_ATTENTION})
+
+
+# --- attention -------------------------------------------------------------
+
+
+RULE_STUCK = "stuck"
+RULE_STRUGGLING = "struggling"
+RULE_STALLED = "stalled"
+RULE_HELP = "asked_for_help"
+ALL_RULES = (RULE_STUCK, RULE_STRUGGLING, RULE_STALLED, RULE_HELP)
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionRecord:
+    """One attention signal as stored; `evidence` holds event seqs and
+    `assignee` the reader's consultant when it was read or last changed."""
+
+    id: str
+    reader_id: str
+    rule: str
+    summary: str
+    evidence: list[int]
+    raised_seq: int
+    raised_at: str
+    acknowledged_by: str | None
+    acknowledged_at: str | None
+    cleared_at: str | None
+    clear_reason: str | None
+    assignee: str | None
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "rule": self.rule, "summary": self.summary, "evidence": self.evidence,
+            "raised_seq": self.raised_seq, "raised_at": self.raised_at, "acknowledged_by": self.acknowledged_by,
+            "acknowledged_at": self.acknowledged_at, "cleared_at": self.cleared_at,
+            "clear_reason": self.clear_reason, "assignee": self.assignee,
+        }
+
+    @classmethod
+    def from_data(cls, reader_id: str, data: dict[str, Any]) -> AttentionRecord:
+        return cls(data["id"], reader_id, data["rule"], data["summary"], data["evidence"], data["raised_seq"],
+                   data["raised_at"], data["acknowledged_by"], data["acknowledged_at"], data["cleared_at"],
+                   data["clear_reason"], data["assignee"])
 
 
 @dataclass(slots=True)

@@ -42,3 +42,18 @@ def assigned_readers(conn: Connection, consultant_id: str) -> frozenset[str]:
     """The ids of the readers assigned to `consultant_id` (index range on it)."""
     return frozenset(str(reader_id) for (reader_id,) in fetch_all(
         conn, "SELECT reader_id FROM reader_assignments WHERE consultant_id = ?", (consultant_id,)))
+
+
+_LEAST_LOADED = """
+SELECT c.id FROM consultants c LEFT JOIN reader_assignments a ON a.consultant_id = c.id
+WHERE c.is_active = 1 AND c.role = 'consultant'
+GROUP BY c.id ORDER BY count(a.reader_id), max(a.assigned_at) NULLS FIRST, c.id LIMIT 1
+"""
+
+
+def least_loaded(conn: Connection) -> str | None:
+    """The active consultant (role consultant) with the fewest readers, the
+    one assigned to longest ago among equals: round robin that stays even
+    when consultants come and go. None when there is none."""
+    found = fetch_all(conn, _LEAST_LOADED)
+    return str(found[0][0]) if found else None

@@ -6,10 +6,12 @@ commit (or roll back) together.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from cursor_grpc.clock import iso_from_ns
+from cursor_grpc.config import AttentionSettings
 from cursor_grpc.storage.records import (
     KIND_INTERACTION,
     KIND_PRESENCE,
@@ -20,6 +22,7 @@ from cursor_grpc.storage.records import (
     ReaderStateRecord,
     RecordOutcome,
 )
+from cursor_grpc.storage.sql import attention
 from cursor_grpc.storage.sql.connection import Connection, fetch_all
 from cursor_grpc.storage.sql.events import SequenceAllocator, insert_event, state_data
 from cursor_grpc.storage.sql.keyset import Where, newest_first
@@ -31,15 +34,15 @@ _INSERT = (
     "ON CONFLICT(id) DO NOTHING"
 )
 _EXISTING = f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE id = ?"
-_PREVIOUS = "SELECT presence, last_active_at FROM reader_states WHERE reader_id = ?"
+_PREVIOUS = f"SELECT presence, last_active_at, {attention.TRACKED_COLUMNS} FROM reader_states WHERE reader_id = ?"
 
 # A paused reader stays paused (a consultant paused it); otherwise a progress
 # payload decides between active and completed, and other types keep the status.
 _UPDATE_STATE = """
 INSERT INTO reader_states(reader_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at,
-                          presence, last_active_at)
+                          presence, last_active_at, progress_at, pace_seconds, pace_steps, wrong_streak, wrong_seqs)
 VALUES (?1, CASE WHEN ?2 >= 1.0 THEN 'completed' ELSE 'active' END, coalesce(?2, 0), coalesce(?3, 0), ?4, ?5, ?5,
-        ?6, ?7)
+        ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ON CONFLICT(reader_id) DO UPDATE SET
     status = CASE
         WHEN reader_states.status = 'paused' THEN 'paused'
@@ -52,7 +55,12 @@ ON CONFLICT(reader_id) DO UPDATE SET
     last_seen_at = ?5,
     updated_at = CASE WHEN ?2 IS NULL AND ?3 IS NULL THEN reader_states.updated_at ELSE ?5 END,
     presence = ?6,
-    last_active_at = ?7
+    last_active_at = ?7,
+    progress_at = ?8,
+    pace_seconds = ?9,
+    pace_steps = ?10,
+    wrong_streak = ?11,
+    wrong_seqs = ?12
 RETURNING reader_id, status, progress, current_step, last_interaction_id, last_seen_at, updated_at, presence
 """
 
@@ -71,6 +79,7 @@ def record_interactions(
     reader_id: str,
     items: list[NewInteractionData],
     reading_window_ns: int,
+    rules: AttentionSettings,
 ) -> RecordOutcome:
     """Store `items` in order for one reader, move its state and presence
     once, and return the events committed with them.
@@ -84,6 +93,7 @@ def record_interactions(
     duplicates: list[InteractionRecord] = []
     conflicts: list[tuple[int, str]] = []
     events: list[Event] = []
+    answers: list[attention.Answer] = []
     percent: float | None = None
     step: int | None = None
     active = False
@@ -107,6 +117,8 @@ def record_interactions(
                 percent = item.percent
             if item.step is not None:
                 step = item.step
+            if item.correct is not None:
+                answers.append(attention.Answer(record.seq, item.correct, item.question))
             continue
         existing = interaction_from_row(fetch_all(conn, _EXISTING, (item.id,))[0])
         if existing.user_id == reader_id:
@@ -116,12 +128,24 @@ def record_interactions(
     state = None
     if stored:
         previous = fetch_all(conn, _PREVIOUS, (reader_id,))
-        was, last_active = (previous[0][0], previous[0][1]) if previous else ("idle", None)
+        if previous:
+            was, last_active = previous[0][0], previous[0][1]
+            tracked = attention.Tracked.from_row(previous[0][2:])
+        else:
+            was, last_active, tracked = "idle", None, attention.Tracked.new()
         if active:
             last_active = now
         recent = last_active is not None and last_active >= iso_from_ns(now_ns - reading_window_ns)
         presence = "reading" if recent else "online"
-        row = fetch_all(conn, _UPDATE_STATE, (reader_id, percent, step, stored[-1].id, now, presence, last_active))[0]
+        came_back = was == "idle"
+        progress_at, pace, pace_steps = attention.paced(tracked, percent, step, now_ns, rules)
+        if came_back and progress_at is not None:
+            progress_at = now  # time away from the app is not time stuck
+        struggling = attention.count_answers(tracked, answers, rules.attention_wrong_answers)
+        row = fetch_all(conn, _UPDATE_STATE, (
+            reader_id, percent, step, stored[-1].id, now, presence, last_active, progress_at, pace, pace_steps,
+            tracked.wrong_streak, json.dumps(tracked.wrong_seqs),
+        ))[0]
         state = ReaderStateRecord(*row)
         if percent is not None or step is not None:
             events.append(insert_event(
@@ -132,6 +156,10 @@ def record_interactions(
                 conn, seqs.next(), KIND_PRESENCE, reader_id, None, presence,
                 {"presence": presence, "previous": was}, now,
             ))
+        if struggling or tracked.attention:
+            events += attention.after_interactions(
+                conn, seqs, reader_id, tracked, struggling, attention.moved(tracked, percent, step), came_back,
+                state.status, state.current_step, state.progress, now)
     return RecordOutcome(stored, duplicates, conflicts, state, events)
 
 
@@ -152,40 +180,45 @@ def readers_by_presence(conn: Connection) -> dict[str, int]:
 
 
 def sweep_presence(
-    conn: Connection, seqs: SequenceAllocator, idle_ns: int, reading_window_ns: int
+    conn: Connection, seqs: SequenceAllocator, idle_ns: int, reading_window_ns: int, rules: AttentionSettings,
 ) -> list[Event]:
-    """Announce time-based presence changes: readers silent for the idle time
-    become idle; readers whose only recent traffic is heartbeats go from
-    reading to online. Served by two partial indexes, so it costs only the
-    readers that change."""
+    """Announce time-based changes: readers silent for the idle time become
+    idle (which may stall them, see attention.went_idle); readers whose only
+    recent traffic is heartbeats go from reading to online; present readers
+    without progress for too long are stuck. Served by partial indexes on
+    the readers who are not idle, so it costs only those."""
     now_ns = time.time_ns()
     now = iso_from_ns(now_ns)
     events: list[Event] = []
     idle_cutoff = iso_from_ns(now_ns - idle_ns)
     reading_cutoff = iso_from_ns(now_ns - reading_window_ns)
-    changes = [
-        (reader_id, was, "idle")
-        for reader_id, was in fetch_all(
-            conn, "SELECT reader_id, presence FROM reader_states WHERE presence != 'idle' AND last_seen_at < ?",
-            (idle_cutoff,),
-        )
-    ]
-    changes += [
-        (reader_id, "reading", "online")
-        for (reader_id,) in fetch_all(
-            conn,
-            "SELECT reader_id FROM reader_states WHERE presence = 'reading' "
-            "AND (last_active_at IS NULL OR last_active_at < ?) AND last_seen_at >= ?",
-            (reading_cutoff, idle_cutoff),
-        )
-    ]
-    for reader_id, was, now_presence in changes:
-        conn.execute("UPDATE reader_states SET presence = ? WHERE reader_id = ?", (now_presence, reader_id))
-        events.append(insert_event(
-            conn, seqs.next(), KIND_PRESENCE, reader_id, None, now_presence,
-            {"presence": now_presence, "previous": was}, now,
-        ))
+    going_idle = fetch_all(
+        conn,
+        "SELECT reader_id, presence, status, progress, current_step, last_active_at, attention FROM reader_states "
+        "WHERE presence != 'idle' AND last_seen_at < ?",
+        (idle_cutoff,),
+    )
+    for reader_id, was, status, progress, step, last_active_at, open_rules in going_idle:
+        event = _presence_change(conn, seqs, reader_id, was, "idle", now)
+        events.append(event)
+        events += attention.went_idle(conn, seqs, reader_id, event.seq, status, progress, step, last_active_at,
+                                      open_rules, now_ns, idle_ns, rules)
+    for (reader_id,) in fetch_all(
+        conn,
+        "SELECT reader_id FROM reader_states WHERE presence = 'reading' "
+        "AND (last_active_at IS NULL OR last_active_at < ?) AND last_seen_at >= ?",
+        (reading_cutoff, idle_cutoff),
+    ):
+        events.append(_presence_change(conn, seqs, reader_id, "reading", "online", now))
+    events += attention.sweep_stuck(conn, seqs, now_ns, rules)
     return events
+
+
+def _presence_change(conn: Connection, seqs: SequenceAllocator, reader_id: str, was: str, presence: str,
+                     now: str) -> Event:
+    conn.execute("UPDATE reader_states SET presence = ? WHERE reader_id = ?", (presence, reader_id))
+    return insert_event(conn, seqs.next(), KIND_PRESENCE, reader_id, None, presence,
+                        {"presence": presence, "previous": was}, now)
 
 
 # The column that names an interaction's reader: `reader_id` since migration

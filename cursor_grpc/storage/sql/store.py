@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cursor_grpc.clock import now_iso
+from cursor_grpc.config import AttentionSettings
 from cursor_grpc.errors import FailedPrecondition
 from cursor_grpc.storage.records import (
+    ALL_RULES,
     Actor,
     AssignmentRecord,
+    AttentionRecord,
     AuditQuery,
     AuditRecord,
     ConsentRecord,
@@ -33,12 +37,24 @@ from cursor_grpc.storage.records import (
     RecordOutcome,
     SessionRecord,
 )
-from cursor_grpc.storage.sql import accounts, assignments, consents, events, interactions, messages, sessions
+from cursor_grpc.storage.sql import (
+    accounts,
+    assignments,
+    attention,
+    consents,
+    events,
+    interactions,
+    messages,
+    sessions,
+)
 from cursor_grpc.storage.sql.audit import list_audit_logs, write_audit
 from cursor_grpc.storage.sql.connection import Connection
 from cursor_grpc.storage.sql.events import SequenceAllocator
 from cursor_grpc.storage.sql.reads import ReadPool
 from cursor_grpc.storage.sql.writer import Writer
+
+# The attention rules' defaults, for callers that configure none.
+DEFAULT_RULES = AttentionSettings()
 
 
 class SqlStore:
@@ -48,10 +64,16 @@ class SqlStore:
 
     # --- accounts ------------------------------------------------------------
 
-    async def create_reader(self, email: str, password_hash: str, display_name: str) -> ReaderRecord:
+    async def create_reader(self, email: str, password_hash: str, display_name: str,
+                            round_robin: bool = False) -> ReaderRecord:
         def write(conn: Connection) -> ReaderRecord:
             reader = accounts.create_reader(conn, email, password_hash, display_name)
             write_audit(conn, "reader", reader.id, "reader.register", "reader", reader.id)
+            consultant_id = assignments.least_loaded(conn) if round_robin else None
+            if consultant_id is not None:
+                assignments.assign(conn, reader.id, consultant_id, None)
+                write_audit(conn, "system", None, "reader.assign", "reader", reader.id,
+                            {"consultant_id": consultant_id, "previous_consultant_id": None, "via": "round_robin"})
             return reader
 
         return await self.writer.submit(write)
@@ -196,20 +218,50 @@ class SqlStore:
     # --- interactions ----------------------------------------------------------
 
     async def record_interactions(
-        self, reader_id: str, items: list[NewInteractionData], reading_window_ns: int
+        self, reader_id: str, items: list[NewInteractionData], reading_window_ns: int,
+        rules: AttentionSettings = DEFAULT_RULES,
     ) -> RecordOutcome:
         def write(conn: Connection) -> Evented[RecordOutcome]:
-            outcome = interactions.record_interactions(conn, self.seqs, reader_id, items, reading_window_ns)
+            outcome = interactions.record_interactions(conn, self.seqs, reader_id, items, reading_window_ns, rules)
             return Evented(outcome, outcome.events)
 
         return await self.writer.submit_evented(write)
 
-    async def sweep_presence(self, idle_ns: int, reading_window_ns: int) -> list[Event]:
+    async def sweep_presence(self, idle_ns: int, reading_window_ns: int,
+                             rules: AttentionSettings = DEFAULT_RULES) -> list[Event]:
         def write(conn: Connection) -> Evented[list[Event]]:
-            changed = interactions.sweep_presence(conn, self.seqs, idle_ns, reading_window_ns)
+            changed = interactions.sweep_presence(conn, self.seqs, idle_ns, reading_window_ns, rules)
             return Evented(changed, changed)
 
         return await self.writer.submit_evented(write)
+
+    # --- attention -------------------------------------------------------------
+
+    async def list_attention(
+        self, rules: frozenset[str], assignee: str | None, reader_ids: frozenset[str] | None,
+        after_seq: int | None, limit: int,
+    ) -> list[AttentionRecord]:
+        return await self.reads.run(
+            lambda conn: attention.list_open(conn, rules, assignee, reader_ids, after_seq, limit))
+
+    async def acknowledge_attention(self, actor: Actor, reader_id: str, signal_id: str) -> AttentionRecord:
+        assert actor.id is not None
+        consultant_id = actor.id
+
+        def write(conn: Connection) -> Evented[AttentionRecord]:
+            taken, before = attention.acknowledge(conn, self.seqs, reader_id, signal_id, consultant_id, now_iso())
+            if taken.events:
+                write_audit(conn, actor.type, actor.id, "attention.acknowledge", "reader", reader_id,
+                            {"signal_id": signal_id, "rule": taken.value.rule, "previous_acknowledged_by": before})
+            return taken
+
+        return await self.writer.submit_evented(write)
+
+    async def reader_with_attention(self, reader_id: str) -> tuple[ReaderRecord, str, list[AttentionRecord]]:
+        return await self.reads.run(lambda conn: (
+            accounts.get_reader(conn, reader_id), accounts.get_reader_metadata(conn, reader_id),
+            attention.list_open(conn, frozenset(), None, frozenset({reader_id}), None, len(ALL_RULES)),
+        ))
 
     # --- events ------------------------------------------------------------------
 
@@ -255,9 +307,10 @@ class SqlStore:
 
     async def send_message(self, actor: Actor, reader_id: str, direction: str, body: str) -> MessageRecord:
         def write(conn: Connection) -> Evented[MessageRecord]:
-            sent = messages.send_message(
-                conn, self.seqs, reader_id, direction, actor.id if actor.type == "consultant" else None, body
-            )
+            consultant_id = actor.id if actor.type == "consultant" else None
+            sent = messages.send_message(conn, self.seqs, reader_id, direction, consultant_id, body)
+            sent.events += attention.message_written(conn, self.seqs, reader_id, direction, consultant_id, body,
+                                                     sent.value.seq, sent.value.created_at)
             if actor.type == "consultant":
                 write_audit(conn, actor.type, actor.id, "message.send", "reader", reader_id,
                             {"message_id": sent.value.id})
@@ -274,9 +327,14 @@ class SqlStore:
     async def mark_read(self, actor: Actor, reader_id: str, up_to: int) -> ReadPosition:
         assert actor.id is not None
         actor_id = actor.id
-        return await self.writer.submit_evented(
-            lambda conn: messages.mark_read(conn, self.seqs, reader_id, actor.type, actor_id, up_to)
-        )
+        def write(conn: Connection) -> Evented[ReadPosition]:
+            moved = messages.mark_read(conn, self.seqs, reader_id, actor.type, actor_id, up_to)
+            if actor.type == "consultant" and moved.events:
+                moved.events += attention.conversation_read(conn, self.seqs, reader_id, actor_id,
+                                                            moved.value.last_read_seq, now_iso())
+            return moved
+
+        return await self.writer.submit_evented(write)
 
     async def unread_counts(self, consultant_id: str) -> list[tuple[str, int]]:
         return await self.reads.run(lambda conn: messages.unread_counts(conn, consultant_id))

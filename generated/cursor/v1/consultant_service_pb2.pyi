@@ -82,6 +82,7 @@ class WatchActivityResponse(_message.Message):
     SNAPSHOT_COMPLETE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ATTENTION_FIELD_NUMBER: _builtins.int
     snapshot_complete: _builtins.bool
     """True on the message that ends the snapshot; live events follow."""
     heartbeat: _builtins.bool
@@ -96,6 +97,10 @@ class WatchActivityResponse(_message.Message):
     def snapshot_readers(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Reader]:
         """Snapshot part: active readers with their state."""
 
+    @_builtins.property
+    def snapshot_attention(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.AttentionSignal]:
+        """Snapshot part: the open attention signals of the readers that match."""
+
     def __init__(
         self,
         *,
@@ -104,10 +109,11 @@ class WatchActivityResponse(_message.Message):
         snapshot_complete: _builtins.bool = ...,
         heartbeat: _builtins.bool = ...,
         cursor: _builtins.str = ...,
+        snapshot_attention: _abc.Iterable[_resources_pb2.AttentionSignal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "events", b"events", "heartbeat", b"heartbeat", "snapshot_complete", b"snapshot_complete", "snapshot_readers", b"snapshot_readers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "events", b"events", "heartbeat", b"heartbeat", "snapshot_attention", b"snapshot_attention", "snapshot_complete", b"snapshot_complete", "snapshot_readers", b"snapshot_readers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,18 +558,24 @@ class GetReaderResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     READER_FIELD_NUMBER: _builtins.int
+    ATTENTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def reader(self) -> _resources_pb2.Reader:
         """The reader with its state."""
+
+    @_builtins.property
+    def attention(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.AttentionSignal]:
+        """The reader's open attention signals, oldest first."""
 
     def __init__(
         self,
         *,
         reader: _resources_pb2.Reader | None = ...,
+        attention: _abc.Iterable[_resources_pb2.AttentionSignal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reader", b"reader"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attention", b"attention", "reader", b"reader"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,3 +646,120 @@ class ListInteractionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListInteractionsResponse: _TypeAlias = ListInteractionsResponse  # noqa: Y015
+
+@_typing.final
+class ListAttentionRequest(_message.Message):
+    """Request for ListAttention."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    ONLY_MY_READERS_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many; 0 means 50, more than 1000 means 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page."""
+    only_my_readers: _builtins.bool
+    """Only the signals of readers assigned to the caller."""
+    assignee: _builtins.str
+    """Only the signals of readers assigned to this consultant
+    (`consultants/{id}`), or `consultants/-` for unassigned readers; empty
+    for everyone's. Not together with `only_my_readers`.
+    """
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.AttentionRule.ValueType]:
+        """Only signals of these rules; empty for all."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        rules: _abc.Iterable[_resources_pb2.AttentionRule.ValueType] | None = ...,
+        only_my_readers: _builtins.bool = ...,
+        assignee: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "only_my_readers", b"only_my_readers", "page_size", b"page_size", "page_token", b"page_token", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAttentionRequest: _TypeAlias = ListAttentionRequest  # noqa: Y015
+
+@_typing.final
+class ListAttentionResponse(_message.Message):
+    """Response for ListAttention."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNALS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def signals(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.AttentionSignal]:
+        """Open signals, the longest waiting first."""
+
+    def __init__(
+        self,
+        *,
+        signals: _abc.Iterable[_resources_pb2.AttentionSignal] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "signals", b"signals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAttentionResponse: _TypeAlias = ListAttentionResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeAttentionRequest(_message.Message):
+    """Request for AcknowledgeAttention."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`readers/{reader_id}/attentionSignals/{signal_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeAttentionRequest: _TypeAlias = AcknowledgeAttentionRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeAttentionResponse(_message.Message):
+    """Response for AcknowledgeAttention."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def signal(self) -> _resources_pb2.AttentionSignal:
+        """The signal, acknowledged by the caller."""
+
+    def __init__(
+        self,
+        *,
+        signal: _resources_pb2.AttentionSignal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeAttentionResponse: _TypeAlias = AcknowledgeAttentionResponse  # noqa: Y015

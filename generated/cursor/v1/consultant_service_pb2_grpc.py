@@ -86,6 +86,16 @@ class ConsultantServiceStub:
                 request_serializer=cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusRequest.SerializeToString,
                 response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusResponse.FromString,
                 _registered_method=True)
+        self.ListAttention = channel.unary_unary(
+                '/cursor.v1.ConsultantService/ListAttention',
+                request_serializer=cursor_dot_v1_dot_consultant__service__pb2.ListAttentionRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.ListAttentionResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeAttention = channel.unary_unary(
+                '/cursor.v1.ConsultantService/AcknowledgeAttention',
+                request_serializer=cursor_dot_v1_dot_consultant__service__pb2.AcknowledgeAttentionRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.AcknowledgeAttentionResponse.FromString,
+                _registered_method=True)
 
 
 class ConsultantServiceServicer:
@@ -167,6 +177,21 @@ class ConsultantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAttention(self, request, context):
+        """Lists the open attention signals, longest waiting first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeAttention(self, request, context):
+        """Says "I'm on it" for an open signal (audited). The signal stays open
+        until its condition ends; every watcher sees who took it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsultantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +244,16 @@ def add_ConsultantServiceServicer_to_server(servicer, server):
                     servicer.SetReaderStatus,
                     request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusRequest.FromString,
                     response_serializer=cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusResponse.SerializeToString,
+            ),
+            'ListAttention': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAttention,
+                    request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.ListAttentionRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_consultant__service__pb2.ListAttentionResponse.SerializeToString,
+            ),
+            'AcknowledgeAttention': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeAttention,
+                    request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.AcknowledgeAttentionRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_consultant__service__pb2.AcknowledgeAttentionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -493,6 +528,60 @@ class ConsultantService:
             '/cursor.v1.ConsultantService/SetReaderStatus',
             cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusRequest.SerializeToString,
             cursor_dot_v1_dot_consultant__service__pb2.SetReaderStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAttention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ConsultantService/ListAttention',
+            cursor_dot_v1_dot_consultant__service__pb2.ListAttentionRequest.SerializeToString,
+            cursor_dot_v1_dot_consultant__service__pb2.ListAttentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeAttention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cursor.v1.ConsultantService/AcknowledgeAttention',
+            cursor_dot_v1_dot_consultant__service__pb2.AcknowledgeAttentionRequest.SerializeToString,
+            cursor_dot_v1_dot_consultant__service__pb2.AcknowledgeAttentionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,12 @@ class ConsultantServiceStub:
     """Pauses or resumes a reader (audited). Other reader fields are the
     reader's own or an admin's to change.
     """
+    ListAttention: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.ListAttentionRequest, _consultant_service_pb2.ListAttentionResponse]
+    """Lists the open attention signals, longest waiting first."""
+    AcknowledgeAttention: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.AcknowledgeAttentionRequest, _consultant_service_pb2.AcknowledgeAttentionResponse]
+    """Says "I'm on it" for an open signal (audited). The signal stays open
+    until its condition ends; every watcher sees who took it.
+    """
 
 @_typing.type_check_only
 class ConsultantServiceAsyncStub(ConsultantServiceStub):
@@ -94,6 +100,12 @@ class ConsultantServiceAsyncStub(ConsultantServiceStub):
     SetReaderStatus: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.SetReaderStatusRequest, _consultant_service_pb2.SetReaderStatusResponse]  # type: ignore[assignment]
     """Pauses or resumes a reader (audited). Other reader fields are the
     reader's own or an admin's to change.
+    """
+    ListAttention: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.ListAttentionRequest, _consultant_service_pb2.ListAttentionResponse]  # type: ignore[assignment]
+    """Lists the open attention signals, longest waiting first."""
+    AcknowledgeAttention: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.AcknowledgeAttentionRequest, _consultant_service_pb2.AcknowledgeAttentionResponse]  # type: ignore[assignment]
+    """Says "I'm on it" for an open signal (audited). The signal stays open
+    until its condition ends; every watcher sees who took it.
     """
 
 class ConsultantServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -185,6 +197,24 @@ class ConsultantServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consultant_service_pb2.SetReaderStatusResponse, _abc.Awaitable[_consultant_service_pb2.SetReaderStatusResponse]]:
         """Pauses or resumes a reader (audited). Other reader fields are the
         reader's own or an admin's to change.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAttention(
+        self,
+        request: _consultant_service_pb2.ListAttentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consultant_service_pb2.ListAttentionResponse, _abc.Awaitable[_consultant_service_pb2.ListAttentionResponse]]:
+        """Lists the open attention signals, longest waiting first."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeAttention(
+        self,
+        request: _consultant_service_pb2.AcknowledgeAttentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consultant_service_pb2.AcknowledgeAttentionResponse, _abc.Awaitable[_consultant_service_pb2.AcknowledgeAttentionResponse]]:
+        """Says "I'm on it" for an open signal (audited). The signal stays open
+        until its condition ends; every watcher sees who took it.
         """
 
 def add_ConsultantServiceServicer_to_server(servicer: ConsultantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -174,6 +176,8 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """A participant read a reader's conversation up to a message."""
     EVENT_KIND_PRESENCE_CHANGED: _EventKind.ValueType  # 5
     """A reader's presence changed."""
+    EVENT_KIND_ATTENTION_CHANGED: _EventKind.ValueType  # 6
+    """An attention signal on a reader was raised, acknowledged or cleared."""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """What happened, in an ActivityEvent."""
@@ -190,7 +194,89 @@ EVENT_KIND_MESSAGE_READ: EventKind.ValueType  # 4
 """A participant read a reader's conversation up to a message."""
 EVENT_KIND_PRESENCE_CHANGED: EventKind.ValueType  # 5
 """A reader's presence changed."""
+EVENT_KIND_ATTENTION_CHANGED: EventKind.ValueType  # 6
+"""An attention signal on a reader was raised, acknowledged or cleared."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
+
+class _AttentionRule:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttentionRuleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttentionRule.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTENTION_RULE_UNSPECIFIED: _AttentionRule.ValueType  # 0
+    """Not set; as a filter entry, rejected."""
+    ATTENTION_RULE_STUCK: _AttentionRule.ValueType  # 1
+    """Reading, but no progress on the same step for longer than usual: the
+    stuck time (default 5 minutes), or a multiple of the reader's own
+    recent pace once there is enough of it.
+    """
+    ATTENTION_RULE_STRUGGLING: _AttentionRule.ValueType  # 2
+    """Several wrong answers in a row (default 3): `answer` interactions whose
+    payload has `"correct": false`. A correct answer clears it.
+    """
+    ATTENTION_RULE_STALLED: _AttentionRule.ValueType  # 3
+    """Went idle before finishing, after having been reading. Coming back or
+    completing clears it.
+    """
+    ATTENTION_RULE_ASKED_FOR_HELP: _AttentionRule.ValueType  # 4
+    """Wrote to the consultants. A consultant replying or marking the
+    conversation read clears it.
+    """
+
+class AttentionRule(_AttentionRule, metaclass=_AttentionRuleEnumTypeWrapper):
+    """Why the server thinks a reader needs a consultant now. Thresholds are
+    server settings (docs/attention.md).
+    """
+
+ATTENTION_RULE_UNSPECIFIED: AttentionRule.ValueType  # 0
+"""Not set; as a filter entry, rejected."""
+ATTENTION_RULE_STUCK: AttentionRule.ValueType  # 1
+"""Reading, but no progress on the same step for longer than usual: the
+stuck time (default 5 minutes), or a multiple of the reader's own
+recent pace once there is enough of it.
+"""
+ATTENTION_RULE_STRUGGLING: AttentionRule.ValueType  # 2
+"""Several wrong answers in a row (default 3): `answer` interactions whose
+payload has `"correct": false`. A correct answer clears it.
+"""
+ATTENTION_RULE_STALLED: AttentionRule.ValueType  # 3
+"""Went idle before finishing, after having been reading. Coming back or
+completing clears it.
+"""
+ATTENTION_RULE_ASKED_FOR_HELP: AttentionRule.ValueType  # 4
+"""Wrote to the consultants. A consultant replying or marking the
+conversation read clears it.
+"""
+Global___AttentionRule: _TypeAlias = AttentionRule  # noqa: Y015
+
+class _AttentionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttentionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttentionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTENTION_STATE_UNSPECIFIED: _AttentionState.ValueType  # 0
+    """Not set."""
+    ATTENTION_STATE_OPEN: _AttentionState.ValueType  # 1
+    """Raised and not cleared; may be acknowledged."""
+    ATTENTION_STATE_CLEARED: _AttentionState.ValueType  # 2
+    """Cleared: the condition ended. A cleared signal never opens again; the
+    rule raises a new one.
+    """
+
+class AttentionState(_AttentionState, metaclass=_AttentionStateEnumTypeWrapper):
+    """Where an attention signal stands."""
+
+ATTENTION_STATE_UNSPECIFIED: AttentionState.ValueType  # 0
+"""Not set."""
+ATTENTION_STATE_OPEN: AttentionState.ValueType  # 1
+"""Raised and not cleared; may be acknowledged."""
+ATTENTION_STATE_CLEARED: AttentionState.ValueType  # 2
+"""Cleared: the condition ended. A cleared signal never opens again; the
+rule raises a new one.
+"""
+Global___AttentionState: _TypeAlias = AttentionState  # noqa: Y015
 
 class _ConsentScope:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -215,6 +301,88 @@ CONSENT_SCOPE_STATE: ConsentScope.ValueType  # 1
 CONSENT_SCOPE_STATE_AND_INTERACTIONS: ConsentScope.ValueType  # 2
 """The reader's state and its interactions."""
 Global___ConsentScope: _TypeAlias = ConsentScope  # noqa: Y015
+
+@_typing.final
+class AttentionSignal(_message.Message):
+    """A reader who needs help now, raised and cleared by the server.
+    Resource name: `readers/{reader_id}/attentionSignals/{signal_id}`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    READER_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    EVIDENCE_CURSORS_FIELD_NUMBER: _builtins.int
+    RAISE_TIME_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_TIME_FIELD_NUMBER: _builtins.int
+    CLEAR_TIME_FIELD_NUMBER: _builtins.int
+    CLEAR_REASON_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name."""
+    reader: _builtins.str
+    """The reader, `readers/{reader_id}`."""
+    rule: Global___AttentionRule.ValueType
+    """Which rule raised it."""
+    state: Global___AttentionState.ValueType
+    """Open or cleared."""
+    summary: _builtins.str
+    """What a person reads, e.g. "stuck on step 7 for 6 min; usual pace 1
+    step/40 s".
+    """
+    acknowledged_by: _builtins.str
+    """The consultant who said "I'm on it" (`consultants/{id}`); empty until then."""
+    clear_reason: _builtins.str
+    """Why it cleared, e.g. "moved on to step 8", "answered correctly"."""
+    assignee: _builtins.str
+    """The consultant the reader is assigned to (`consultants/{id}`) when the
+    signal last changed; empty if none.
+    """
+    @_builtins.property
+    def evidence_cursors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Cursors of the events that raised it (answers, a message, the
+        presence change), oldest first; pass one as `after` to see the context.
+        """
+
+    @_builtins.property
+    def raise_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was raised."""
+
+    @_builtins.property
+    def acknowledge_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was acknowledged."""
+
+    @_builtins.property
+    def clear_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was cleared; unset while open."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reader: _builtins.str = ...,
+        rule: Global___AttentionRule.ValueType = ...,
+        state: Global___AttentionState.ValueType = ...,
+        summary: _builtins.str = ...,
+        evidence_cursors: _abc.Iterable[_builtins.str] | None = ...,
+        raise_time: _timestamp_pb2.Timestamp | None = ...,
+        acknowledged_by: _builtins.str = ...,
+        acknowledge_time: _timestamp_pb2.Timestamp | None = ...,
+        clear_time: _timestamp_pb2.Timestamp | None = ...,
+        clear_reason: _builtins.str = ...,
+        assignee: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "clear_time", b"clear_time", "raise_time", b"raise_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "assignee", b"assignee", "clear_reason", b"clear_reason", "clear_time", b"clear_time", "evidence_cursors", b"evidence_cursors", "name", b"name", "raise_time", b"raise_time", "reader", b"reader", "rule", b"rule", "state", b"state", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttentionSignal: _TypeAlias = AttentionSignal  # noqa: Y015
 
 @_typing.final
 class Reader(_message.Message):
@@ -451,6 +619,7 @@ class ActivityEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     MESSAGE_READ_FIELD_NUMBER: _builtins.int
     PRESENCE_FIELD_NUMBER: _builtins.int
+    ATTENTION_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Opaque position of this event; pass it as `after` to resume behind it."""
     event_id: _builtins.int
@@ -485,6 +654,10 @@ class ActivityEvent(_message.Message):
     def presence(self) -> Global___PresenceChange:
         """For EVENT_KIND_PRESENCE_CHANGED."""
 
+    @_builtins.property
+    def attention(self) -> Global___AttentionSignal:
+        """For EVENT_KIND_ATTENTION_CHANGED: the signal as it is after the change."""
+
     def __init__(
         self,
         *,
@@ -499,12 +672,13 @@ class ActivityEvent(_message.Message):
         message: Global___Message | None = ...,
         message_read: Global___MessageRead | None = ...,
         presence: Global___PresenceChange | None = ...,
+        attention: Global___AttentionSignal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "interaction", b"interaction", "message", b"message", "message_read", b"message_read", "object", b"object", "presence", b"presence", "state", b"state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attention", b"attention", "create_time", b"create_time", "interaction", b"interaction", "message", b"message", "message_read", b"message_read", "object", b"object", "presence", b"presence", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "cursor", b"cursor", "event_id", b"event_id", "interaction", b"interaction", "kind", b"kind", "message", b"message", "message_read", b"message_read", "object", b"object", "presence", b"presence", "reader", b"reader", "state", b"state", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attention", b"attention", "create_time", b"create_time", "cursor", b"cursor", "event_id", b"event_id", "interaction", b"interaction", "kind", b"kind", "message", b"message", "message_read", b"message_read", "object", b"object", "presence", b"presence", "reader", b"reader", "state", b"state", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_object: _TypeAlias = _typing.Literal["interaction", "state", "message", "message_read", "presence"]  # noqa: Y015
+    _WhichOneofReturnType_object: _TypeAlias = _typing.Literal["interaction", "state", "message", "message_read", "presence", "attention"]  # noqa: Y015
     _WhichOneofArgType_object: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_object) -> _WhichOneofReturnType_object | None: ...
 
