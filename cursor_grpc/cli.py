@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(commands, with_db, _settings)
 
     watch = commands.add_parser(
-        "watch", help="live view of active readers for a consultant (password from CURSOR_PASSWORD or a prompt)"
+        "watch", help="the consultant terminal: readers needing attention first, reply, mark read, take signals "
+                      "(password from CURSOR_PASSWORD or a prompt; keys: docs/terminal.md)"
     )
     watch.add_argument("--server", default=os.environ.get("CURSOR_SERVER", DEFAULT_LISTEN), metavar="HOST:PORT",
                        help=described("the server", DEFAULT_LISTEN, "CURSOR_SERVER"))
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-file)")
     watch.add_argument("--ca-file", type=Path, metavar="PEM",
                        help=described("CA certificates to trust; implies --tls", "the system's roots"))
+    watch.add_argument("--mine", action="store_true",
+                       help="start with only the readers assigned to me (the f key toggles it)")
     watch.add_argument("--once", action="store_true", help="print one frame once the snapshot is in, then exit")
     watch.add_argument("--duration", type=float, metavar="SECONDS",
                        help=described("watch this long, print the last frame, exit", "full screen until Ctrl-C"))

@@ -94,7 +94,7 @@ def batch(*events: pb.ActivityEvent) -> cpb.WatchActivityResponse:
 def render_text(view: WatchView, width: int = 140, height: int = 40, now_s: float | None = None) -> str:
     out = io.StringIO()
     console = Console(file=out, width=width, height=height, force_terminal=False)
-    console.print(view.render(height, None if now_s is None else int(now_s * NS)))
+    console.print(view.render(height, None if now_s is None else int(now_s * NS), width))
     return out.getvalue()
 
 
@@ -141,14 +141,14 @@ def test_model_applies_snapshot_events_and_unread_counts() -> None:
     assert c.last_seen_ns == 111 * NS
     assert not c.resolved
     assert [r.name for r in model.most_recent(2)] == ["readers/c", "readers/b"]
-    # Heartbeats stay out of the feed; everything else is in it, in order.
-    assert [line.kind for line in model.feed] == [
-        pb.EVENT_KIND_INTERACTION_RECORDED, pb.EVENT_KIND_READER_STATE_CHANGED, pb.EVENT_KIND_PRESENCE_CHANGED,
-        pb.EVENT_KIND_MESSAGE_SENT, pb.EVENT_KIND_MESSAGE_SENT, pb.EVENT_KIND_MESSAGE_READ,
-        pb.EVENT_KIND_MESSAGE_READ,
+    # Heartbeats stay out of the feed; an answer with the state and presence
+    # changes of its commit is one line; messages are pinned apart.
+    assert [line.kinds for line in model.feed] == [
+        (pb.EVENT_KIND_INTERACTION_RECORDED, pb.EVENT_KIND_READER_STATE_CHANGED, pb.EVENT_KIND_PRESENCE_CHANGED),
+        (pb.EVENT_KIND_MESSAGE_READ,), (pb.EVENT_KIND_MESSAGE_READ,),
     ]
-    assert model.feed[0].text == "answer: q1 = yes"
-    assert model.feed[3].text == "message from reader: help?"
+    assert model.feed[0].text == "answer: q1 = yes · state 75%, step 6 · reading (was idle)"
+    assert [line.text for line in model.pinned] == ["message from reader: help?", "message from consultant: on my way"]
 
     # A later message from the reader, then my read position up to the first one only.
     model.apply(batch(message(19, "readers/a", 116, pb.MESSAGE_DIRECTION_FROM_READER, "still there?")))
@@ -210,10 +210,9 @@ def test_feed_is_bounded_and_render_shows_what_fits() -> None:
     text = render_text(WatchView(model, title="me"), height=30, now_s=3000)
     lines = text.splitlines()
     assert len(lines) == 30
-    assert "more" in text
+    # No "+N more": the title says which rows show, and the rest scroll into view.
     shown = sum(1 for line in lines if "Reader " in line and "answer" in line and "%" in line)
-    more = int(text.split("+", 1)[1].split(" more", 1)[0])
-    assert shown + more == 300
+    assert f"Readers 1-{shown} of 300" in text
     # Markup and escape sequences from readers are shown as text, not obeyed.
     model.apply(batch(interaction(2000, "readers/r0001", "answer", 5000, "[bold red]x[/] \x1b[2J")))
     text = render_text(WatchView(model, title="me"), height=30, now_s=5000)
@@ -370,7 +369,7 @@ def test_client_shows_snapshot_unread_and_live_events_of_every_kind(h: Harness, 
     assert bob_row.last_type == "answer"
     texts = [line.text for line in model.feed]
     assert any(t.startswith("answer") for t in texts)
-    assert "message from reader: me too" in texts
+    assert "message from reader: me too" in [line.text for line in model.pinned]
     assert "you read the conversation" in texts
     assert model.duplicates == 0
     assert client.snapshots == 1
@@ -509,8 +508,9 @@ def test_view_resumes_with_its_cursor_after_a_restart_and_sees_every_event_once(
 
 
 def _answers_seen(model: WatchModel) -> list[str]:
-    """The feed lines of answers, in the order the view applied them."""
-    return [line.text for line in list(model.feed) if line.text.startswith("answer:")]
+    """The answers in the feed (without the state and presence changes
+    folded into their lines), in the order the view applied them."""
+    return [line.parts[0] for line in list(model.feed) if line.text.startswith("answer:")]
 
 
 # --------------------------------------------------------------------------
