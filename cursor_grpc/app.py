@@ -12,6 +12,7 @@ from cursor_grpc.auth.throttle import LoginThrottle
 from cursor_grpc.config import ConfigError, Settings
 from cursor_grpc.errors import Unauthenticated
 from cursor_grpc.live.broadcaster import Broadcaster
+from cursor_grpc.live.dashboard import DashboardHub
 from cursor_grpc.live.presence import PresenceSweeper
 from cursor_grpc.live.shared import SharedStreamCheck
 from cursor_grpc.live.stream_limits import share_counts
@@ -35,6 +36,8 @@ class App:
         self.store.on_announcement(announced)
         self.sessions = SessionManager(self.store, settings.auth)
         self.broadcaster = Broadcaster(self.store, asyncio.get_running_loop(), settings.live)
+        self.dashboard = DashboardHub(self.store, self.broadcaster, settings.live,
+                                      settings.limits.active_window_seconds)
         self.presence = PresenceSweeper(self.store, settings.live, settings.attention)
         self.shared_check = SharedStreamCheck(self.broadcaster, self.store, settings.auth.session_check_seconds)
         self.sessions.on_revoked(self._end_streams)
@@ -81,6 +84,7 @@ class App:
             self.metrics_server = None
         metrics.unbind_store(self.store)
         await self.presence.stop()
+        await self.dashboard.close()
         await self.shared_check.stop()
         if self._share_caps is not None:
             self._share_caps.cancel()

@@ -138,12 +138,15 @@ class LiveSettings:
     max_streams_total: int = 5000
     # Fan-out pacing: committed events go out to the streams at most once
     # per interval, one message per stream carrying all of them. The
-    # interval is this minimum, or longer with many streams so the server
-    # sends at most about `fanout_messages_per_second` stream messages in
-    # all (each costs the event loop tens of microseconds whatever it
-    # carries). A lone event after a quiet spell goes out at once.
+    # broadcaster measures the event loop's time one flush costs (encoding,
+    # filtering, and the stream writes it causes) and keeps the interval
+    # between these two bounds, as short as keeps that cost under
+    # `fanout_cpu_share` of the loop (each stream message costs the loop
+    # tens of microseconds whatever it carries, so fewer, bigger messages
+    # cost less). A lone event after a quiet spell goes out at once.
     fanout_interval_seconds: float = 0.005
-    fanout_messages_per_second: float = 4000.0
+    fanout_max_interval_seconds: float = 1.0
+    fanout_cpu_share: float = 0.25
     # A stream whose consumer takes no message for this long is ended.
     stall_seconds: float = 300.0
     # Presence: reading = non-heartbeat activity within this window.
@@ -153,6 +156,9 @@ class LiveSettings:
     presence_idle_seconds: float = 120.0
     presence_grace_seconds: float = 10.0
     presence_sweep_seconds: float = 1.0
+    # WatchReaders (the dashboard stream): at most one update per reader
+    # per interval, with its latest state.
+    dashboard_interval_seconds: float = 0.25
 
 
 @dataclass(frozen=True)

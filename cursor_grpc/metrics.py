@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from cursor_grpc import __version__
 from cursor_grpc.config import ConfigError
 
 if TYPE_CHECKING:
+    from cursor_grpc.live.broadcaster import FanoutPacer
     from cursor_grpc.storage import Store
 
 log = logging.getLogger("cursor.metrics")
@@ -300,6 +302,60 @@ class OpenStream:
 def stream_opened() -> OpenStream:
     """A live stream started, in the streaming RPC being served."""
     return OpenStream(SERVING.get())
+
+
+class FanoutCollector(Collector):
+    """The broadcaster's pacing, read from its `FanoutPacer` at scrape time
+    (the hot path feeds only the pacer's own floats): the flush interval it
+    chose, the share of the event loop fan-out took lately, the smoothed
+    loop time one flush costs, and the totals behind them. The last pacer
+    bound is reported (one per process outside tests); it is held weakly."""
+
+    def __init__(self) -> None:
+        self._pacer: weakref.ref[FanoutPacer] | None = None
+
+    def bind(self, pacer: FanoutPacer) -> None:
+        self._pacer = weakref.ref(pacer)
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        pacer = self._pacer() if self._pacer is not None else None
+        interval = GaugeMetricFamily(
+            "cursor_fanout_interval_seconds",
+            "The live fan-out's flush interval now: at most one flush (one message per stream) per interval, "
+            "widened so fan-out stays under CURSOR_FANOUT_CPU_SHARE of the event loop.",
+        )
+        share = GaugeMetricFamily(
+            "cursor_fanout_loop_share",
+            "Share of the event loop's time that live fan-out took lately (encoding, filtering, stream writes; "
+            "smoothed over about a second).",
+        )
+        budget = GaugeMetricFamily("cursor_fanout_loop_share_budget",
+                                   "The share of the event loop fan-out may take (CURSOR_FANOUT_CPU_SHARE).")
+        cost = GaugeMetricFamily("cursor_fanout_flush_cost_seconds",
+                                 "Event loop time one flush costs with the writes it causes (smoothed).")
+        spent = CounterMetricFamily("cursor_fanout_loop_seconds",
+                                    "Event loop time spent on live fan-out (encoding, filtering, stream writes).")
+        flushes = CounterMetricFamily("cursor_fanout_flushes", "Flushes of committed events to the open streams.")
+        if pacer is not None:
+            interval.add_metric([], pacer.interval())
+            share.add_metric([], pacer.measured_share())
+            budget.add_metric([], pacer.share)
+            cost.add_metric([], pacer.cost)
+            spent.add_metric([], pacer.spent_total)
+            flushes.add_metric([], pacer.flushes)
+        return [interval, share, budget, cost, spent, flushes]
+
+
+FANOUT = FanoutCollector()
+REGISTRY.register(FANOUT)
+
+
+def bind_fanout(pacer: FanoutPacer) -> None:
+    """Report this pacer's figures (the broadcaster binds its own)."""
+    FANOUT.bind(pacer)
 
 
 # --- gauges read at scrape time ----------------------------------------------------

@@ -3,6 +3,7 @@ the live engine, so neither imports the other to put an event on the wire."""
 
 from __future__ import annotations
 
+from cursor.v1 import consultant_service_pb2 as cpb
 from cursor.v1 import resources_pb2 as pb
 from cursor_grpc.clock import timestamp_from_iso
 from cursor_grpc.storage import (
@@ -16,6 +17,7 @@ from cursor_grpc.storage import (
     MessageRecord,
     ReaderRecord,
     ReaderStateRecord,
+    ReaderUpdateRecord,
     ReadPosition,
 )
 
@@ -150,6 +152,33 @@ def attention_signal(record: AttentionRecord, epoch: str) -> pb.AttentionSignal:
         clear_time=timestamp_from_iso(record.cleared_at),
         clear_reason=record.clear_reason or "",
         assignee=f"consultants/{record.assignee}" if record.assignee else "",
+    )
+
+
+def field_entry(tag: bytes, body: bytes) -> bytes:
+    """One length-delimited field entry (`tag`, then the length as a varint,
+    then `body`): a repeated field's element, ready to join with others into
+    a message without encoding them again."""
+    out = bytearray(tag)
+    size = len(body)
+    while size > 0x7F:
+        out.append((size & 0x7F) | 0x80)
+        size >>= 7
+    out.append(size)
+    return bytes(out) + body
+
+
+def reader_update(record: ReaderUpdateRecord, epoch: str) -> cpb.ReaderUpdate:
+    """A dashboard row: the reader's latest, as WatchReaders sends it."""
+    found = record.reader
+    return cpb.ReaderUpdate(
+        reader=f"readers/{found.id}",
+        display_name=found.display_name,
+        state=reader_state(found.state) if found.state else None,
+        last_activity_type=record.activity_type or "",
+        last_activity_summary=record.activity_summary or "",
+        last_activity_time=timestamp_from_iso(record.activity_at),
+        attention=[attention_signal(s, epoch) for s in record.attention],
     )
 
 

@@ -263,8 +263,8 @@ def test_scrape_shows_grpc_prometheus_labels_build_process_and_business_gauges(d
         stream_labels = {labels for name, labels in first if name == "cursor_streams_open"}
         assert stream_labels == {
             frozenset({"grpc_service": f"cursor.v1.{service}", "grpc_method": method}.items())
-            for service, method in (("ConsultantService", "WatchActivity"), ("ReaderService", "WatchMyMessages"),
-                                    ("ReaderService", "WatchSharedActivity"))
+            for service, method in (("ConsultantService", "WatchActivity"), ("ConsultantService", "WatchReaders"),
+                                    ("ReaderService", "WatchMyMessages"), ("ReaderService", "WatchSharedActivity"))
         }
         for reason in ("BAD_CREDENTIALS", "ACCOUNT_INACTIVE", "LOGIN_THROTTLED"):
             assert first["cursor_login_failures_total", frozenset({("reason", reason)})] == 0

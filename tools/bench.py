@@ -255,6 +255,25 @@ def fmt_ms(value: float) -> str:
     return "n/a" if value != value else f"{value:.2f} ms"
 
 
+def fanout_metrics(server: ServerProcess) -> dict[str, float]:
+    """The server's `cursor_fanout_*` samples (scenario 4's pacing figures);
+    empty when it serves no metrics or has none of them."""
+    if server.metrics_url is None:
+        return {}
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        # A loopback http:// URL from the server's own log line.
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:  # noqa: S310
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    return {sample.name: float(sample.value) for family in text_string_to_metric_families(text)
+            if family.name.startswith("cursor_fanout_") for sample in family.samples}
+
+
 def fmt_size(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1_000_000:g}M"
@@ -1393,8 +1412,9 @@ class Bench:
                        "interval_s": plan.poll_interval_s, "page_size": 1000, **common} for k, n in enumerate(parts)]
         sampled: dict[str, float] = {}
         mark = len(self.foreign)
-        results, usage = self.run_clients([*ingest, *consumers], server,
-                                          during=self.sampler(server, plan.warmup_s + plan.measure_s, sampled))
+        pacing: dict[str, float] = {}
+        results, usage = self.run_clients([*ingest, *consumers], server, during=self.paced_sampler(
+            server, self.sampler(server, plan.warmup_s + plan.measure_s, sampled), pacing))
         self.progress.advance()
         fed, seen = results[:len(ingest)], results[len(ingest):]
         sent = sum(r["ok_total"] for r in fed)
@@ -1403,6 +1423,7 @@ class Bench:
             "label": label, "watchers": watchers, "pollers": pollers, "rate_offered": rate, "sent": sent,
             "ingest": self.public(ingest_run) | usage, "rss_max": sampled["rss_max"],
             "server_cores": sampled["cores"], "active_s": sampled["seconds"], "noise": self.noise_since(mark),
+            "pacing": pacing or None,
         }
         count = watchers + pollers
         if not count:
@@ -1426,6 +1447,27 @@ class Bench:
             "consumer_client_cpu_s": sum(r["cpu_s"] for r in seen),
         }
 
+    @staticmethod
+    def paced_sampler(server: ServerProcess, sample: Callable[[], None],
+                      into: dict[str, float]) -> Callable[[], None]:
+        """`sample`, and around it the fan-out pacing the server reports (its
+        `cursor_fanout_*` metrics): flushes and the event loop's CPU seconds
+        spent on fan-out over the same window, and the flush interval chosen
+        at its end, still under load. Nothing when the server has no such
+        metrics (an older tree)."""
+        def both() -> None:
+            before, started = fanout_metrics(server), time.monotonic()
+            sample()
+            after, elapsed = fanout_metrics(server), time.monotonic() - started
+            if before and after and elapsed > 0:
+                flushes = after["cursor_fanout_flushes_total"] - before["cursor_fanout_flushes_total"]
+                spent = after["cursor_fanout_loop_seconds_total"] - before["cursor_fanout_loop_seconds_total"]
+                into.update(flushes_per_s=flushes / elapsed, loop_share=spent / elapsed,
+                            interval_s=after["cursor_fanout_interval_seconds"],
+                            budget=after["cursor_fanout_loop_share_budget"])
+
+        return both
+
     def fanout_rows(self, case: dict[str, Any], zero: dict[str, Any], target: str | None = None) -> None:
         """A case's delivery row (with `target`: its verdict too) and its ingest
         row, the latter beside the no-watcher run at the same rate."""
@@ -1434,12 +1476,17 @@ class Bench:
             d = case["delivery"]
             met = d["p50_ms"] <= 10.0 and d["p99_ms"] <= 50.0 and not case["missing"]
             who = "poller" if case["pollers"] else "watcher"
+            paced = case.get("pacing")
             self.rows.append(Row(
                 "4 fan-out", f"{label}: delivery send -> {who}", target or "report",
                 f"p50 {fmt_ms(d['p50_ms'])}, p99 {fmt_ms(d['p99_ms'])}, max {fmt_ms(d['max_ms'])}; "
                 f"{case['delivered']:,}/{case['written']:,} delivered, {case['missing']:,} missing; "
                 # The consumers are processes on the same cores as the server.
-                f"{who}s' processes {case['consumer_client_cpu_s'] / case['active_s']:.2f} cores",
+                f"{who}s' processes {case['consumer_client_cpu_s'] / case['active_s']:.2f} cores"
+                # What the broadcaster's pacing did (streams only; pollers cause no fan-out).
+                + (f"; {paced['flushes_per_s']:,.0f} flushes/s, fan-out {paced['loop_share']:.0%} of the loop "
+                   f"(budget {paced['budget']:.0%}), interval {fmt_ms(paced['interval_s'] * 1000)} at the end"
+                   if paced and not case["pollers"] else ""),
                 verdict=("pass" if met else "miss") if target else "info", noise=case["noise"],
             ))
         base = zero["ingest"]

@@ -2,8 +2,9 @@
 or after falling behind, live events otherwise, heartbeats when idle; and
 its session checked again every heartbeat interval and ended on time.
 
-It reads an `EventLog` and writes to a `StreamSink`, so it knows neither
-the backend nor the transport."""
+It reads a `StreamSource` (the broadcaster for events, the dashboard hub
+for reader updates) and writes to a `StreamSink`, so it knows neither the
+backend nor the transport."""
 
 from __future__ import annotations
 
@@ -17,15 +18,30 @@ from cursor_grpc import metrics
 from cursor_grpc.auth.sessions import Principal, SessionManager, session_ended
 from cursor_grpc.config import LiveSettings
 from cursor_grpc.errors import CursorError, ResourceExhausted, Unauthenticated
-from cursor_grpc.live.broadcaster import Broadcaster, Encoded, Subscription
-from cursor_grpc.storage import EventLog
-
-# Most sequence numbers one replay query covers (it also stops at
-# `LiveSettings.replay_page_bytes`).
-REPLAY_RANGE = 4096
+from cursor_grpc.live.broadcaster import Encoded, FanoutPacer, Subscription
 
 # Builds the non-event fields of a response: (cursor, heartbeat) -> bytes.
 Tail = Callable[[str, bool], bytes]
+
+
+class StreamSource(Protocol):
+    """What feeds a stream's subscription, and what it catches up from."""
+
+    # Everything at or below `head` was offered to the subscriptions.
+    head: int
+    # Most sequence numbers one catch-up read covers.
+    replay_range: int
+    pacer: FanoutPacer
+
+    def cursor(self, seq: int) -> str: ...
+
+    async def replay(self, subscription: Subscription, after: int, upto: int,
+                     max_bytes: int | None = None) -> tuple[list[Encoded], int]:
+        """What `subscription` would have been offered for after < seq <=
+        upto, and how far that reaches."""
+        ...
+
+    def unsubscribe(self, subscription: Subscription) -> None: ...
 
 
 class StreamSink(Protocol):
@@ -40,15 +56,18 @@ async def run_stream(
     sink: StreamSink,
     caller: Principal,
     sessions: SessionManager,
-    broadcaster: Broadcaster,
-    history: EventLog,
+    source: StreamSource,
     subscription: Subscription,
     after: int | None,
     settings: LiveSettings,
     tail: Tail,
     first: list[bytes] | None = None,
+    start: int | None = None,
 ) -> None:
     """Serve one stream until the client leaves or the stream is closed.
+    Without `after`, it goes on from `start` (the seq its snapshot `first`
+    was read at, so what committed while it was read is sent too), else
+    from the head.
 
     The subscription is registered before anything is read, so every event
     committed from then on is in its buffer; replayed events and buffered
@@ -56,8 +75,9 @@ async def run_stream(
     the session closes the subscription (see SessionManager.ending and
     check_in_use); expiry does so from a timer."""
     need_replay = after is not None
-    delivered = after if after is not None else broadcaster.head
+    delivered = after if after is not None else (start if start is not None else source.head)
     most, most_bytes = settings.max_events_per_message, settings.max_stream_message_bytes
+    pacer = source.pacer
     loop = asyncio.get_running_loop()
     expiry = loop.call_later(max(0.0, (caller.expires_ns - time.time_ns()) / 1e9),
                              subscription.close, session_ended("expired"))
@@ -65,7 +85,7 @@ async def run_stream(
 
     def ended() -> CursorError | None:
         if subscription.closed is not None:
-            return _with_cursor(subscription.closed, broadcaster.cursor(delivered))
+            return _with_cursor(subscription.closed, source.cursor(delivered))
         return None
 
     async def check_session() -> None:
@@ -74,11 +94,11 @@ async def run_stream(
         try:
             await sessions.validate(caller.token_hash)
         except Unauthenticated as error:
-            raise _with_cursor(error, broadcaster.cursor(delivered)) from None
+            raise _with_cursor(error, source.cursor(delivered)) from None
 
     async def send(chunks: list[bytes], seq: int, heartbeat: bool = False) -> None:
-        data = b"".join(chunks) + tail(broadcaster.cursor(seq), heartbeat)
-        metrics.stream_lag(max(0, broadcaster.head - seq))
+        data = b"".join(chunks) + tail(source.cursor(seq), heartbeat)
+        metrics.stream_lag(max(0, source.head - seq))
         try:
             # asyncio.timeout arms a timer on this task; wait_for would start
             # a task per message. Closing the subscription cuts it short.
@@ -92,8 +112,8 @@ async def run_stream(
                 raise closing from None
             raise ResourceExhausted(
                 f"the stream made no progress for {settings.stall_seconds:.0f} s and was ended; "
-                f"resume with after={broadcaster.cursor(delivered)}",
-                reason="STREAM_STALLED", metadata={"cursor": broadcaster.cursor(delivered)},
+                f"resume with after={source.cursor(delivered)}",
+                reason="STREAM_STALLED", metadata={"cursor": source.cursor(delivered)},
             ) from None
         finally:
             subscription.write_deadline = None
@@ -102,7 +122,7 @@ async def run_stream(
     try:
         # The first message says the stream is open and where it stands,
         # so a client never waits a heartbeat interval to learn its cursor.
-        for message in first or [tail(broadcaster.cursor(delivered), True)]:
+        for message in first or [tail(source.cursor(delivered), True)]:
             if (closing := ended()) is not None:
                 raise closing
             await sink.write(message)
@@ -111,26 +131,28 @@ async def run_stream(
             if (closing := ended()) is not None:
                 raise closing
             if time.time_ns() >= caller.expires_ns:
-                raise _with_cursor(session_ended("expired"), broadcaster.cursor(delivered))
+                raise _with_cursor(session_ended("expired"), source.cursor(delivered))
             if loop.time() - checked_at >= settings.heartbeat_seconds:
                 await check_session()  # a busy stream sends no heartbeats
                 continue
             if need_replay or subscription.overflowed:
                 need_replay = False
                 subscription.restart()
-                target = broadcaster.head
+                target = source.head
                 while delivered < target and not subscription.overflowed and subscription.closed is None:
-                    upto = min(delivered + REPLAY_RANGE, target)
-                    events, reached = await history.replay(delivered, upto, subscription.wanted,
-                                                           settings.replay_page_bytes)
-                    for part in _batches((broadcaster.encode(e) for e in events), most, most_bytes):
+                    upto = min(delivered + source.replay_range, target)
+                    items, reached = await source.replay(subscription, delivered, upto, settings.replay_page_bytes)
+                    for part in _batches(items, most, most_bytes):
                         await send([e.chunk for e in part], part[-1].seq)
                         delivered = part[-1].seq
                     delivered = reached
                 continue
+            # Live: the loop's CPU time taking, joining and writing (not the
+            # waiting) is fan-out's, charged to the pacer that paces it.
+            began = pacer.cpu()
             items = [item for item in subscription.take(most, most_bytes) if item.seq > delivered]
             if items:
-                await send([item.chunk for item in items], items[-1].seq)
+                await pacer.metered(send([item.chunk for item in items], items[-1].seq), began)
                 delivered = items[-1].seq
                 continue
             if not await subscription.wait(settings.heartbeat_seconds):
@@ -139,11 +161,11 @@ async def run_stream(
                     continue  # news came during the check: the heartbeat would not be quiet
                 # Nothing buffered and nothing missed: every event up to the
                 # head that this stream wants has been delivered.
-                delivered = max(delivered, broadcaster.head)
+                delivered = max(delivered, source.head)
                 await send([], delivered, heartbeat=True)
     finally:
         expiry.cancel()
-        broadcaster.unsubscribe(subscription)
+        source.unsubscribe(subscription)
         counted.closed()
 
 

@@ -16,6 +16,8 @@ from cursor_grpc.app import App
 from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.config import LimitSettings
 from cursor_grpc.errors import InvalidArgument, OutOfRange, quoted
+from cursor_grpc.live.broadcaster import Broadcaster
+from cursor_grpc.live.dashboard import DashboardHub
 from cursor_grpc.live.streams import Tail, run_stream
 from cursor_grpc.storage import EventFilter, InteractionRecord, MessageRecord
 
@@ -89,18 +91,21 @@ async def list_messages_page(app: App, reader_id: str, page_size: int,
 async def open_stream(
     app: App, context: Context, caller: Principal, wanted: EventFilter, after_text: str,
     tail: Tail, first: Callable[[], Awaitable[list[bytes]]] | None = None,
-    opened: Callable[[], Awaitable[None]] | None = None,
+    opened: Callable[[], Awaitable[None]] | None = None, source: DashboardHub | None = None,
 ) -> None:
     """Subscribe, check the session and the resume cursor, and run the
     stream; shared by every streaming RPC so there is one mechanism.
-    `opened` runs (the audit row) once everything was accepted.
+    `opened` runs (the audit row) once everything was accepted. The stream
+    carries events, or with `source` the dashboard hub's reader updates.
 
     Subscribing comes before anything that waits, and the session is
     checked again right after it: a session that ends from then on closes
-    the subscription, so no stream outlives it."""
+    the subscription, so no stream outlives it. A snapshot (`first`) reads
+    the head first thing, as the seq the stream goes on from."""
     broadcaster = app.broadcaster
+    feeder: Broadcaster | DashboardHub = broadcaster if source is None else source
     live = app.settings.live
-    subscription = broadcaster.subscribe(
+    subscription = feeder.subscribe(
         wanted, live.stream_buffer_events, caller.session_id, (caller.kind, caller.account_id)
     )
     try:
@@ -118,13 +123,15 @@ async def open_stream(
                 await app.store.catch_up()
                 await broadcaster.reach(app.store.head)
                 after = broadcaster.parse_cursor(after_text, floor)
+        start = feeder.head
         opening = await first() if first is not None else None
         if opened is not None and subscription.closed is None:
             await opened()
     except BaseException:
-        broadcaster.unsubscribe(subscription)
+        feeder.unsubscribe(subscription)
         raise
-    await run_stream(context, caller, app.sessions, broadcaster, app.store, subscription, after, live, tail, opening)
+    await run_stream(context, caller, app.sessions, feeder, subscription, after, live, tail, opening,
+                     start if first is not None else None)
 
 
 # --- profile updates (AIP-134 update_mask over the restricted fields) ---------------------

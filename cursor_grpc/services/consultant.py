@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from cursor.v1 import consultant_service_pb2 as pb
 from cursor.v1 import consultant_service_pb2_grpc as pb_grpc
@@ -13,6 +15,7 @@ from cursor_grpc.auth.access import Access, rpc
 from cursor_grpc.auth.sessions import Principal
 from cursor_grpc.clock import iso_from_ns
 from cursor_grpc.errors import InvalidArgument
+from cursor_grpc.live.dashboard import active_readers
 from cursor_grpc.services.common import Context, PageRequest, list_interactions_page, list_messages_page, open_stream
 from cursor_grpc.storage import KIND_ATTENTION, Actor, EventFilter
 
@@ -87,13 +90,7 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
 
     @rpc(Access.CONSULTANT)
     async def WatchActivity(self, request: pb.WatchActivityRequest, context: Context, caller: Principal) -> None:
-        if len(request.readers) > MAX_WATCHED_READERS:
-            raise InvalidArgument(f"watch at most {MAX_WATCHED_READERS} readers per stream", field="readers")
-        reader_ids = frozenset(validation.resource_id(name, "readers", "readers") for name in request.readers)
-        if request.only_my_readers:
-            mine = await self.app.store.assigned_readers(caller.account_id)
-            # None assigned (or none of those asked for): a stream that carries no reader's events.
-            reader_ids = (reader_ids & mine if reader_ids else mine) or NO_READER
+        reader_ids = await self._watched(request.readers, request.only_my_readers, caller)
         kinds = set()
         for kind in request.kinds:
             if kind not in wire.KIND_NAME:
@@ -101,39 +98,54 @@ class ConsultantService(pb_grpc.ConsultantServiceServicer):
             kinds.add(wire.KIND_NAME[kind])
         types = frozenset(validation.interaction_type(t, "interaction_types") for t in request.interaction_types)
         wanted = EventFilter(reader_ids, frozenset(kinds), types)
-        actor = Actor("consultant", caller.account_id)
         details = {"kinds": sorted(kinds), "interaction_types": sorted(types), "resume": bool(request.after),
                    "only_my_readers": request.only_my_readers}
-
-        async def audit_open() -> None:
-            # Only once the watch is accepted: a refused one observed nobody, nor one of no reader.
-            if reader_ids == NO_READER:
-                return
-            if reader_ids:
-                for reader_id in sorted(reader_ids):
-                    await self.app.store.audit(actor, "watch.open", "reader", reader_id, details)
-            else:
-                await self.app.store.audit(actor, "watch.open", "all_readers", None, details)
-
         snapshot = (lambda: self._snapshot(wanted)) if request.include_snapshot else None
         # Nothing awaits before open_stream subscribes.
-        await open_stream(self.app, context, caller, wanted, request.after, _activity_tail, snapshot, audit_open)
+        await open_stream(self.app, context, caller, wanted, request.after, _activity_tail, snapshot,
+                          lambda: self._audit_watch(caller, reader_ids, details))
+
+    @rpc(Access.CONSULTANT)
+    async def WatchReaders(self, request: pb.WatchReadersRequest, context: Context, caller: Principal) -> None:
+        reader_ids = await self._watched(request.readers, request.only_my_readers, caller)
+        wanted = EventFilter(reader_ids)
+        details = {"dashboard": True, "resume": bool(request.after), "only_my_readers": request.only_my_readers}
+        dashboard = self.app.dashboard
+        # A resume gets the latest of the readers changed after its cursor instead of a snapshot.
+        snapshot = None if request.after else (lambda: dashboard.snapshot(wanted, caller.account_id))
+        await open_stream(self.app, context, caller, wanted, request.after, _readers_tail, snapshot,
+                          lambda: self._audit_watch(caller, reader_ids, details), source=dashboard)
+
+    async def _watched(self, names: Sequence[str], only_mine: bool, caller: Principal) -> frozenset[str]:
+        """The readers a watch names, narrowed to the caller's if asked;
+        empty for all readers."""
+        if len(names) > MAX_WATCHED_READERS:
+            raise InvalidArgument(f"watch at most {MAX_WATCHED_READERS} readers per stream", field="readers")
+        reader_ids = frozenset(validation.resource_id(name, "readers", "readers") for name in names)
+        if only_mine:
+            mine = await self.app.store.assigned_readers(caller.account_id)
+            # None assigned (or none of those asked for): a stream that carries no reader's events.
+            reader_ids = (reader_ids & mine if reader_ids else mine) or NO_READER
+        return reader_ids
+
+    async def _audit_watch(self, caller: Principal, reader_ids: frozenset[str], details: dict[str, Any]) -> None:
+        """Only once the watch is accepted: a refused one observed nobody, nor one of no reader."""
+        actor = Actor("consultant", caller.account_id)
+        if reader_ids == NO_READER:
+            return
+        if reader_ids:
+            for reader_id in sorted(reader_ids):
+                await self.app.store.audit(actor, "watch.open", "reader", reader_id, details)
+        else:
+            await self.app.store.audit(actor, "watch.open", "all_readers", None, details)
 
     async def _snapshot(self, wanted: EventFilter) -> list[bytes]:
         """Every active reader that matches, the open attention signals of
         the readers that match, then the end-of-snapshot marker."""
         since = iso_from_ns(time.time_ns() - self.app.settings.limits.active_window_seconds * 1_000_000_000)
         head = self.app.broadcaster.head
-        readers, after = [], None
-        while True:
-            page = await self.app.store.list_active_readers(since, after, 1000)
-            readers += [r for r in page if not wanted.reader_ids or r.id in wanted.reader_ids]
-            if len(page) < 1000:
-                break
-            last = page[-1]
-            assert last.state is not None
-            assert last.state.last_seen_at is not None
-            after = (last.state.last_seen_at, last.id)
+        readers = [r for r in await active_readers(self.app.store, since)
+                   if not wanted.reader_ids or r.id in wanted.reader_ids]
         messages = [
             pb.WatchActivityResponse(
                 snapshot_readers=[wire.reader(r) for r in readers[i:i + SNAPSHOT_READERS_PER_MESSAGE]]
@@ -251,3 +263,7 @@ NO_READER = frozenset({"-"})
 
 def _activity_tail(cursor: str, heartbeat: bool) -> bytes:
     return pb.WatchActivityResponse(cursor=cursor, heartbeat=heartbeat).SerializeToString()
+
+
+def _readers_tail(cursor: str, heartbeat: bool) -> bytes:
+    return pb.WatchReadersResponse(cursor=cursor, heartbeat=heartbeat).SerializeToString()

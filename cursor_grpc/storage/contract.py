@@ -36,6 +36,7 @@ from cursor_grpc.storage.records import (
     NewInteractionData,
     ReaderRecord,
     ReaderStateRecord,
+    ReaderUpdateRecord,
     ReadPosition,
     RecordOutcome,
     SessionRecord,
@@ -348,6 +349,18 @@ class Store(EventLog, Maintenance, Peers, Protocol):
 
     async def unassign_reader(self, actor: Actor, reader_id: str) -> AssignmentRecord | None:
         """Remove a reader's assignment (audited); the one removed, or None."""
+        ...
+
+    async def reader_updates(self, reader_ids: list[str]) -> list[ReaderUpdateRecord]:
+        """The latest of each of these readers for a dashboard, in one read."""
+        ...
+
+    async def changed_readers(self, after: int, upto: int) -> list[str]:
+        """Readers with an event other than a heartbeat in after < seq <= upto."""
+        ...
+
+    async def readers_with_attention(self, limit: int) -> list[str]:
+        """Readers with an open attention signal, longest waiting first."""
         ...
 
     async def reader_with_attention(self, reader_id: str) -> tuple[ReaderRecord, str, list[AttentionRecord]]:

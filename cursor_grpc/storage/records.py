@@ -241,6 +241,18 @@ KIND_ATTENTION = "attention"
 ALL_KINDS = frozenset({KIND_INTERACTION, KIND_STATE, KIND_MESSAGE, KIND_MESSAGE_READ, KIND_PRESENCE, KIND_ATTENTION})
 
 
+@dataclass(slots=True)
+class ReaderUpdateRecord:
+    """The latest of one reader for a dashboard: account and state, its last
+    interaction other than a heartbeat, its open attention signals."""
+
+    reader: ReaderRecord
+    activity_type: str | None
+    activity_summary: str | None
+    activity_at: str | None
+    attention: list[AttentionRecord]
+
+
 # --- attention -------------------------------------------------------------
 
 

@@ -144,6 +144,8 @@ def list_open(conn: Connection, rules: frozenset[str], assignee: str | None, rea
               after_seq: int | None, limit: int) -> list[AttentionRecord]:
     """Open signals, longest waiting first. `assignee`: a consultant id,
     `-` for readers assigned to nobody, None for everyone's."""
+    if reader_ids is not None and not reader_ids:
+        return []
     where = Where().add("a.cleared_at IS NULL")
     if rules:
         where.add(f"a.rule IN ({','.join('?' * len(rules))})", *sorted(rules))

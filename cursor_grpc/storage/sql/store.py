@@ -33,6 +33,7 @@ from cursor_grpc.storage.records import (
     NewInteractionData,
     ReaderRecord,
     ReaderStateRecord,
+    ReaderUpdateRecord,
     ReadPosition,
     RecordOutcome,
     SessionRecord,
@@ -42,6 +43,7 @@ from cursor_grpc.storage.sql import (
     assignments,
     attention,
     consents,
+    dashboard,
     events,
     interactions,
     messages,
@@ -256,6 +258,17 @@ class SqlStore:
             return taken
 
         return await self.writer.submit_evented(write)
+
+    # --- dashboards ------------------------------------------------------------
+
+    async def reader_updates(self, reader_ids: list[str]) -> list[ReaderUpdateRecord]:
+        return await self.reads.run(lambda conn: dashboard.reader_updates(conn, reader_ids))
+
+    async def changed_readers(self, after: int, upto: int) -> list[str]:
+        return await self.reads.run(lambda conn: dashboard.changed_readers(conn, after, upto))
+
+    async def readers_with_attention(self, limit: int) -> list[str]:
+        return await self.reads.run(lambda conn: dashboard.readers_with_attention(conn, limit))
 
     async def reader_with_attention(self, reader_id: str) -> tuple[ReaderRecord, str, list[AttentionRecord]]:
         return await self.reads.run(lambda conn: (

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from cursor.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -70,6 +71,146 @@ class WatchActivityRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchActivityRequest: _TypeAlias = WatchActivityRequest  # noqa: Y015
+
+@_typing.final
+class WatchReadersRequest(_message.Message):
+    """Request for WatchReaders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READERS_FIELD_NUMBER: _builtins.int
+    ONLY_MY_READERS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    only_my_readers: _builtins.bool
+    """Only the readers assigned to the caller, as they are when the stream
+    opens; with `readers`, those of them.
+    """
+    after: _builtins.str
+    """Resume behind this cursor: the latest state of every reader that
+    changed after it, then live updates. Empty: a snapshot first (the
+    readers active within the last 2 minutes or with open signals; every
+    named or assigned reader when filtered), then live updates.
+    """
+    @_builtins.property
+    def readers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these readers (`readers/{id}`); empty for all readers."""
+
+    def __init__(
+        self,
+        *,
+        readers: _abc.Iterable[_builtins.str] | None = ...,
+        only_my_readers: _builtins.bool = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "only_my_readers", b"only_my_readers", "readers", b"readers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchReadersRequest: _TypeAlias = WatchReadersRequest  # noqa: Y015
+
+@_typing.final
+class ReaderUpdate(_message.Message):
+    """The latest of one reader, for a dashboard row."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_ACTIVITY_TYPE_FIELD_NUMBER: _builtins.int
+    LAST_ACTIVITY_SUMMARY_FIELD_NUMBER: _builtins.int
+    LAST_ACTIVITY_TIME_FIELD_NUMBER: _builtins.int
+    ATTENTION_FIELD_NUMBER: _builtins.int
+    reader: _builtins.str
+    """The reader, `readers/{id}`."""
+    display_name: _builtins.str
+    """Name shown to consultants."""
+    last_activity_type: _builtins.str
+    """Type of the reader's last interaction other than a heartbeat; empty
+    before the first.
+    """
+    last_activity_summary: _builtins.str
+    """Summary of that interaction."""
+    @_builtins.property
+    def state(self) -> _resources_pb2.ReaderState:
+        """Status, progress, step, presence, last seen (a heartbeat moves
+        last_seen_time but sends no update by itself).
+        """
+
+    @_builtins.property
+    def last_activity_time(self) -> _timestamp_pb2.Timestamp:
+        """When that interaction was stored."""
+
+    @_builtins.property
+    def attention(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.AttentionSignal]:
+        """The reader's open attention signals, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        reader: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        state: _resources_pb2.ReaderState | None = ...,
+        last_activity_type: _builtins.str = ...,
+        last_activity_summary: _builtins.str = ...,
+        last_activity_time: _timestamp_pb2.Timestamp | None = ...,
+        attention: _abc.Iterable[_resources_pb2.AttentionSignal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_activity_time", b"last_activity_time", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attention", b"attention", "display_name", b"display_name", "last_activity_summary", b"last_activity_summary", "last_activity_time", b"last_activity_time", "last_activity_type", b"last_activity_type", "reader", b"reader", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReaderUpdate: _TypeAlias = ReaderUpdate  # noqa: Y015
+
+@_typing.final
+class WatchReadersResponse(_message.Message):
+    """One message of a WatchReaders stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    UNREAD_COUNTS_FIELD_NUMBER: _builtins.int
+    snapshot_complete: _builtins.bool
+    """True on the message that ends the snapshot (or the catch-up after
+    `after`); live updates follow.
+    """
+    heartbeat: _builtins.bool
+    """True on a keep-alive message sent when nothing changed for a while."""
+    cursor: _builtins.str
+    """Where this stream stands: resume with `after` set to this."""
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReaderUpdate]:
+        """Readers whose state changed, each at most once, with the latest."""
+
+    @_builtins.property
+    def unread_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnreadCount]:
+        """The caller's unread messages for readers whose count changed (in the
+        snapshot: for every reader in it that has unread messages).
+        """
+
+    def __init__(
+        self,
+        *,
+        updates: _abc.Iterable[Global___ReaderUpdate] | None = ...,
+        snapshot_complete: _builtins.bool = ...,
+        heartbeat: _builtins.bool = ...,
+        cursor: _builtins.str = ...,
+        unread_counts: _abc.Iterable[Global___UnreadCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "heartbeat", b"heartbeat", "snapshot_complete", b"snapshot_complete", "unread_counts", b"unread_counts", "updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchReadersResponse: _TypeAlias = WatchReadersResponse  # noqa: Y015
 
 @_typing.final
 class WatchActivityResponse(_message.Message):

@@ -61,6 +61,11 @@ class ConsultantServiceStub:
                 request_serializer=cursor_dot_v1_dot_consultant__service__pb2.WatchActivityRequest.SerializeToString,
                 response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.WatchActivityResponse.FromString,
                 _registered_method=True)
+        self.WatchReaders = channel.unary_stream(
+                '/cursor.v1.ConsultantService/WatchReaders',
+                request_serializer=cursor_dot_v1_dot_consultant__service__pb2.WatchReadersRequest.SerializeToString,
+                response_deserializer=cursor_dot_v1_dot_consultant__service__pb2.WatchReadersResponse.FromString,
+                _registered_method=True)
         self.SendMessage = channel.unary_unary(
                 '/cursor.v1.ConsultantService/SendMessage',
                 request_serializer=cursor_dot_v1_dot_consultant__service__pb2.SendMessageRequest.SerializeToString,
@@ -136,6 +141,18 @@ class ConsultantServiceServicer:
         active readers first, then live events in batches. Resumes behind a
         cursor with no gap and no duplicate, also across server restarts.
         Opening a watch is audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchReaders(self, request, context):
+        """Streams the readers' state for a dashboard, conflated: after a
+        snapshot, at most one update per reader per interval (a server
+        setting, default 250 ms) with its latest state, last activity and open
+        attention signals; heartbeats and superseded states are never sent.
+        Resuming behind a cursor sends the latest state of each reader that
+        changed after it, not every event. Opening a watch is audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +236,11 @@ def add_ConsultantServiceServicer_to_server(servicer, server):
                     servicer.WatchActivity,
                     request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.WatchActivityRequest.FromString,
                     response_serializer=cursor_dot_v1_dot_consultant__service__pb2.WatchActivityResponse.SerializeToString,
+            ),
+            'WatchReaders': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchReaders,
+                    request_deserializer=cursor_dot_v1_dot_consultant__service__pb2.WatchReadersRequest.FromString,
+                    response_serializer=cursor_dot_v1_dot_consultant__service__pb2.WatchReadersResponse.SerializeToString,
             ),
             'SendMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.SendMessage,
@@ -393,6 +415,33 @@ class ConsultantService:
             '/cursor.v1.ConsultantService/WatchActivity',
             cursor_dot_v1_dot_consultant__service__pb2.WatchActivityRequest.SerializeToString,
             cursor_dot_v1_dot_consultant__service__pb2.WatchActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchReaders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cursor.v1.ConsultantService/WatchReaders',
+            cursor_dot_v1_dot_consultant__service__pb2.WatchReadersRequest.SerializeToString,
+            cursor_dot_v1_dot_consultant__service__pb2.WatchReadersResponse.FromString,
             options,
             channel_credentials,
             insecure,

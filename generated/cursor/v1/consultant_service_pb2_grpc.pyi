@@ -49,6 +49,14 @@ class ConsultantServiceStub:
     cursor with no gap and no duplicate, also across server restarts.
     Opening a watch is audited.
     """
+    WatchReaders: _grpc.UnaryStreamMultiCallable[_consultant_service_pb2.WatchReadersRequest, _consultant_service_pb2.WatchReadersResponse]
+    """Streams the readers' state for a dashboard, conflated: after a
+    snapshot, at most one update per reader per interval (a server
+    setting, default 250 ms) with its latest state, last activity and open
+    attention signals; heartbeats and superseded states are never sent.
+    Resuming behind a cursor sends the latest state of each reader that
+    changed after it, not every event. Opening a watch is audited.
+    """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.SendMessageRequest, _consultant_service_pb2.SendMessageResponse]
     """Writes to a reader (audited)."""
     ListMessages: _grpc.UnaryUnaryMultiCallable[_consultant_service_pb2.ListMessagesRequest, _consultant_service_pb2.ListMessagesResponse]
@@ -88,6 +96,14 @@ class ConsultantServiceAsyncStub(ConsultantServiceStub):
     active readers first, then live events in batches. Resumes behind a
     cursor with no gap and no duplicate, also across server restarts.
     Opening a watch is audited.
+    """
+    WatchReaders: _aio.UnaryStreamMultiCallable[_consultant_service_pb2.WatchReadersRequest, _consultant_service_pb2.WatchReadersResponse]  # type: ignore[assignment]
+    """Streams the readers' state for a dashboard, conflated: after a
+    snapshot, at most one update per reader per interval (a server
+    setting, default 250 ms) with its latest state, last activity and open
+    attention signals; heartbeats and superseded states are never sent.
+    Resuming behind a cursor sends the latest state of each reader that
+    changed after it, not every event. Opening a watch is audited.
     """
     SendMessage: _aio.UnaryUnaryMultiCallable[_consultant_service_pb2.SendMessageRequest, _consultant_service_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Writes to a reader (audited)."""
@@ -155,6 +171,20 @@ class ConsultantServiceServicer(metaclass=_abc_1.ABCMeta):
         active readers first, then live events in batches. Resumes behind a
         cursor with no gap and no duplicate, also across server restarts.
         Opening a watch is audited.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchReaders(
+        self,
+        request: _consultant_service_pb2.WatchReadersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_consultant_service_pb2.WatchReadersResponse], _abc.AsyncIterator[_consultant_service_pb2.WatchReadersResponse]]:
+        """Streams the readers' state for a dashboard, conflated: after a
+        snapshot, at most one update per reader per interval (a server
+        setting, default 250 ms) with its latest state, last activity and open
+        attention signals; heartbeats and superseded states are never sent.
+        Resuming behind a cursor sends the latest state of each reader that
+        changed after it, not every event. Opening a watch is audited.
         """
 
     @_abc_1.abstractmethod
