@@ -24,8 +24,12 @@ Scenarios (see docs/performance.md for a run and how to read it):
    every 500 ms instead (the design's fallback) against push; 20 watchers
    with the ingest back to back (the highest rate). The same cases again at
    a fixed 1,000 events/s only where that is at most 80% of the maximum (a
-   row says when not). Reported "not available" when the stubs or the
-   server lack WatchActivity.
+   row says when not). Then dashboards: 0/100/1,000 WatchReaders streams
+   while the same offered load is spread over 1,000 readers: the ingest
+   retained against none, the staleness of updates, updates per stream
+   against interactions written; every stream must end with every reader's
+   latest activity as the database has it. Reported "not available" when
+   the stubs or the server lack WatchActivity.
 5. Login storm: 20 logins/s beside scenario 1 at half load; p99 of the other
    RPCs against the same load without the storm.
 6. Memory: server RSS idle (VmRSS), its peak (VmHWM), per watch stream, with
@@ -129,6 +133,10 @@ class Plan:
     # Watchers of the target row and of the maximum-rate case; pollers of the polling baseline.
     fanout_reference: int = 20
     fanout_drain_s: float = 2.0
+    # Scenario 4's dashboard rows: WatchReaders streams while the same paced ingest writes over
+    # this many readers (their targets: DASHBOARD_RETAINED).
+    dashboard_readers: int = 1000
+    dashboard_watchers: tuple[int, ...] = (100, 1000)
     poll_interval_s: float = 0.5
     # Scenario 6: idle streams held open, and streams opened and cancelled.
     idle_streams: int = 1000
@@ -152,7 +160,7 @@ PLANS = {
     "quick": Plan(
         "quick", warmup_s=0.5, measure_s=2.0, repeats=1, stream_s=3.0, raw_s=2.0, sizes=(0, 100_000),
         query_measure_s=3.0, fanout_watchers=(1, 20), fanout_retained=(20, 100), fanout_drain_s=1.0,
-        churn_cycles=5_000, churn_limit_s=60.0, budget_s=120.0,
+        dashboard_readers=300, dashboard_watchers=(100, 300), churn_cycles=5_000, churn_limit_s=60.0, budget_s=120.0,
     ),
     # For the test suite: proves every path end to end on 2 cores in well under a minute.
     "ci": Plan(
@@ -160,7 +168,8 @@ PLANS = {
         chunks_per_call=2, stream_s=0.8, raw_s=0.5, sizes=(0, 2_000), growth_readers=200, growth_sessions=20,
         ingest_concurrency=4, query_rate=50.0, query_measure_s=0.8, storm_logins_per_s=10.0,
         storm_concurrency=4, fanout_rate=None, fanout_watchers=(1, 3), fanout_retained=(20,), fanout_reference=3,
-        fanout_drain_s=1.0, idle_streams=50, hold_s=0.5, churn_cycles=500, churn_warmup_cycles=100, churn_workers=8,
+        fanout_drain_s=1.0, dashboard_readers=20, dashboard_watchers=(3,),
+        idle_streams=50, hold_s=0.5, churn_cycles=500, churn_warmup_cycles=100, churn_workers=8,
         churn_limit_s=30.0, scale_watchers=(3,), budget_s=60.0,
     ),
 }
@@ -168,6 +177,8 @@ PLANS = {
 # Scenario 4's "ingest retained with N watchers" targets (the issue's table): the ingest rate with
 # N watchers over the rate with none, at the same offered load. Counts not here are reported only.
 FANOUT_RETAINED = {20: 0.9, 100: 0.6}
+# The same for dashboard streams (WatchReaders) over `dashboard_readers` readers.
+DASHBOARD_RETAINED = {1000: 0.8}
 
 # --- small helpers ---------------------------------------------------------------
 
@@ -1131,12 +1142,15 @@ class Bench:
             is_last = size == plan.sizes[-1]
             for name, q in stage["queries"].items():
                 alone = stage["queries_alone"][name]
+                # The tail under half-load ingest against the same queries without it (a
+                # ratio: machines of one kind differ 2-3x in speed).
+                tail = q["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else float("nan")
                 self.rows.append(Row(
-                    "3 growth", f"{name} at {fmt_size(size)}, ingest {stage['half']['rate']:,.0f} RPC/s",
-                    "p99 <= 10 ms" if is_last else "report", f"p99 {fmt_ms(q['p99_ms'])}, p50 {fmt_ms(q['p50_ms'])}",
-                    f"no ingest: p99 {fmt_ms(alone['p99_ms'])}, p50 {fmt_ms(alone['p50_ms'])}",
-                    q["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else None,
-                    verdict=("pass" if q["p99_ms"] <= 10.0 else "miss") if is_last else "info",
+                    "3 growth", f"{name} at {fmt_size(size)}, ingest {stage['half']['rate']:,.0f} RPC/s (half)",
+                    "p99 <= 1.5x without ingest" if is_last else "report",
+                    f"p99 {fmt_ms(q['p99_ms'])}, p50 {fmt_ms(q['p50_ms'])}",
+                    f"no ingest: p99 {fmt_ms(alone['p99_ms'])}, p50 {fmt_ms(alone['p50_ms'])}", tail,
+                    verdict=("pass" if tail <= 1.5 else "miss") if is_last else "info",
                     noise=stage["noise_queries"],
                 ))
         self.rows.append(Row("6 memory", f"server RSS idle after load at {fmt_size(plan.sizes[-1])}", "report",
@@ -1280,11 +1294,102 @@ class Bench:
                                  "the cases at a fixed rate", "report", "skipped", reason, verdict="n/a"))
         self.data["fanout"].update({"rate": rate, "load": plan.scale_load, "max": top, "max_source": source,
                                     "rss_before": rss_before, "cases": cases, **summary, "fixed": fixed_data})
+        self.scenario_dashboard(server, consultant, rate, at)
         most = max(counts)
         rss_most = cases[str(most)]["rss_max"]
         self.rows.append(Row("6 memory", f"server RSS per watch stream ({most} open)", "report",
                              f"{(rss_most - rss_before) / most / 1024:,.0f} KiB ({rss_most / MiB:.0f} MiB with "
                              f"{most} open)", f"{rss_before / MiB:.0f} MiB before"))
+
+    def scenario_dashboard(self, server: ServerProcess, consultant: str, rate: float, at: str) -> None:
+        """Scenario 4's dashboard rows: WatchReaders streams (all readers)
+        while the paced ingest writes over `dashboard_readers` readers at the
+        same offered load as the other fan-out cases; first with none (the
+        baseline), then each count of `dashboard_watchers`. Rows: the ingest
+        retained against none; the staleness of an update when it arrives
+        (receipt minus the send time of the interaction it shows); updates
+        per stream against interactions written (what conflation saved).
+        Checks: every stream ends with the database's latest activity of
+        every reader, all streams alike, and saw every reader written."""
+        plan = self.plan
+        self.progress.step(f"4. dashboards: {plan.dashboard_readers} readers")
+        accounts = self.create_readers(server, plan.dashboard_readers, "bench-dash-reader-{}@example.com")
+        workers = max(1, min(plan.storm_concurrency, len(accounts)))
+        tokens = [[a["token"] for a in accounts[w::workers]] for w in range(workers)]
+        names = [a["account"] for a in accounts]
+        base = self.dashboard_case(server, consultant, tokens, names, rate, f"no dashboards {at}", 0)
+        figures: dict[str, Any] = {"readers": len(names), "cases": {"0": base}}
+        for streams in plan.dashboard_watchers:
+            label = f"{streams} dashboards over {len(names):,} readers {at}"
+            case = self.dashboard_case(server, consultant, tokens, names, rate, label, streams)
+            figures["cases"][str(streams)] = case
+            ratio = case["ingest"]["rate"] / base["ingest"]["rate"] if base["ingest"]["rate"] else float("nan")
+            goal = DASHBOARD_RETAINED.get(streams)
+            noise = max(case["noise"] or 0.0, base["noise"] or 0.0)
+            self.rows.append(Row(
+                "4 fan-out", f"ingest retained with {label}", f">= {goal:g}x the rate with none" if goal else "report",
+                f"ingest {fmt_rate(case['ingest']['rate'], 'RPC/s')}, p99 {fmt_ms(case['ingest']['p99_ms'])}",
+                f"no dashboards: {fmt_rate(base['ingest']['rate'], 'RPC/s')}, p99 {fmt_ms(base['ingest']['p99_ms'])}",
+                ratio, ("pass" if ratio >= goal else "miss") if goal else "info", noise,
+            ))
+            stale = case["staleness"]
+            per_stream = case["updates_total"] / streams
+            self.rows.append(Row(
+                "4 fan-out", f"dashboard updates, {label}", "report",
+                f"staleness p50 {fmt_ms(stale['p50_ms'])}, p99 {fmt_ms(stale['p99_ms'])}; {per_stream:,.0f} updates "
+                f"per stream in {case['messages_total'] / streams:,.0f} messages; server {case['server_cores']:.2f} "
+                f"cores", f"{case['sent']:,} interactions written", per_stream / case["sent"] if case["sent"] else None,
+                noise=noise,
+            ))
+            figures[f"retained_{streams}"] = ratio
+        self.data["fanout"]["dashboard"] = figures
+
+    def dashboard_case(self, server: ServerProcess, consultant: str, tokens: list[list[str]], names: list[str],
+                       rate: float, label: str, streams: int) -> dict[str, Any]:
+        plan = self.plan
+        self.progress.step(f"4. {label}")
+        start_seq = bench_db.highest_seq(self.main_db)
+        ingest = self.unary_specs(server.address, RECORD_PATH, tokens, self.interaction_requests(), rate)
+        for spec in ingest:
+            spec["stamp"] = True
+        common = {"address": server.address, "token": consultant, "drain_s": plan.fanout_drain_s, "readers": names,
+                  **self.timing()}
+        consumers = [{"mode": "dashboard", "streams": n, "channels": min(n, 50), "sample_every": max(1, n // 10),
+                      **common} for n in (self.split_count(streams, plan.client_procs) if streams else [])]
+        sampled: dict[str, float] = {}
+        mark = len(self.foreign)
+        results, usage = self.run_clients([*ingest, *consumers], server,
+                                          during=self.sampler(server, plan.warmup_s + plan.measure_s, sampled))
+        self.progress.advance()
+        fed, seen = results[:len(ingest)], results[len(ingest):]
+        ingest_run = self.merge(fed)
+        case: dict[str, Any] = {
+            "label": label, "streams": streams, "sent": sum(r["ok_total"] for r in fed),
+            "ingest": self.public(ingest_run) | usage, "server_cores": sampled["cores"],
+            "noise": self.noise_since(mark),
+        }
+        if not streams:
+            self.check(f"4. {label}: no RecordInteraction errors", not ingest_run["errors"],
+                       f"errors {ingest_run['errors'] or 0}")
+            return case
+        digests = {d for r in seen for d in r["digests"]}
+        view = seen[0]["view"]
+        truth = bench_db.latest_activity(self.main_db, [name.removeprefix("readers/") for name in view])
+        matches = sum(1 for name, summary in view.items() if truth.get(name.removeprefix("readers/")) == summary)
+        written = {f"readers/{r}" for r in bench_db.readers_written_since(self.main_db, start_seq)} & set(names)
+        errors = sum(sum(r["errors"].values()) for r in seen)
+        self.check(f"4. {label}: every stream ends with every reader's latest activity",
+                   len(digests) == 1 and matches == len(view) and written <= set(view) and not errors,
+                   f"{len(digests)} distinct end states over {streams} streams; {matches}/{len(view)} readers as in "
+                   f"the database; {len(written - set(view))} of {len(written)} written readers never shown; "
+                   f"errors {errors}")
+        staleness = self.merge(seen, "staleness")
+        return case | {
+            "staleness": self.public(staleness), "updates_total": sum(r["updates_total"] for r in seen),
+            "messages_total": sum(r["messages_total"] for r in seen),
+            "bytes_total": sum(r["bytes_total"] for r in seen),
+            "consumer_client_cpu_s": sum(r["cpu_s"] for r in seen),
+        }
 
     @staticmethod
     def fanout_counts(plan: Plan) -> list[int]:
@@ -1293,9 +1398,10 @@ class Bench:
 
     @classmethod
     def fanout_steps(cls, plan: Plan) -> int:
-        """Progress steps of scenario 4: per load no watchers, each count and the pollers; the highest rate."""
+        """Progress steps of scenario 4: per load no watchers, each count and the pollers; the highest rate;
+        the dashboard cases."""
         per_load = 2 + len(cls.fanout_counts(plan))
-        return per_load * (2 if plan.fanout_rate else 1) + 1
+        return per_load * (2 if plan.fanout_rate else 1) + 1 + 1 + len(plan.dashboard_watchers)
 
     def unary_max(self, server: ServerProcess, accounts: list[dict[str, str]]) -> tuple[float, str]:
         """The RecordInteraction maximum (RPC/s, `ingest_concurrency` readers back
@@ -1386,10 +1492,10 @@ class Bench:
         poll, push = cases["poll"]["delivery"], cases[str(ref)]["delivery"]
         ratio = poll["p50_ms"] / push["p50_ms"] if push["p50_ms"] else float("nan")
         self.rows.append(Row(
-            "4 fan-out", f"polling baseline vs push ({ref}) {at}", "push p50 >= 20x lower",
+            "4 fan-out", f"polling baseline vs push ({ref}) {at}", "push p50 >= 40x lower",
             f"push p50 {fmt_ms(push['p50_ms'])}, p99 {fmt_ms(push['p99_ms'])}",
             f"polling p50 {fmt_ms(poll['p50_ms'])}, p99 {fmt_ms(poll['p99_ms'])}", ratio,
-            "pass" if ratio >= 20 else "miss", max(cases["poll"]["noise"] or 0.0, cases[str(ref)]["noise"] or 0.0),
+            "pass" if ratio >= 40 else "miss", max(cases["poll"]["noise"] or 0.0, cases[str(ref)]["noise"] or 0.0),
         ))
         return {"sustained": best, "poll_over_push_p50": ratio, **({"retained": kept} if retained else {})}
 

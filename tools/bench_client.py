@@ -710,7 +710,109 @@ async def run_churn(spec: dict[str, Any]) -> dict[str, Any]:
     return result_of(rec, spec, {"elapsed_s": elapsed})
 
 
+async def run_dashboard(spec: dict[str, Any]) -> dict[str, Any]:
+    """`streams` WatchReaders streams (all readers). READY once every stream
+    has its snapshot; after GO each reads until the deadline and then until
+    quiet. Each stream keeps the latest activity summary per reader (the
+    ingest stamps it with its send time); its digest of them at the end must
+    equal the database's, and every stream's must be the same. The
+    staleness of an update (receipt minus the stamp's send time) is sampled
+    on one stream in `sample_every`."""
+    import hashlib
+
+    from cursor.v1 import consultant_service_pb2
+
+    path = "/cursor.v1.ConsultantService/WatchReaders"
+    request = consultant_service_pb2.WatchReadersRequest().SerializeToString()
+    parse = consultant_service_pb2.WatchReadersResponse.FromString
+    channels = await open_channels(spec["address"], spec["channels"])
+    stubs = [ch.unary_stream(path, request_serializer=_identity, response_deserializer=_identity) for ch in channels]
+    md = bearer(spec["token"])
+    count = spec["streams"]
+    sample_every = max(1, spec.get("sample_every", 1))
+    calls = [stubs[i % len(stubs)](request, metadata=md) for i in range(count)]
+    latest: list[dict[str, str]] = [{} for _ in range(count)]
+    updates = [0] * count
+    messages = [0] * count
+    received_bytes = [0] * count
+    latencies: list[int] = []
+    errors: Counter[str] = Counter()
+
+    watched = set(spec["readers"])
+
+    def take(i: int, raw: bytes) -> bool:
+        """Fold one message into stream i's view; whether it ended the snapshot."""
+        response = parse(raw)
+        for update in response.updates:
+            if update.reader in watched:
+                latest[i][update.reader] = update.last_activity_summary
+        return bool(response.snapshot_complete)
+
+    async def until_live(i: int) -> None:
+        async for raw in calls[i]:
+            if take(i, raw):
+                return
+        raise RuntimeError("stream ended before its snapshot did")
+
+    await asyncio.wait_for(asyncio.gather(*(until_live(i) for i in range(count))), 120)
+    await wait_for_go()
+    end = time.perf_counter_ns() + int((spec["warmup_s"] + spec["measure_s"]) * _NS)
+    last_seen = [time.perf_counter_ns()]
+    stopped = [False]
+
+    async def read(i: int) -> None:
+        try:
+            async for raw in calls[i]:
+                now = time.time_ns()
+                last_seen[0] = time.perf_counter_ns()
+                messages[i] += 1
+                received_bytes[i] += len(raw)
+                response = parse(raw)
+                updates[i] += len(response.updates)
+                for update in response.updates:
+                    if update.reader in watched:
+                        latest[i][update.reader] = update.last_activity_summary
+                    if i % sample_every == 0 and update.last_activity_summary.startswith(STAMP):
+                        latencies.append((now - int(update.last_activity_summary[len(STAMP):])) // 1000)
+        except aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                errors[error.code().name] += 1
+        except asyncio.CancelledError:
+            if not stopped[0]:
+                raise
+
+    async def stop_when_quiet() -> None:
+        await asyncio.sleep(max(0.0, (end - time.perf_counter_ns()) / _NS))
+        quiet = int(spec["drain_s"] * _NS)
+        give_up = time.perf_counter_ns() + 60 * _NS
+        for _ in range(1200):  # bounded: 60 s in 50 ms steps
+            now = time.perf_counter_ns()
+            if now >= give_up or now - last_seen[0] >= quiet:
+                break
+            await asyncio.sleep(0.05)
+        stopped[0] = True
+        for call in calls:
+            call.cancel()
+
+    stopper = asyncio.create_task(stop_when_quiet())
+    await asyncio.gather(*(read(i) for i in range(count)))
+    await stopper
+    for ch in channels:
+        await ch.close(None)
+
+    def digest(view: dict[str, str]) -> str:
+        return hashlib.sha256(json.dumps(sorted(view.items())).encode()).hexdigest()
+
+    return {
+        "digests": sorted({digest(view) for view in latest}), "view": latest[0] if latest else {},
+        "updates_total": sum(updates), "messages_total": sum(messages), "bytes_total": sum(received_bytes),
+        "errors": dict(errors), "error_samples": [], "latencies_us": {"staleness": latencies}, "ok_total": 0,
+        "ok_window": 0, "measure_s": spec["measure_s"], "cpu_s": time.process_time() - _cpu_at_go,
+    }
+
+
 MODES = {
+    "dashboard": run_dashboard,
     "unary": run_unary,
     "stream": run_stream,
     "queries": run_queries,

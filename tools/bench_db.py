@@ -202,6 +202,43 @@ def reader_ids(path: Path, limit: int) -> list[str]:
         conn.close()
 
 
+def latest_activity(path: Path, reader_ids: list[str]) -> dict[str, str]:
+    """Per reader, the summary of its last interaction other than a heartbeat
+    ("" when it has only heartbeats): what a dashboard stream must end with."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.set_busy_timeout(5000)
+        found = {}
+        for reader_id in reader_ids:
+            rows = conn.execute(
+                "SELECT summary FROM interactions WHERE reader_id = ? AND type != 'heartbeat' "
+                "ORDER BY seq DESC LIMIT 1", (reader_id,)).fetchall()
+            found[reader_id] = str(rows[0][0]) if rows else ""
+        return found
+    finally:
+        conn.close()
+
+
+def readers_written_since(path: Path, seq: int) -> set[str]:
+    """Readers with an interaction after `seq`."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.set_busy_timeout(5000)
+        return {str(r[0]) for r in conn.execute("SELECT DISTINCT reader_id FROM interactions WHERE seq > ?", (seq,))}
+    finally:
+        conn.close()
+
+
+def highest_seq(path: Path) -> int:
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.set_busy_timeout(5000)
+        return int(conn.execute("SELECT max(seq) FROM (SELECT max(seq) AS seq FROM interactions "
+                                "UNION ALL SELECT max(seq) FROM events)").fetchall()[0][0] or 0)
+    finally:
+        conn.close()
+
+
 # --- the raw-insert baseline of scenario 2 -----------------------------------
 
 
