@@ -157,8 +157,10 @@ class LiveSettings:
     presence_grace_seconds: float = 10.0
     presence_sweep_seconds: float = 1.0
     # WatchReaders (the dashboard stream): at most one update per reader
-    # per interval, with its latest state.
+    # per interval, with its latest state; the interval widens up to the
+    # maximum while fan-out takes more of the loop than `fanout_cpu_share`.
     dashboard_interval_seconds: float = 0.25
+    dashboard_max_interval_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

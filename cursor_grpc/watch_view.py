@@ -2,16 +2,20 @@
 
 Parts, kept apart so each can be tested on its own:
 
-* `WatchModel` applies WatchActivity responses (snapshot, events of every
-  kind, attention signals, unread counts) to a table of readers, a feed and
-  a pinned list. No I/O, no rendering; applying an event costs the same
-  whatever the table holds.
-* `WatchClient` signs in as a consultant, keeps one WatchActivity stream
-  open and feeds the model: it resumes behind the last cursor after a lost
-  connection (exponential backoff), starts over with a fresh snapshot when
-  the cursor is refused as out of range, and signs in again once when the
-  session is refused. It also makes the calls the keys ask for (reply, mark
-  read, acknowledge, open a reader, narrow to my readers).
+* `WatchModel` builds a table of readers, a feed and a pinned list. The
+  table comes from WatchReaders responses (each reader's latest state, last
+  activity, open signals and unread count, conflated by the server), and so
+  does the feed (an update with a new last activity is a line); the pinned
+  list from a WatchActivity stream of messages and signal changes only.
+  Against a server without WatchReaders, one WatchActivity stream of every
+  event builds all three, as before. No I/O, no rendering; applying a
+  response costs the same whatever the table holds.
+* `WatchClient` signs in as a consultant and keeps both streams open
+  (`StreamLink`, one implementation for both): each resumes behind its own
+  last cursor after a lost connection (exponential backoff), starts over
+  when its cursor is refused as out of range, and signs in again once when
+  the session is refused. It also makes the calls the keys ask for (reply,
+  mark read, acknowledge, open a reader, narrow to my readers).
 * `ReaderOrder` keeps the table in a stable order: rows move only when what
   ranks them changes meaningfully (a signal, unread messages, a reader
   coming or going) or when the re-sort timer is up, never on a heartbeat.
@@ -100,15 +104,17 @@ class ReaderRow:
     last_activity_ns: int = 0
     # update_time of the state applied last; 0 before any state.
     state_ns: int = 0
-    # Unread messages from the reader as ListUnreadCounts reported them, plus
-    # the sequences of the ones the stream brought since.
+    # Unread messages from the reader as the server last counted them
+    # (WatchReaders, or ListUnreadCounts), plus the sequences of the ones a
+    # WatchActivity stream of every event brought since.
     unread_base: int = 0
     unread_seqs: list[int] = field(default_factory=list)
     # Open attention signals by name.
     signals: dict[str, pb.AttentionSignal] = field(default_factory=dict)
-    # True once the profile (display name) is known.
+    # True once the profile (display name and email) is known; WatchReaders
+    # sends the display name only.
     resolved: bool = False
-    # Counts messages and interactions, so an open reader knows to refetch.
+    # Counts messages and actions, so an open reader knows to refetch.
     changes: int = 0
 
     @property
@@ -131,8 +137,9 @@ class ReaderRow:
         return sorted(self.signals.values(), key=lambda s: (_ns(s.raise_time), s.name))
 
 
-# Feed lines of these kinds fold into one line per reader action (a progress
-# interaction commits with its state change and presence change).
+# On a WatchActivity stream of every event, lines of these kinds fold into
+# one line per reader action (a progress interaction commits with its state
+# change and presence change).
 FOLDED_KINDS = frozenset({
     pb.EVENT_KIND_INTERACTION_RECORDED, pb.EVENT_KIND_READER_STATE_CHANGED, pb.EVENT_KIND_PRESENCE_CHANGED,
 })
@@ -156,6 +163,11 @@ class FeedLine:
     def text(self) -> str:
         return FOLD_SEPARATOR.join(self.parts)
 
+    def add(self, kind: int, text: str) -> None:
+        """Fold in a part of the same action."""
+        self.parts.append(text)
+        self.kinds += (kind,)
+
     def folds(self, event_id: int, when: int, reader: str, kind: int) -> bool:
         """Whether the event belongs to this line: the same reader, the same
         commit (the next event id, or the same commit time), a kind the line
@@ -178,14 +190,22 @@ CLEARED_MEMORY = 10_000
 
 class WatchModel:
     """The readers table, the activity feed and the pinned messages and
-    signals, built from WatchActivity responses. `me` is the signed-in
-    consultant (`consultants/{id}`): its own read positions reset unread
-    counts."""
+    signals. `me` is the signed-in consultant (`consultants/{id}`): its own
+    read positions reset unread counts.
+
+    With `dashboard`, the table and the feed are WatchReaders'
+    (`apply_readers`): readers, their state, last activity, open signals and
+    unread counts come from its updates, and an update with a new last
+    activity is a feed line. WatchActivity's message and signal events
+    (`apply`) make the pinned lines; they never add a reader nor count an
+    unread message (the next update has it, counted). Without `dashboard`,
+    WatchActivity's snapshot and events of every kind build everything."""
 
     def __init__(self, me: str = "", feed_size: int = FEED_LINES, feed_heartbeats: bool = False,
-                 pinned_size: int = PINNED_LINES) -> None:
+                 pinned_size: int = PINNED_LINES, dashboard: bool = False) -> None:
         self.me = me
         self.feed_heartbeats = feed_heartbeats
+        self.dashboard = dashboard
         self.readers: dict[str, ReaderRow] = {}
         self.feed: deque[FeedLine] = deque(maxlen=feed_size)
         self.pinned: deque[FeedLine] = deque(maxlen=pinned_size)
@@ -193,11 +213,14 @@ class WatchModel:
         self.signalled: set[str] = set()
         # Bumped by every change that can move a row in the table.
         self.order_changes = 0
-        # Where the stream stands; empty before the first cursor.
+        # Where the streams stand (WatchActivity, WatchReaders); empty before
+        # the first cursor.
         self.cursor = ""
+        self.readers_cursor = ""
         self.snapshot_complete = False
         self.last_event_id = 0
         self.events_applied = 0
+        self.updates_applied = 0
         self.duplicates = 0
         self.responses = 0
         self.last_response_ns = 0
@@ -205,6 +228,7 @@ class WatchModel:
         self._staged_signals: list[pb.AttentionSignal] = []
         self._replacing = False
         self._unresolved: set[str] = set()
+        self._emails_wanted = False
         self._cleared: OrderedDict[str, None] = OrderedDict()
 
     # --- stream responses ----------------------------------------------------
@@ -212,23 +236,29 @@ class WatchModel:
     def begin_snapshot(self, replace: bool = False) -> None:
         """A stream with a snapshot is opening: its readers and signals
         replace the table's when it completes (the old table stays on screen
-        until then), and event ids count again from there. `replace`: the
-        scope changed, so readers kept only for their unread messages go too."""
+        until then); on a WatchActivity stream, event ids count again from
+        there. `replace`: the scope changed, so readers kept only for their
+        unread messages go too."""
         self._staging = {}
         self._staged_signals = []
         self._replacing = replace
         self.snapshot_complete = False
+        if not self.dashboard:
+            self.restart_events()
+
+    def restart_events(self) -> None:
+        """A WatchActivity stream opens afresh: event ids may count from 1
+        again (another history)."""
         self.last_event_id = 0
 
     def apply(self, response: cpb.WatchActivityResponse) -> None:
-        self.responses += 1
-        self.last_response_ns = time.time_ns()
+        self._received()
         if response.snapshot_readers:
-            target = self._staging if self._staging is not None else self.readers
+            staging = self._staging
             for reader in response.snapshot_readers:
-                row = target.get(reader.name)
+                row = (staging if staging is not None else self.readers).get(reader.name)
                 if row is None:
-                    row = target[reader.name] = ReaderRow(reader.name)
+                    row = self._new_row(reader.name, staging)
                 self._apply_reader(row, reader, from_event_order=True)
                 if not row.last_activity_ns:
                     row.last_activity_ns = row.last_seen_ns
@@ -244,23 +274,63 @@ class WatchModel:
         if response.cursor:
             self.cursor = response.cursor
 
+    def apply_readers(self, response: cpb.WatchReadersResponse) -> None:
+        """A WatchReadersResponse: each update is the reader's latest, so it
+        replaces what the row shows (signals included); unread counts are
+        the server's, whole. Live, a new last activity is a feed line."""
+        self._received()
+        staging = self._staging
+        lines: list[FeedLine] = []
+        for update in response.updates:
+            self.updates_applied += 1
+            row = (staging if staging is not None else self.readers).get(update.reader)
+            if row is None:
+                row = self._new_row(update.reader, staging)
+            line = self._apply_update(row, update, live=staging is None)
+            if line is not None:
+                lines.append(line)
+        # One message holds a round: its readers' actions, in time order.
+        self.feed.extend(sorted(lines, key=lambda line: line.time_ns))
+        target = self.readers if staging is None else staging
+        for count in response.unread_counts:
+            # Updates come before counts: a count for a reader not in the
+            # table is for a reader the stream does not watch.
+            row = target.get(count.reader)
+            if row is not None:
+                if row.unread != count.unread:
+                    self.order_changes += 1
+                row.unread_base, row.unread_seqs = count.unread, []
+        if response.snapshot_complete:
+            self._finish_snapshot()
+        if response.cursor:
+            self.readers_cursor = response.cursor
+
+    def _received(self) -> None:
+        self.responses += 1
+        self.last_response_ns = time.time_ns()
+
     def _finish_snapshot(self) -> None:
         staged, self._staging = self._staging, None
         if staged is not None:
             for name, old in self.readers.items():
                 row = staged.get(name)
-                if row is not None:
+                if row is None:
+                    if old.unread and not self._replacing:
+                        # The snapshot's signals are all that are open at its cursor.
+                        old.signals = {}
+                        staged[name] = old
+                    continue
+                if not self.dashboard:
+                    # ListUnreadCounts follows a WatchActivity snapshot;
+                    # a WatchReaders snapshot came with its counts.
                     row.unread_base, row.unread_seqs = old.unread_base, old.unread_seqs
-                    if not row.last_type:
-                        row.last_type, row.last_summary = old.last_type, old.last_summary
-                    row.last_activity_ns = max(row.last_activity_ns, old.last_activity_ns)
-                elif old.unread and not self._replacing:
-                    staged[name] = old
-            # The snapshot's signals are all that are open at its cursor.
-            for row in staged.values():
-                row.signals = {}
+                if not row.resolved and old.resolved:
+                    row.email, row.resolved = old.email, True  # updates carry no email
+                if not row.last_type:
+                    row.last_type, row.last_summary = old.last_type, old.last_summary
+                row.last_activity_ns = max(row.last_activity_ns, old.last_activity_ns)
             self.readers = staged
-            self.signalled = set()
+            self.signalled = {name for name, row in staged.items() if row.signals}
             self._unresolved = {name for name, row in staged.items() if not row.resolved}
             for signal in self._staged_signals:
                 self._set_signal(signal)
@@ -278,7 +348,9 @@ class WatchModel:
         name = event.reader
         row = self.readers.get(name)
         if row is None:
-            row = self._new_row(name)
+            # In dashboard mode the table's readers are WatchReaders': the
+            # event of another one only makes its line (a scratch row).
+            row = ReaderRow(name) if self.dashboard else self._new_row(name)
         when = _ns(event.create_time)
         kind = event.kind
         if kind == pb.EVENT_KIND_INTERACTION_RECORDED:
@@ -294,8 +366,10 @@ class WatchModel:
                 if not self.feed_heartbeats:
                     return
             else:
-                row.last_type = type_
-                row.last_summary = interaction.summary or event.summary
+                # An update on the other stream may be newer than this event.
+                if not self.dashboard or when >= row.last_activity_ns:
+                    row.last_type = type_
+                    row.last_summary = interaction.summary or event.summary
                 row.last_activity_ns = max(row.last_activity_ns, when)
                 row.changes += 1
             summary = interaction.summary or event.summary
@@ -306,12 +380,12 @@ class WatchModel:
         elif kind == pb.EVENT_KIND_PRESENCE_CHANGED:
             change = event.presence
             row.presence = change.presence
-            text = f"{PRESENCE_NAMES.get(change.presence, '?')} (was {PRESENCE_NAMES.get(change.previous, '?')})"
+            text = presence_text(change.presence, change.previous)
         elif kind == pb.EVENT_KIND_MESSAGE_SENT:
             message = event.message
             row.changes += 1
             if message.direction == pb.MESSAGE_DIRECTION_FROM_READER:
-                if message.sequence not in row.unread_seqs:
+                if not self.dashboard and message.sequence not in row.unread_seqs:
                     row.unread_seqs.append(message.sequence)
                     self.order_changes += 1
                 text = f"message from reader: {event.summary}"
@@ -332,7 +406,7 @@ class WatchModel:
         elif kind == pb.EVENT_KIND_ATTENTION_CHANGED:
             signal = event.attention
             known = row.signals.get(signal.name)
-            self._set_signal(signal)
+            self._set_signal(signal, create=not self.dashboard)
             text = self.signal_text(signal, known)
         else:
             text = event.summary or "event"
@@ -345,8 +419,7 @@ class WatchModel:
         feed = self.feed
         if feed and feed[-1].folds(event_id, when, name, kind):
             last = feed[-1]
-            last.parts.append(text)
-            last.kinds += (kind,)
+            last.add(kind, text)
             last.event_id = event_id or last.event_id
             return
         feed.append(FeedLine(when, name, kind, [text], (kind,), event_id))
@@ -389,8 +462,55 @@ class WatchModel:
             if seen > row.last_seen_ns:
                 row.last_seen_ns = seen
 
-    def _new_row(self, name: str) -> ReaderRow:
-        row = self.readers[name] = ReaderRow(name)
+    def _apply_update(self, row: ReaderRow, update: cpb.ReaderUpdate, live: bool) -> FeedLine | None:
+        """A reader's latest from WatchReaders; live, the feed line of its
+        new last activity, if it has one. Rows move at once only when the
+        name or the signals change; state and activity are recency."""
+        moved = False
+        if update.display_name and update.display_name != row.display_name:
+            row.display_name, moved = update.display_name, True
+        at = _ns(update.last_activity_time)
+        line = None
+        if update.last_activity_type and at > row.last_activity_ns:
+            row.last_type, row.last_summary = update.last_activity_type, update.last_activity_summary
+            row.changes += 1
+            if live:
+                line = self._action_line(row, update, at)
+        if update.HasField("state"):
+            self._apply_state(row, update.state)
+        row.last_activity_ns = max(row.last_activity_ns, at) or row.last_seen_ns
+        if self._replace_signals(row, update.attention, live) or moved:
+            self.order_changes += 1
+        return line
+
+    def _action_line(self, row: ReaderRow, update: cpb.ReaderUpdate, at: int) -> FeedLine:
+        """What the reader did, with the state it moved (the state's time is
+        the action's: they committed together) and the presence it changed
+        (against the row before the update): one line per action, as the
+        state and presence events folded in make it on a WatchActivity
+        stream. Several actions within one update interval show as the
+        last."""
+        kind = pb.EVENT_KIND_INTERACTION_RECORDED
+        summary = update.last_activity_summary
+        line = FeedLine(at, row.name, kind, [f"{update.last_activity_type}: {summary}" if summary
+                                             else update.last_activity_type], (kind,))
+        state = update.state
+        if update.HasField("state"):
+            if _ns(state.update_time) == at:
+                line.add(pb.EVENT_KIND_READER_STATE_CHANGED, f"state {STATUS_NAMES.get(state.status, '?')}, "
+                                                             f"{state.progress:.0%}, step {state.current_step}")
+            if state.presence and row.presence and state.presence != row.presence:
+                line.add(pb.EVENT_KIND_PRESENCE_CHANGED, presence_text(state.presence, row.presence))
+        return line
+
+    def _new_row(self, name: str, staging: dict[str, ReaderRow] | None = None) -> ReaderRow:
+        """A reader the table did not have; into a snapshot being staged,
+        which the table takes as a whole when it completes."""
+        row = ReaderRow(name)
+        if staging is not None:
+            staging[name] = row
+            return row
+        self.readers[name] = row
         self._unresolved.add(name)
         self.order_changes += 1
         return row
@@ -405,20 +525,46 @@ class WatchModel:
         if row.unread != before:
             self.order_changes += 1
 
-    def _set_signal(self, signal: pb.AttentionSignal) -> None:
-        row = self.readers.get(signal.reader) or self._new_row(signal.reader)
+    def _set_signal(self, signal: pb.AttentionSignal, create: bool = True) -> None:
         if signal.state == pb.ATTENTION_STATE_CLEARED:
-            row.signals.pop(signal.name, None)
             self._cleared[signal.name] = None
             if len(self._cleared) > CLEARED_MEMORY:
                 self._cleared.popitem(last=False)
+        row = self.readers.get(signal.reader)
+        if row is None:
+            if not create:
+                return
+            row = self._new_row(signal.reader)
+        if signal.state == pb.ATTENTION_STATE_CLEARED:
+            row.signals.pop(signal.name, None)
         else:
             row.signals[signal.name] = signal
+        self._signals_changed(row)
+
+    def _signals_changed(self, row: ReaderRow) -> None:
         if row.signals:
             self.signalled.add(row.name)
         else:
             self.signalled.discard(row.name)
         self.order_changes += 1
+
+    def _replace_signals(self, row: ReaderRow, signals: Iterable[pb.AttentionSignal], live: bool) -> bool:
+        """The row's open signals become `signals` (an update's, the latest),
+        except that a signal an event cleared stays cleared and a known
+        acknowledgement stays: the other stream may be ahead. Whether they
+        changed."""
+        fresh: dict[str, pb.AttentionSignal] = {}
+        for signal in signals:
+            if signal.name in self._cleared:
+                continue
+            known = row.signals.get(signal.name)
+            fresh[signal.name] = known if known is not None and _lost_ack(known, signal) else signal
+        if fresh == row.signals:
+            return False
+        row.signals = fresh
+        if live:
+            self._signals_changed(row)
+        return True
 
     # --- other sources -------------------------------------------------------
 
@@ -432,13 +578,13 @@ class WatchModel:
                 continue
             row = self.readers.get(signal.reader)
             known = row.signals.get(signal.name) if row is not None else None
-            if known is not None and (known == signal or (known.acknowledged_by and not signal.acknowledged_by)):
+            if known is not None and (known == signal or _lost_ack(known, signal)):
                 continue
             self._set_signal(signal)
 
     def apply_read(self, reader: str, read: pb.MessageRead) -> None:
         """My read position in `reader`'s conversation as MarkMessagesRead
-        answered it (the event says the same a moment later)."""
+        answered it (the event or the count says the same a moment later)."""
         row = self.readers.get(reader)
         if row is not None:
             self._read_up_to(row, read.last_read_sequence)
@@ -453,13 +599,21 @@ class WatchModel:
             self._new_row(name).unread_base = unread
         self.order_changes += 1
 
+    def want_emails(self) -> None:
+        """The filter matches emails, which WatchReaders does not send: from
+        now on, look up the profile of every reader without one."""
+        if not self._emails_wanted:
+            self._emails_wanted = True
+            self._unresolved.update(name for name, row in self.readers.items() if not row.resolved)
+
     def take_unresolved(self, most: int) -> list[str]:
-        """Readers whose profile to look up (each handed out once)."""
+        """Readers whose profile to look up (each handed out once): those
+        without a name, and while emails are wanted, those without one."""
         names: list[str] = []
         while self._unresolved and len(names) < most:
             name = self._unresolved.pop()
             row = self.readers.get(name)
-            if row is not None and not row.resolved:
+            if row is not None and not row.resolved and (self._emails_wanted or not row.display_name):
                 names.append(name)
         return names
 
@@ -504,6 +658,16 @@ class WatchModel:
     def label(self, name: str) -> str:
         row = self.readers.get(name)
         return row.label if row is not None else name
+
+
+def _lost_ack(known: pb.AttentionSignal, listed: pb.AttentionSignal) -> bool:
+    """Whether a listing lacks an acknowledgement the view knows of (it was
+    read before the signal was taken; a taken signal stays taken)."""
+    return bool(known.acknowledged_by) and not listed.acknowledged_by
+
+
+def presence_text(now: int, was: int) -> str:
+    return f"{PRESENCE_NAMES.get(now, '?')} (was {PRESENCE_NAMES.get(was, '?')})"
 
 
 def _recency(row: ReaderRow) -> tuple[int, str]:
@@ -599,8 +763,282 @@ class Actions(Protocol):
     async def reader_details(self, reader: str) -> ReaderDetails: ...
 
 
+# What the WatchActivity stream carries next to WatchReaders: the pinned
+# lines' events, a few a second in a busy class. Interactions (heartbeats
+# included), state, presence and read positions stay on the server: the
+# table and the feed come from WatchReaders, conflated.
+PINNED_STREAM_KINDS = tuple(sorted(PINNED_KINDS))
+
+
+def _bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class StreamLink:
+    """One stream `WatchClient` keeps open, whichever it is: it resumes
+    behind its own last cursor after a lost connection (exponential
+    backoff), starts over when the cursor is refused, signs in again once
+    when the session is refused, and opens again at once, afresh, on
+    `restart` (a new scope). Subclasses say what to ask for and what to do
+    with what comes."""
+
+    # The model's field that holds this stream's cursor.
+    cursor_field = ""
+
+    def __init__(self, client: WatchClient) -> None:
+        self.client = client
+        self.status = "connecting"
+        # While waiting to reconnect: when (monotonic) and why.
+        self.retry_at: float | None = None
+        self.reason = ""
+        self.connected = False
+        # Counters for tests.
+        self.streams = 0
+        self.snapshots = 0
+        self.fresh_starts = 0
+        self.resume_cursors: deque[str] = deque(maxlen=100)
+        self._progressed = False
+        self._opened_at: float | None = None
+        self._call: aio.UnaryStreamCall[Any, Any] | None = None
+        self._rescope = False
+        self._wake = asyncio.Event()
+
+    # --- what differs between the streams ------------------------------------
+
+    @property
+    def label(self) -> str:
+        """How the status line names this stream ("" for the table's)."""
+        return ""
+
+    def request(self, fresh: bool) -> tuple[Any, bool]:
+        """The request to open with, and whether a snapshot comes first; a
+        fresh one prepares the model for it."""
+        raise NotImplementedError
+
+    def open(self, request: Any, token: str) -> aio.UnaryStreamCall[Any, Any]:
+        raise NotImplementedError
+
+    async def received(self, response: Any) -> None:
+        raise NotImplementedError
+
+    def unimplemented(self) -> bool:
+        """The server does not offer this stream: True to end it quietly."""
+        return False
+
+    # --- the one reconnect loop ------------------------------------------------
+
+    @property
+    def cursor(self) -> str:
+        return str(getattr(self.client.model, self.cursor_field))
+
+    @cursor.setter
+    def cursor(self, value: str) -> None:
+        setattr(self.client.model, self.cursor_field, value)
+
+    def status_line(self, now: float | None = None) -> str:
+        """The status for the header; while waiting to reconnect, with the
+        seconds left (the reason last, where the header cuts it short)."""
+        if self.retry_at is None:
+            return f"{self.label}{self.status}"
+        left = max(0.0, self.retry_at - (time.monotonic() if now is None else now))
+        return f"{self.label}disconnected, retrying in {left:.0f} s: {self.reason}"
+
+    async def run(self) -> None:
+        """Keep the stream open until cancelled; returns when the server does
+        not offer it and it may do without, raises WatchError when the view
+        cannot go on."""
+        client = self.client
+        attempt = 0
+        signed_in_again = False
+        try:
+            while True:
+                self._progressed = False
+                self._opened_at = None
+                token = client.token
+                try:
+                    token = await client.signed_in(self)
+                    await self._stream_once(token)
+                    reason = "the server ended the stream"
+                except asyncio.CancelledError:
+                    if not self._rescoped():
+                        raise
+                    continue
+                except aio.AioRpcError as error:
+                    code = error.code()
+                    if self._worked():
+                        attempt, signed_in_again = 0, False
+                    if code == grpc.StatusCode.UNAUTHENTICATED:
+                        if signed_in_again:
+                            raise WatchError(
+                                f"the server refused the session right after signing in again ({_details(error)})"
+                            ) from None
+                        signed_in_again = True
+                        client.session_refused(token)
+                        self.status = f"session refused ({_details(error)}); signing in again"
+                        continue
+                    if code == grpc.StatusCode.OUT_OF_RANGE or (
+                        code == grpc.StatusCode.INVALID_ARGUMENT and self.cursor
+                    ):
+                        # The cursor belongs to another history or is too
+                        # old: start over, right away.
+                        self.cursor = ""
+                        self.fresh_starts += 1
+                        self.status = f"starting over ({_details(error)})"
+                        continue
+                    if code == grpc.StatusCode.UNIMPLEMENTED and self.unimplemented():
+                        return
+                    if code not in RETRY_CODES:
+                        raise WatchError(_details(error)) from None
+                    reason = _details(error)
+                if self._worked():
+                    attempt, signed_in_again = 0, False
+                delay = min(client.max_backoff, client.initial_backoff * 2 ** attempt) * random.uniform(0.8, 1.0)
+                attempt = min(attempt + 1, 30)
+                self.status = f"disconnected ({reason}); reconnecting in {delay:.1f} s"
+                log.debug("%s stream lost (%s); reconnecting in %.1f s", type(self).__name__, reason, delay)
+                self.reason, self.retry_at = reason, time.monotonic() + delay
+                try:
+                    await self._nap(delay)
+                finally:
+                    self.retry_at = None
+        finally:
+            self.connected = False
+            self.retry_at = None
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep before reconnecting; `restart` cuts it short."""
+        if self._rescope:
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _rescoped(self) -> bool:
+        """Whether a CancelledError came from `restart` cancelling the call,
+        not from this task being cancelled."""
+        task = asyncio.current_task()
+        return self._rescope and (task is None or task.cancelling() == 0)
+
+    def restart(self) -> None:
+        """Open the stream again at once, afresh (a new scope or mode)."""
+        self.cursor = ""
+        self._rescope = True
+        if self._call is not None:
+            self._call.cancel()
+        self._wake.set()
+
+    def _worked(self) -> bool:
+        """Whether the stream that just ended got anywhere: a message, or
+        a few quiet seconds open. Backoff and the one new sign-in start
+        afresh after such a stream."""
+        opened = self._opened_at
+        return self._progressed or (opened is not None and time.monotonic() - opened >= 5.0)
+
+    async def _stream_once(self, token: str) -> None:
+        client = self.client
+        fresh = not self.cursor
+        if not fresh:
+            self.resume_cursors.append(self.cursor)
+        request, snapshot = self.request(fresh)
+        self._rescope = False
+        self.status = "connecting" if fresh else f"resuming after {self.cursor}"
+        call = self._call = self.open(request, token)
+        try:
+            # A resumed stream with nothing to catch up on carries nothing
+            # until the next heartbeat, so "connected" means: the transport
+            # is up and the server has not refused the stream at once.
+            ended = asyncio.Event()
+            call.add_done_callback(lambda _call: ended.set())
+            waits = {asyncio.create_task(ended.wait()), asyncio.create_task(client.settled())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            if call.done():
+                await call.wait_for_connection()  # raises the refusal
+            self.connected = True
+            self.streams += 1
+            self._opened_at = time.monotonic()
+            self.status = "loading snapshot" if snapshot else "live"
+            client.stream_opened(self)
+            async for response in call:
+                self._progressed = True
+                await self.received(response)
+        finally:
+            self.connected = False
+            self._call = None
+            call.cancel()
+
+    def _snapshot_done(self) -> None:
+        self.snapshots += 1
+        self.status = "live"
+        self.client.check_synced()
+
+
+class ReadersLink(StreamLink):
+    """WatchReaders: the table, each reader's latest, conflated."""
+
+    cursor_field = "readers_cursor"
+
+    def request(self, fresh: bool) -> tuple[Any, bool]:
+        if fresh:
+            self.client.model.begin_snapshot(replace=self._rescope)
+        return cpb.WatchReadersRequest(after=self.cursor, only_my_readers=self.client.only_my_readers), fresh
+
+    def open(self, request: Any, token: str) -> aio.UnaryStreamCall[Any, Any]:
+        return self.client.stub.WatchReaders(request, metadata=_bearer(token))
+
+    async def received(self, response: Any) -> None:
+        self.client.model.apply_readers(response)
+        if response.snapshot_complete:
+            self._snapshot_done()
+
+    def unimplemented(self) -> bool:
+        self.client.fall_back()
+        return True
+
+
+class ActivityLink(StreamLink):
+    """WatchActivity: the pinned lines (messages, signal changes) next to
+    WatchReaders; against a server without it, every event, building the
+    table and the feed too."""
+
+    cursor_field = "cursor"
+
+    @property
+    def label(self) -> str:
+        return "" if self.client.dashboard is False else "messages: "
+
+    def request(self, fresh: bool) -> tuple[Any, bool]:
+        client, model = self.client, self.client.model
+        mine = client.only_my_readers
+        if client.dashboard is not False:
+            # From now on when fresh: the pinned lines need no history.
+            if fresh:
+                model.restart_events()
+            return cpb.WatchActivityRequest(kinds=PINNED_STREAM_KINDS, after=self.cursor, only_my_readers=mine), False
+        if fresh:
+            model.begin_snapshot(replace=self._rescope)
+            return cpb.WatchActivityRequest(include_snapshot=True, only_my_readers=mine), True
+        return cpb.WatchActivityRequest(after=self.cursor, only_my_readers=mine), False
+
+    def open(self, request: Any, token: str) -> aio.UnaryStreamCall[Any, Any]:
+        return self.client.stub.WatchActivity(request, metadata=_bearer(token))
+
+    async def received(self, response: Any) -> None:
+        self.client.model.apply(response)
+        if response.snapshot_complete:
+            await self.client.refresh_unread()
+            await self.client.refresh_attention()
+            self._snapshot_done()
+
+
 class WatchClient:
-    """Keeps `model` up to date until cancelled or until `fatal` is set."""
+    """Keeps `model` up to date until cancelled or until `fatal` is set:
+    WatchReaders for the table and WatchActivity for the feed, or one
+    WatchActivity stream of every event against a server without
+    WatchReaders."""
 
     def __init__(
         self,
@@ -628,41 +1066,56 @@ class WatchClient:
         self.only_my_readers = only_my_readers
         self.token = ""
         self.account = ""
-        self.status = "connecting"
-        # While waiting to reconnect: when (monotonic) and why.
-        self.retry_at: float | None = None
-        self.reason = ""
         self.fatal: str | None = None
-        self.connected = False
+        # Whether the server offers WatchReaders: None until it answered.
+        self.dashboard: bool | None = None
+        model.dashboard = True
         # False once the server answered ListAttention with UNIMPLEMENTED.
         self.attention_available: bool | None = None
-        # Counters for the header and for tests.
         self.logins = 0
-        self.streams = 0
-        self.snapshots = 0
-        self.fresh_starts = 0
-        self.resume_cursors: deque[str] = deque(maxlen=100)
         self.synced = asyncio.Event()
-        self._progressed = False
-        self._opened_at: float | None = None
+        self.readers = ReadersLink(self)
+        self.feed = ActivityLink(self)
+        self._login_lock = asyncio.Lock()
         self._channel: aio.Channel | None = None
         self._auth: auth_service_pb2_grpc.AuthServiceAsyncStub | None = None
         self._consultant: consultant_service_pb2_grpc.ConsultantServiceAsyncStub | None = None
-        self._call: aio.UnaryStreamCall[cpb.WatchActivityRequest, cpb.WatchActivityResponse] | None = None
-        self._rescope = False
-        self._wake: asyncio.Event | None = None
 
     @property
     def metadata(self) -> tuple[tuple[str, str]]:
-        return (("authorization", f"Bearer {self.token}"),)
+        return _bearer(self.token)
+
+    @property
+    def stub(self) -> consultant_service_pb2_grpc.ConsultantServiceAsyncStub:
+        assert self._consultant is not None
+        return self._consultant
+
+    @property
+    def links(self) -> list[StreamLink]:
+        """The streams kept open: the table's first."""
+        return [self.feed] if self.dashboard is False else [self.readers, self.feed]
+
+    @property
+    def table(self) -> StreamLink:
+        """The stream whose snapshot builds the table."""
+        return self.links[0]
+
+    @property
+    def connected(self) -> bool:
+        return all(link.connected for link in self.links)
+
+    @property
+    def status(self) -> str:
+        return self.status_line()
 
     def status_line(self, now: float | None = None) -> str:
-        """The status for the header; while waiting to reconnect, with the
-        seconds left (the reason last, where the header cuts it short)."""
-        if self.retry_at is None:
-            return self.status
-        left = max(0.0, self.retry_at - (time.monotonic() if now is None else now))
-        return f"disconnected, retrying in {left:.0f} s: {self.reason}"
+        """`live` when every stream is; else the first one that is not."""
+        if self.fatal:
+            return f"stopped: {self.fatal}"
+        for link in self.links:
+            if link.retry_at is not None or link.status != "live":
+                return link.status_line(now)
+        return "live"
 
     async def run(self) -> None:
         """Watch until cancelled; returns when the view cannot go on, with
@@ -670,25 +1123,39 @@ class WatchClient:
         channel = self._channel = open_channel(self.target, self.tls, self.ca_file)
         self._auth = auth_service_pb2_grpc.AuthServiceStub(channel)
         self._consultant = consultant_service_pb2_grpc.ConsultantServiceStub(channel)
-        self._wake = asyncio.Event()
+        pending = {asyncio.create_task(link.run()) for link in (self.readers, self.feed)}
         resolver = asyncio.create_task(self._resolve_forever()) if self.resolve_profiles else None
         try:
-            await self._watch_forever()
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a WatchError ends the view
         except WatchError as error:
             self.fatal = str(error)
-            self.status = f"stopped: {error}"
         finally:
-            self.connected = False
-            self.retry_at = None
-            if resolver is not None:
-                resolver.cancel()
+            for task in [*pending, *([resolver] if resolver is not None else [])]:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await resolver
+                    await task
             await channel.close(grace=None)
+
+    async def signed_in(self, link: StreamLink) -> str:
+        """The session's token, signing in first when there is none; both
+        streams share the one sign-in."""
+        async with self._login_lock:
+            if not self.token:
+                link.status = f"signing in as {self.email}"
+                await self._login()
+        return self.token
+
+    def session_refused(self, token: str) -> None:
+        """A stream's session was refused: sign in again when a stream opens
+        next, unless another stream has already."""
+        if self.token == token:
+            self.token = ""
 
     async def _login(self) -> None:
         assert self._auth is not None
-        self.status = f"signing in as {self.email}"
         try:
             response = await self._auth.Login(
                 auth_service_pb2.LoginRequest(
@@ -705,160 +1172,54 @@ class WatchClient:
         self.model.me = self.account
         self.logins += 1
 
-    async def _watch_forever(self) -> None:
-        attempt = 0
-        signed_in_again = False
-        while True:
-            self._progressed = False
-            self._opened_at = None
-            try:
-                if not self.token:
-                    await self._login()
-                await self._stream_once()
-                reason = "the server ended the stream"
-            except asyncio.CancelledError:
-                if not self._rescoped():
-                    raise
-                continue
-            except aio.AioRpcError as error:
-                code = error.code()
-                if self._worked():
-                    attempt, signed_in_again = 0, False
-                if code == grpc.StatusCode.UNAUTHENTICATED:
-                    if signed_in_again:
-                        raise WatchError(
-                            f"the server refused the session right after signing in again ({_details(error)})"
-                        ) from None
-                    signed_in_again = True
-                    self.token = ""
-                    self.status = f"session refused ({_details(error)}); signing in again"
-                    continue
-                if code == grpc.StatusCode.OUT_OF_RANGE or (
-                    code == grpc.StatusCode.INVALID_ARGUMENT and self.model.cursor
-                ):
-                    # The cursor belongs to another history or is too old:
-                    # start over with a fresh snapshot, right away.
-                    self.model.cursor = ""
-                    self.fresh_starts += 1
-                    self.status = f"starting over with a fresh snapshot ({_details(error)})"
-                    continue
-                if code not in RETRY_CODES:
-                    raise WatchError(_details(error)) from None
-                reason = _details(error)
-            if self._worked():
-                attempt, signed_in_again = 0, False
-            delay = min(self.max_backoff, self.initial_backoff * 2 ** attempt) * random.uniform(0.8, 1.0)
-            attempt = min(attempt + 1, 30)
-            self.status = f"disconnected ({reason}); reconnecting in {delay:.1f} s"
-            log.debug("watch stream lost (%s); reconnecting in %.1f s", reason, delay)
-            self.reason, self.retry_at = reason, time.monotonic() + delay
-            try:
-                await self._nap(delay)
-            finally:
-                self.retry_at = None
-
-    async def _nap(self, seconds: float) -> None:
-        """Sleep before reconnecting; a change of scope cuts it short."""
-        assert self._wake is not None
-        if self._rescope:
-            return
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-
-    def _rescoped(self) -> bool:
-        """Whether a CancelledError came from `set_only_my_readers`
-        cancelling the call, not from this task being cancelled."""
-        task = asyncio.current_task()
-        return self._rescope and (task is None or task.cancelling() == 0)
-
-    def set_only_my_readers(self, only: bool) -> None:
-        """Watch only my readers, or everyone's: the stream opens again
-        with a fresh snapshot of the new scope."""
-        if only == self.only_my_readers:
-            return
-        self.only_my_readers = only
-        self.model.cursor = ""
-        self._rescope = True
-        if self._call is not None:
-            self._call.cancel()
-        if self._wake is not None:
-            self._wake.set()
-
-    async def _settled(self) -> None:
+    async def settled(self) -> None:
         assert self._channel is not None
         await self._channel.channel_ready()
         await asyncio.sleep(SETTLE_SECONDS)
 
-    def _worked(self) -> bool:
-        """Whether the stream that just ended got anywhere: a message, or
-        a few quiet seconds open. Backoff and the one new sign-in start
-        afresh after such a stream."""
-        opened = self._opened_at
-        return self._progressed or (opened is not None and time.monotonic() - opened >= 5.0)
+    def stream_opened(self, link: StreamLink) -> None:
+        if link is self.readers:
+            # WatchReaders rows carry their signals.
+            self.dashboard = self.attention_available = True
+        self.check_synced()
 
-    async def _stream_once(self) -> None:
-        assert self._consultant is not None
-        model = self.model
-        fresh = not model.cursor
-        mine = self.only_my_readers
-        if fresh:
-            model.begin_snapshot(replace=self._rescope)
-            request = cpb.WatchActivityRequest(include_snapshot=True, only_my_readers=mine)
-        else:
-            self.resume_cursors.append(model.cursor)
-            request = cpb.WatchActivityRequest(after=model.cursor, only_my_readers=mine)
-        self._rescope = False
-        self.status = "connecting" if fresh else f"resuming after {model.cursor}"
-        call = self._call = self._consultant.WatchActivity(request, metadata=self.metadata)
-        try:
-            # A resumed stream with nothing to catch up on carries nothing
-            # until the next heartbeat, so "connected" means: the transport
-            # is up and the server has not refused the stream at once.
-            ended = asyncio.Event()
-            call.add_done_callback(lambda _call: ended.set())
-            waits = {asyncio.create_task(ended.wait()), asyncio.create_task(self._settled())}
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiting in waits:
-                    waiting.cancel()
-            if call.done():
-                await call.wait_for_connection()  # raises the refusal
-            self.connected = True
-            self.streams += 1
-            self._opened_at = time.monotonic()
-            self.status = "loading snapshot" if fresh else "live"
-            async for response in call:
-                self._progressed = True
-                model.apply(response)
-                if response.snapshot_complete:
-                    self.snapshots += 1
-                    await self._refresh_unread()
-                    await self._refresh_attention()
-                    self.status = "live"
-                    self.synced.set()
-        finally:
-            self.connected = False
-            self._call = None
-            call.cancel()
+    def check_synced(self) -> None:
+        """Synced: the table's snapshot is in and every stream is open."""
+        if self.model.snapshot_complete and self.connected:
+            self.synced.set()
 
-    async def _refresh_unread(self) -> None:
-        assert self._consultant is not None
-        answer = await self._consultant.ListUnreadCounts(
+    def fall_back(self) -> None:
+        """The server has no WatchReaders: one WatchActivity stream of every
+        event builds the table, as before it had."""
+        log.info("the server does not offer WatchReaders; watching every event instead")
+        self.dashboard = False
+        self.model.dashboard = False
+        self.feed.restart()
+
+    def set_only_my_readers(self, only: bool) -> None:
+        """Watch only my readers, or everyone's: the streams open again,
+        the table's with a fresh snapshot of the new scope."""
+        if only == self.only_my_readers:
+            return
+        self.only_my_readers = only
+        for link in self.links:
+            link.restart()
+
+    async def refresh_unread(self) -> None:
+        """After a WatchActivity snapshot: its readers carry no counts."""
+        answer = await self.stub.ListUnreadCounts(
             cpb.ListUnreadCountsRequest(only_my_readers=self.only_my_readers), metadata=self.metadata, timeout=30
         )
         self.model.set_unread_counts((c.reader, c.unread) for c in answer.counts)
 
-    async def _refresh_attention(self) -> None:
-        """Open signals beyond the snapshot's (ListAttention); a server
-        without the call has none to give."""
-        assert self._consultant is not None
+    async def refresh_attention(self) -> None:
+        """Open signals beyond a WatchActivity snapshot's (ListAttention); a
+        server without the call has none to give."""
         signals: list[pb.AttentionSignal] = []
         token = ""
         for _ in range(ATTENTION_PAGES):
             try:
-                answer = await self._consultant.ListAttention(
+                answer = await self.stub.ListAttention(
                     cpb.ListAttentionRequest(page_size=1000, page_token=token, only_my_readers=self.only_my_readers),
                     metadata=self.metadata, timeout=30,
                 )
@@ -878,7 +1239,7 @@ class WatchClient:
         self.model.merge_signals(signals)
 
     async def _resolve_forever(self) -> None:
-        """Look up the names of readers first met in an event."""
+        """Look up the profiles of readers first met without one."""
         while True:
             await asyncio.sleep(0.2)
             if not self.connected:
@@ -888,11 +1249,8 @@ class WatchClient:
                 await asyncio.gather(*(self._resolve(name) for name in names))
 
     async def _resolve(self, name: str) -> None:
-        assert self._consultant is not None
         try:
-            answer = await self._consultant.GetReader(
-                cpb.GetReaderRequest(name=name), metadata=self.metadata, timeout=10
-            )
+            answer = await self.stub.GetReader(cpb.GetReaderRequest(name=name), metadata=self.metadata, timeout=10)
         except aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
                                 grpc.StatusCode.INVALID_ARGUMENT):
@@ -1184,7 +1542,7 @@ KEY_HELP: tuple[tuple[str, str], ...] = (
     ("m", "mark the reader's messages read"),
     ("a", "acknowledge (take) the reader's oldest open signal nobody took yet"),
     ("/", "filter by name or email as you type: Enter keeps it, Esc cancels"),
-    ("f", "only my readers / all readers (opens the stream again)"),
+    ("f", "only my readers / all readers (opens the streams again)"),
     ("s", "cycle the sort: attention, name, last seen, progress"),
     ("?", "this help (any key closes it)"),
     ("q", "quit"),
@@ -1307,6 +1665,7 @@ class Terminal:
         self._begin_edit("reply", LineEditor(f"Reply to {clean(self.model.label(name))}: "))
 
     def start_filter(self) -> None:
+        self.model.want_emails()
         self._filter_before = self.order.filter
         self._begin_edit("filter", LineEditor("Filter (name or email): ", self.order.filter, limit=100))
 
@@ -1652,6 +2011,8 @@ class WatchView:
                  f" · {model.waiting()} waiting · {model.total_unread()} unread · {scope}")
         if client is not None and client.attention_available is False:
             facts += " · no signals on this server"
+        if client is not None and client.dashboard is False:
+            facts += " · every event (no WatchReaders on this server)"
         if self.title:
             facts += f" · {clean(self.title)}"
         text = Text("Cursor watch ", style="bold")
@@ -2013,28 +2374,34 @@ def run_watch_command(args: argparse.Namespace) -> int:
 
 
 def synthetic_model(readers: int, now_ns: int, seed: int = 7) -> WatchModel:
-    """A snapshot of `readers` active readers, a tenth of them with signals
-    or unread messages, and a full feed: what a busy class looks like."""
+    """A WatchReaders snapshot of `readers` active readers, a tenth of them
+    with signals or unread messages, and a full feed: what a busy class
+    looks like."""
     rng = random.Random(seed)
-    model = WatchModel(me="consultants/me")
+    model = WatchModel(me="consultants/me", dashboard=True)
     model.begin_snapshot()
-    snapshot = cpb.WatchActivityResponse(snapshot_complete=True, cursor="bench-0")
     rules = list(RULE_BADGES)
+    snapshot = []
     for i in range(readers):
         name = f"readers/r{i:05}"
-        reader = snapshot.snapshot_readers.add(name=name, display_name=f"Reader {i:05} {'x' * rng.randrange(12)}",
-                                               email=f"r{i}@example.com")
-        state = reader.state
+        update = cpb.ReaderUpdate(reader=name, display_name=f"Reader {i:05} {'x' * rng.randrange(12)}",
+                                  last_activity_type="answer", last_activity_summary=f"question {i % 40}: no")
+        state = update.state
         state.status, state.progress, state.current_step = pb.READER_STATUS_ACTIVE, rng.random(), rng.randrange(40)
         state.presence = rng.choice((pb.PRESENCE_READING, pb.PRESENCE_ONLINE, pb.PRESENCE_IDLE))
         state.last_seen_time.FromNanoseconds(now_ns - rng.randrange(300) * NS)
+        update.last_activity_time.CopyFrom(state.last_seen_time)
         if i % 10 == 0:
-            signal = snapshot.snapshot_attention.add(name=f"{name}/attentionSignals/s{i}", reader=name,
-                                                     rule=rules[i // 10 % len(rules)], state=pb.ATTENTION_STATE_OPEN,
-                                                     summary="stuck on step 7 for 6 min")
+            signal = update.attention.add(name=f"{name}/attentionSignals/s{i}", reader=name,
+                                          rule=rules[i // 10 % len(rules)], state=pb.ATTENTION_STATE_OPEN,
+                                          summary="stuck on step 7 for 6 min")
             signal.raise_time.FromNanoseconds(now_ns - i * NS)
-    model.apply(snapshot)
-    model.set_unread_counts((f"readers/r{i:05}", 1 + i % 3) for i in range(5, readers, 20))
+        snapshot.append(update)
+    for start in range(0, readers, 200):
+        model.apply_readers(cpb.WatchReadersResponse(updates=snapshot[start:start + 200]))
+    model.apply_readers(cpb.WatchReadersResponse(
+        unread_counts=[cpb.UnreadCount(reader=f"readers/r{i:05}", unread=1 + i % 3) for i in range(5, readers, 20)],
+        snapshot_complete=True, cursor="bench-0"))
     events = cpb.WatchActivityResponse()
     for n in range(1, 2 * FEED_LINES):
         event = events.events.add(event_id=n, kind=pb.EVENT_KIND_INTERACTION_RECORDED,

@@ -221,3 +221,26 @@ def test_the_interval_is_a_setting(make_harness: Any) -> None:
     time.sleep(1.2)
     assert 2 <= len(updates(stream, reader)) <= 4, "about one a second"
     stream.cancel()
+
+
+def test_a_round_waits_for_the_interval_then_for_the_fanout_budget() -> None:
+    """The pacing of rounds, alone: at least the interval; then, while fan-out
+    since the last round took more than its share of the time passed, until
+    it is within it again; never longer than the maximum."""
+    from types import SimpleNamespace
+
+    from cursor_grpc.live.dashboard import DashboardHub
+
+    hub = DashboardHub.__new__(DashboardHub)
+    hub.pacer = SimpleNamespace(share=0.25, spent_total=0.0)  # type: ignore[assignment]
+    hub.min_interval, hub.max_interval = 0.25, 10.0
+    hub._last_round, hub._round_spent = 100.0, 0.0
+    assert hub.wait_left(100.1) == pytest.approx(0.15), "the interval first"
+    assert hub.wait_left(100.3) == 0.0, "nothing spent since: go"
+    hub.pacer.spent_total = 0.5  # the last round's writes took half a second of the loop
+    assert hub.wait_left(100.3) == pytest.approx(0.25), "re-asked a step later"
+    assert hub.wait_left(101.9) == pytest.approx(0.1), "0.5 s is a quarter of 2 s"
+    assert hub.wait_left(102.0) == 0.0
+    hub.pacer.spent_total = 50.0
+    assert hub.wait_left(109.9) == pytest.approx(0.1), "never past the maximum"
+    assert hub.wait_left(110.0) == 0.0

@@ -1,8 +1,8 @@
 """`cursor-grpc watch` as a tutor uses it: keys go into the terminal, the
 test reads the screen it renders. Most run against the view's own model
-(attention signals synthesized, the calls keys make answered by a fake);
-one drives a real server. docs/terminal.md shows the screen `tutor_view`
-renders, checked here."""
+(WatchReaders updates and feed events synthesized, the calls keys make
+answered by a fake); one drives a real server. docs/terminal.md shows the
+screen `tutor_view` renders, checked here."""
 
 from __future__ import annotations
 
@@ -41,13 +41,12 @@ from tests.conftest import PASSWORD, Harness
 from tests.test_watch_view import (
     _event,
     batch,
-    interaction,
     message,
     new_consultant_email,
-    presence,
+    readers_batch,
     record,
     snapshot_reader,
-    state,
+    update,
 )
 
 NS = 1_000_000_000
@@ -78,6 +77,18 @@ def signal(reader: str, n: int, rule: int, raised_s: float, summary: str, taken_
 def attention(event_id: int, at_s: float, changed: pb.AttentionSignal) -> pb.ActivityEvent:
     return _event(event_id, changed.reader, pb.EVENT_KIND_ATTENTION_CHANGED, at_s, changed.summary,
                   attention=changed)
+
+
+def email_of(display: str) -> str:
+    return f"{display.lower().replace(' ', '.')}@example.com"
+
+
+def look_up_profiles(model: WatchModel) -> None:
+    """What the client's resolver does (GetReader): the profiles, emails
+    included, of the readers the model asks for."""
+    for name in model.take_unresolved(1000):
+        model.apply_profile(pb.Reader(name=name, display_name=model.readers[name].display_name,
+                                      email=email_of(model.readers[name].display_name)))
 
 
 @dataclass
@@ -131,43 +142,49 @@ class FakeActions:
         history = [pb.Interaction(type="answer", summary=f"question {n}: no", sequence=n) for n in (4, 3)]
         for n, item in enumerate(history):
             item.create_time.FromNanoseconds(int((NOW_S - 60 - 30 * n) * NS))
-        return ReaderDetails(pb.Reader(name=reader, display_name=row.display_name, email=row.email),
+        return ReaderDetails(pb.Reader(name=reader, display_name=row.display_name, email=email_of(row.display_name)),
                              list(row.signals.values()), history, [answered, asked], [])
 
 
+ANN_STUCK = signal("readers/ann", 1, pb.ATTENTION_RULE_STUCK, NOW_S - 360, "stuck on step 7 for 6 min")
+BOB_HELP = signal("readers/bob", 4, pb.ATTENTION_RULE_ASKED_FOR_HELP, NOW_S - 12, "wrote to the consultants")
+
+
 def tutor_model() -> WatchModel:
-    """Seven readers: two with signals nobody took, two with taken ones, one
-    with unread messages, two quiet; a feed and pinned lines."""
-    model = WatchModel(me=ME)
+    """Seven readers from a WatchReaders snapshot: two with signals nobody
+    took, two with taken ones, one with unread messages, two quiet; then a
+    message and a signal on the WatchActivity stream, and the round of
+    updates that follows (four readers acted)."""
+    model = WatchModel(me=ME, dashboard=True)
     model.begin_snapshot()
-    model.apply(cpb.WatchActivityResponse(
-        snapshot_readers=[
-            snapshot_reader("readers/ann", "Ann Archer", NOW_S - 20, 0.35, 7, pb.PRESENCE_READING),
-            snapshot_reader("readers/bob", "Bob Brown", NOW_S - 40, 0.6, 12, pb.PRESENCE_ONLINE),
-            snapshot_reader("readers/cyd", "Cyd Chen", NOW_S - 15, 0.5, 9, pb.PRESENCE_READING),
-            snapshot_reader("readers/dee", "Dee Dalton", NOW_S - 400, 0.2, 3, pb.PRESENCE_IDLE),
-            snapshot_reader("readers/eve", "Eve Evans", NOW_S - 90, 0.8, 15, pb.PRESENCE_ONLINE),
-            snapshot_reader("readers/fay", "Fay Fischer-Lindqvist", NOW_S - 600, 1.0, 20, pb.PRESENCE_IDLE),
-            snapshot_reader("readers/gus", "Gus Gray", NOW_S - 30, 0.1, 2, pb.PRESENCE_READING),
-        ],
-        snapshot_attention=[
-            signal("readers/ann", 1, pb.ATTENTION_RULE_STUCK, NOW_S - 360, "stuck on step 7 for 6 min"),
-            signal("readers/cyd", 2, pb.ATTENTION_RULE_STRUGGLING, NOW_S - 300, "3 wrong answers in a row", ME),
-            signal("readers/dee", 3, pb.ATTENTION_RULE_STALLED, NOW_S - 420, "went idle on step 3", OTHER),
-        ],
+    cyd_struggling = signal("readers/cyd", 2, pb.ATTENTION_RULE_STRUGGLING, NOW_S - 300, "3 wrong answers in a row", ME)
+    model.apply_readers(readers_batch(
+        update("readers/ann", "Ann Archer", NOW_S - 25, 0.35, 7, pb.PRESENCE_READING, signals=(ANN_STUCK,)),
+        update("readers/bob", "Bob Brown", NOW_S - 40, 0.6, 12, pb.PRESENCE_ONLINE),
+        update("readers/cyd", "Cyd Chen", NOW_S - 25, 0.5, 9, pb.PRESENCE_READING, signals=(cyd_struggling,)),
+        update("readers/dee", "Dee Dalton", NOW_S - 400, 0.2, 3, pb.PRESENCE_IDLE, signals=(
+            signal("readers/dee", 3, pb.ATTENTION_RULE_STALLED, NOW_S - 420, "went idle on step 3", OTHER),)),
+        update("readers/eve", "Eve Evans", NOW_S - 90, 0.8, 15, pb.PRESENCE_ONLINE),
+        update("readers/fay", "Fay Fischer-Lindqvist", NOW_S - 600, 1.0, 20, pb.PRESENCE_IDLE),
+        update("readers/gus", "Gus Gray", NOW_S - 45, 0.05, 1, pb.PRESENCE_ONLINE),
+        unread={"readers/eve": 2}, complete=True, cursor="r-100",
     ))
-    model.apply(cpb.WatchActivityResponse(snapshot_complete=True, cursor="e-100"))
-    model.set_unread_counts([("readers/eve", 2)])
     model.apply(batch(
-        interaction(101, "readers/gus", "progress", NOW_S - 30, "step 2 of 20"),
-        state(102, "readers/gus", NOW_S - 30, 0.1, 2),
-        presence(103, "readers/gus", NOW_S - 30, pb.PRESENCE_READING, pb.PRESENCE_ONLINE),
-        interaction(104, "readers/ann", "answer", NOW_S - 20, "question 7: no"),
-        interaction(105, "readers/cyd", "answer", NOW_S - 15, "question 9: no"),
         message(106, "readers/bob", NOW_S - 12, pb.MESSAGE_DIRECTION_FROM_READER, "I don't get question 4"),
-        attention(107, NOW_S - 12, signal("readers/bob", 4, pb.ATTENTION_RULE_ASKED_FOR_HELP, NOW_S - 12,
-                                          "wrote to the consultants")),
-        interaction(108, "readers/eve", "open_page", NOW_S - 5, "page 15"),
+        attention(107, NOW_S - 12, BOB_HELP),
+    ))
+    earlier = NOW_S - 400  # when the state of those who only answered last moved
+    model.apply_readers(readers_batch(
+        update("readers/gus", "Gus Gray", NOW_S - 30, 0.1, 2, pb.PRESENCE_READING,
+               activity=("progress", "step 2 of 20", NOW_S - 30)),
+        update("readers/ann", "Ann Archer", NOW_S - 20, 0.35, 7, pb.PRESENCE_READING,
+               activity=("answer", "question 7: no", NOW_S - 20), signals=(ANN_STUCK,), state_s=earlier),
+        update("readers/cyd", "Cyd Chen", NOW_S - 15, 0.5, 9, pb.PRESENCE_READING,
+               activity=("answer", "question 9: no", NOW_S - 15), signals=(cyd_struggling,), state_s=earlier),
+        update("readers/bob", "Bob Brown", NOW_S - 40, 0.6, 12, pb.PRESENCE_ONLINE, signals=(BOB_HELP,)),
+        update("readers/eve", "Eve Evans", NOW_S - 5, 0.8, 15, pb.PRESENCE_ONLINE,
+               activity=("open_page", "page 15", NOW_S - 5), state_s=earlier),
+        unread={"readers/bob": 1}, cursor="r-108",
     ))
     return model
 
@@ -225,12 +242,14 @@ def test_rows_move_on_a_meaningful_change_or_the_timer_and_the_selection_follows
     assert before[-2:] == ["Gus Gray", "Fay Fischer"]
     terminal.press_all("jjjjj")
     assert terminal.order.selected == "readers/gus"
-    # Fay answers, Eve's heartbeat and a message from her (which re-sorts):
-    # Fay's newer activity does not lift her before the timer is up.
+    # Fay answers, Eve writes: her count (WatchReaders) re-sorts, but Fay's
+    # newer activity does not lift her before the timer is up.
     model = view.model
-    model.apply(batch(interaction(200, "readers/fay", "answer", NOW_S, "question 20: yes"),
-                      interaction(201, "readers/eve", "heartbeat", NOW_S),
-                      message(202, "readers/eve", NOW_S, pb.MESSAGE_DIRECTION_FROM_READER, "done")))
+    model.apply(batch(message(202, "readers/eve", NOW_S, pb.MESSAGE_DIRECTION_FROM_READER, "done")))
+    model.apply_readers(readers_batch(
+        update("readers/fay", "Fay Fischer-Lindqvist", NOW_S, 1.0, 20, pb.PRESENCE_READING,
+               activity=("answer", "question 20: yes", NOW_S), state_s=NOW_S - 600),
+        update("readers/eve", "Eve Evans", NOW_S, 0.8, 15, pb.PRESENCE_ONLINE), unread={"readers/eve": 3}))
     clock.now += 1
     sorts = terminal.order.sorts
     assert rows(screen(view)) == before
@@ -240,8 +259,11 @@ def test_rows_move_on_a_meaningful_change_or_the_timer_and_the_selection_follows
     text = screen(view)
     assert rows(text)[-2:] == ["Fay Fischer", "Gus Gray"]
     assert "▶ Gus Gray" in text
-    # A new signal moves its reader at once; the others keep their places.
-    model.apply(batch(attention(203, NOW_S, signal("readers/gus", 9, pb.ATTENTION_RULE_STUCK, NOW_S - 1, "stuck"))))
+    # A new signal (an update's) moves its reader at once; the others keep
+    # their places.
+    gus_stuck = signal("readers/gus", 9, pb.ATTENTION_RULE_STUCK, NOW_S - 1, "stuck")
+    model.apply_readers(readers_batch(update("readers/gus", "Gus Gray", NOW_S - 30, 0.1, 2, pb.PRESENCE_READING,
+                                             activity=("progress", "step 2 of 20", NOW_S - 30), signals=(gus_stuck,))))
     clock.now += 0.25
     text = screen(view)
     assert rows(text) == ["Ann Archer", "Bob Brown", "Gus Gray", "Dee Dalton", "Cyd Chen", "Eve Evans", "Fay Fischer"]
@@ -299,7 +321,9 @@ def test_slash_filters_by_name_or_email_as_you_type() -> None:
     assert rows(text) == ["Bob Brown"]
     assert "filter “BO”" in text
     assert "▶ Bob Brown" in text
-    # By email, then Esc while editing puts the kept filter back.
+    # By email (WatchReaders sends none: the filter has them looked up),
+    # then Esc while editing puts the kept filter back.
+    look_up_profiles(view.model)
     terminal.press_all(["/", "ctrl-u", *"evans@ex"])
     assert rows(screen(view)) == ["Eve Evans"]
     terminal.press("esc")
@@ -334,17 +358,27 @@ def test_help_lists_every_key_and_any_key_closes_it() -> None:
 def test_one_feed_line_per_action_and_pinned_lines_stay() -> None:
     view, _, _ = tutor_view()
     text = screen(view)
-    assert "Gus Gray          progress: step 2 of 20 · state 10%, step 2 · reading (was online)" in text
+    # The progress interaction, with the state and presence of the update
+    # seen exactly then.
+    assert "Gus Gray          progress: step 2 of 20 · state active, 10%, step 2 · reading (was online)" in text
     pinned = text.split("── Messages and signals", 1)[1].split("── Activity", 1)[0]
     assert "message from reader: I don't get question 4" in pinned
     assert "HELP: wrote to the consultants" in pinned
-    # Two answers in one commit are two actions.
+    # An update is a line when it brings a new action (two within one
+    # update interval show as the last), not when only "seen" moved.
     model = view.model
-    model.apply(batch(interaction(300, "readers/ann", "answer", NOW_S, "question 8: no"),
-                      interaction(301, "readers/ann", "answer", NOW_S, "question 9: no")))
-    assert [line.text for line in list(model.feed)[-2:]] == ["answer: question 8: no", "answer: question 9: no"]
+    feed = len(model.feed)
+    model.apply_readers(readers_batch(update("readers/ann", "Ann Archer", NOW_S, 0.35, 7, pb.PRESENCE_READING,
+                                             activity=("answer", "question 9: no", NOW_S), signals=(ANN_STUCK,),
+                                             state_s=NOW_S - 400)))
+    model.apply_readers(readers_batch(update("readers/ann", "Ann Archer", NOW_S + 1, 0.35, 7, pb.PRESENCE_READING,
+                                             activity=("answer", "question 9: no", NOW_S), signals=(ANN_STUCK,),
+                                             state_s=NOW_S - 400)))
+    assert [line.text for line in list(model.feed)[feed:]] == ["answer: question 9: no"]
     # Heavy traffic scrolls the feed, not the pinned lines.
-    model.apply(batch(*(interaction(400 + i, "readers/gus", "answer", NOW_S + i, f"q{i}") for i in range(300))))
+    for i in range(300):
+        model.apply_readers(readers_batch(update("readers/gus", "Gus Gray", NOW_S + i, 0.1, 2, pb.PRESENCE_READING,
+                                                 activity=("answer", f"q{i}", NOW_S + i), state_s=NOW_S - 30)))
     text = screen(view)
     assert "HELP: wrote to the consultants" in text
     assert "I don't get question 4" in text
@@ -362,8 +396,9 @@ def test_one_feed_line_per_action_and_pinned_lines_stay() -> None:
         f"HELP taken by {OTHER}: wrote to the consultants", "HELP cleared: a consultant replied",
     ]
     assert not model.readers["readers/bob"].signals
-    # A listing older than the clear does not bring the signal back.
+    # A listing or an update older than the clear does not bring the signal back.
     model.merge_signals([bob])
+    model.apply_readers(readers_batch(update("readers/bob", "Bob Brown", NOW_S - 40, 0.6, 12, signals=(bob,))))
     assert not model.readers["readers/bob"].signals
 
 
@@ -380,7 +415,7 @@ def test_enter_opens_the_reader_and_esc_goes_back() -> None:
         await terminal.settle()
         assert actions.opened == ["readers/bob"]
         text = screen(view)
-        assert "Bob Brown <bob brown@example.com> · readers/bob" in text
+        assert "Bob Brown <bob.brown@example.com> · readers/bob" in text
         assert "active · online" in text
         assert "60% · step 12" in text
         assert "HELP  wrote to the consultants · raised 12s ago" in text
@@ -467,16 +502,28 @@ def test_f_toggles_my_readers() -> None:
     assert not actions.only_my_readers
 
 
-def test_the_disconnected_status_fits_the_width() -> None:
+def test_the_disconnected_status_fits_the_width_and_names_the_stream() -> None:
     model = tutor_model()
     client = WatchClient(model, "127.0.0.1:1", "tutor@example.com", "x")
-    client.reason = "UNAVAILABLE: failed to connect to all addresses; last error: " + "x" * 200
-    client.retry_at = time.monotonic() + 3.2
+    for link in client.links:
+        link.status = "live"
     view = WatchView(model, client, title="tutor@example.com @ 127.0.0.1:1")
+    assert "[live]" in screen(view).splitlines()[0]
+    reason = "UNAVAILABLE: failed to connect to all addresses; last error: " + "x" * 200
+    client.feed.reason, client.feed.retry_at = reason, time.monotonic() + 1.2
+    assert "[messages: disconnected, retrying in 1 s: UNAVAI…]" in screen(view).splitlines()[0]
+    # The table's stream leads.
+    client.readers.reason, client.readers.retry_at = reason, time.monotonic() + 3.2
     for width in (60, 100, 200):
         header = screen(view, width=width).splitlines()[0]
         assert len(header) <= width
         assert "[disconnected, retrying in 3 s: UNAVAILABLE" in header
+    # Without WatchReaders, one stream: its status, and the header says so.
+    client.fall_back()
+    client.feed.retry_at = None
+    header = screen(view, width=200).splitlines()[0]
+    assert "[live]" in header
+    assert "every event (no WatchReaders on this server)" in header
 
 
 # --------------------------------------------------------------------------
@@ -570,6 +617,7 @@ def test_keys_take_a_signal_reply_mark_read_open_and_narrow_on_a_real_server(h: 
         task = asyncio.create_task(client.run())
         try:
             await asyncio.wait_for(client.synced.wait(), 10)
+            assert client.dashboard
             assert client.attention_available
             text = screen(view)
             assert re.search(r"▶ Ann\S* +HELP +1 ", text)  # her message asked for help: she leads
@@ -608,11 +656,20 @@ def test_keys_take_a_signal_reply_mark_read_open_and_narrow_on_a_real_server(h: 
             assert "progress" in text.split("Recent history", 1)[1]
             terminal.press_all(["esc", "esc"])  # the reader, then the filter
 
-            streams = client.streams
+            streams = (client.readers.streams, client.feed.streams)
             terminal.press("f")
-            await until(lambda: model.snapshot_complete and list(model.readers) == [bob.account], "my readers")
-            assert client.streams == streams + 1
+            # Both streams open again with only_my_readers, the table's with a fresh snapshot.
+            await until(lambda: model.snapshot_complete and list(model.readers) == [bob.account]
+                        and (client.readers.streams, client.feed.streams) == (streams[0] + 1, streams[1] + 1),
+                        "my readers")
+            assert (client.readers.snapshots, client.feed.snapshots) == (2, 0)
             assert "my readers" in screen(view).splitlines()[0]
+            # Ann is not mine: the feed no longer carries her.
+            await asyncio.to_thread(record, ann, "answer", question_id="q9", correct=True)
+            await asyncio.to_thread(record, bob, "answer", question_id="q9", correct=True)
+            await until(lambda: bool(model.feed) and "'q9'" in model.feed[-1].text
+                        and model.feed[-1].reader == bob.account, "Bob's answer")
+            assert all(line.reader != ann.account for line in list(model.feed)[-2:])
             assert client.fatal is None
         finally:
             task.cancel()

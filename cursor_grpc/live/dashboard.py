@@ -63,7 +63,12 @@ class DashboardHub:
         self._broadcaster = broadcaster
         # Dashboard writes are fan-out too: they count against the same budget.
         self.pacer = broadcaster.pacer
-        self.interval = settings.dashboard_interval_seconds
+        # Between rounds: at least the setting, longer while fan-out since the
+        # last round took more of the loop than its budget, at most the maximum.
+        self.min_interval = settings.dashboard_interval_seconds
+        self.max_interval = max(settings.dashboard_max_interval_seconds, self.min_interval)
+        # Fan-out's loop seconds (`FanoutPacer.spent_total`) when the last round began.
+        self._round_spent = 0.0
         self._active_window_ns = active_window_seconds * 1_000_000_000
         # Every change at or below `head` is in what the streams were given;
         # `_folded` is the highest seq seen.
@@ -142,15 +147,37 @@ class DashboardHub:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            wait = self._last_round + self.interval - loop.time()
-            if wait > 0:
+            # Polled, not awaited on an event: what ends the wait is the loop's
+            # time spent falling behind the time passed, which nothing signals.
+            while (wait := self.wait_left(loop.time())) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
             self._last_round = loop.time()
+            self._round_spent = self.pacer.spent_total
             try:
                 await self._round()
             except Exception:
                 log.exception("dashboard round failed; the readers go out in the next one")
         self._task = None
+
+    def wait_left(self, now: float) -> float:
+        """How long the next round should still wait: until `min_interval`
+        has passed since the last one, and then until fan-out's loop time
+        since it (the round, its writes, and the event streams' flushes and
+        writes: one pacer meters them all) is within budget for the time
+        passed, at most `max_interval`. A round costs per stream, whatever
+        it carries, so waiting longer is what gives the loop back; each
+        reader still goes out with its latest. Re-asked in steps of
+        `min_interval`, so the wait ends soon after the load goes."""
+        since = now - self._last_round
+        if since >= self.max_interval:
+            return 0.0
+        if since < self.min_interval:
+            return self.min_interval - since
+        spent = self.pacer.spent_total - self._round_spent
+        if spent <= self.pacer.share * since:
+            return 0.0
+        # At this rate of nothing more spent, the share is within budget after spent / share.
+        return min(self.min_interval, spent / self.pacer.share - since, self.max_interval - since)
 
     async def _round(self) -> None:
         """Read the changed readers once, encode each once, hand them out."""
