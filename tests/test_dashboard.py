@@ -244,3 +244,29 @@ def test_a_round_waits_for_the_interval_then_for_the_fanout_budget() -> None:
     hub.pacer.spent_total = 50.0
     assert hub.wait_left(109.9) == pytest.approx(0.1), "never past the maximum"
     assert hub.wait_left(110.0) == 0.0
+
+
+def test_a_round_larger_than_a_message_reaches_the_stream_whole(make_harness: Any) -> None:
+    """A round's updates share one seq; split over several messages (here 5
+    updates each), every part is delivered, and only the last part's cursor
+    moves past the round (a stream cut in between resumes before it)."""
+    h = make_harness(live=LiveSettings(max_events_per_message=5, dashboard_interval_seconds=1.0))
+    consultant = h.new_consultant()
+    readers = [h.new_reader(f"crowd{n}") for n in range(12)]
+    interact(readers[0], "open_page", {"page": 0}, "warm-up")  # the round after this one gathers the rest
+    stream = dashboard(consultant)
+    interact(readers[0], "open_page", {"page": 0}, "first")
+    stream.wait_for(lambda: bool(updates(stream)))
+    for n, reader in enumerate(readers):
+        interact(reader, "open_page", {"page": n}, f"page {n}")
+    stream.wait_for(lambda: {u.reader for u in updates(stream) if u.last_activity_summary.startswith("page ")}
+                    == {r.account for r in readers})
+    latest = {u.reader: u.last_activity_summary for u in updates(stream)}
+    assert latest == {r.account: f"page {n}" for n, r in enumerate(readers)}
+    live = [r for r in stream.responses if r.updates and not r.snapshot_complete][1:]
+    assert len(live) >= 3, "the round came in several messages"
+    assert all(len(r.updates) <= 5 for r in live)
+    seqs = [int(r.cursor.rpartition("-")[2]) for r in live]
+    assert seqs == sorted(seqs)
+    assert seqs[0] < seqs[-1], "the parts before the last keep the cursor behind the round"
+    stream.cancel()

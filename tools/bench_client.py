@@ -758,6 +758,7 @@ async def run_dashboard(spec: dict[str, Any]) -> dict[str, Any]:
 
     await asyncio.wait_for(asyncio.gather(*(until_live(i) for i in range(count))), 120)
     await wait_for_go()
+    went_ns = time.time_ns()  # activities written before GO (earlier cases) have no staleness here
     end = time.perf_counter_ns() + int((spec["warmup_s"] + spec["measure_s"]) * _NS)
     last_seen = [time.perf_counter_ns()]
     stopped = [False]
@@ -774,10 +775,15 @@ async def run_dashboard(spec: dict[str, Any]) -> dict[str, Any]:
                 response = parse(raw)
                 updates[i] += len(response.updates)
                 for update in response.updates:
+                    summary = update.last_activity_summary
+                    # Only an activity written in this case, and new to this stream, has a
+                    # staleness: an update a presence change caused carries an older one.
+                    fresh = summary != latest[i].get(update.reader) and summary.startswith(STAMP) \
+                        and int(summary[len(STAMP):]) >= went_ns
                     if update.reader in watched:
-                        latest[i][update.reader] = update.last_activity_summary
-                    if update.last_activity_summary.startswith(STAMP):
-                        latencies.append((now - int(update.last_activity_summary[len(STAMP):])) // 1000)
+                        latest[i][update.reader] = summary
+                    if fresh:
+                        latencies.append((now - int(summary[len(STAMP):])) // 1000)
         except aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.CANCELLED:
                 errors[error.code().name] += 1

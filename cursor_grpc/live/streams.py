@@ -142,9 +142,15 @@ async def run_stream(
                 while delivered < target and not subscription.overflowed and subscription.closed is None:
                     upto = min(delivered + source.replay_range, target)
                     items, reached = await source.replay(subscription, delivered, upto, settings.replay_page_bytes)
-                    for part in _batches(items, most, most_bytes):
-                        await send([e.chunk for e in part], part[-1].seq)
-                        delivered = part[-1].seq
+                    parts = list(_batches(items, most, most_bytes))
+                    for n, part in enumerate(parts):
+                        last = part[-1].seq
+                        # Items may share a seq (a dashboard round's updates): a message
+                        # with only some of them keeps the cursor behind them.
+                        whole = n + 1 == len(parts) or parts[n + 1][0].seq != last
+                        await send([e.chunk for e in part], last if whole else delivered)
+                        if whole:
+                            delivered = last
                     delivered = reached
                 continue
             # Live: the loop's CPU time taking, joining and writing (not the
@@ -152,8 +158,14 @@ async def run_stream(
             began = pacer.cpu()
             items = [item for item in subscription.take(most, most_bytes) if item.seq > delivered]
             if items:
-                await pacer.metered(send([item.chunk for item in items], items[-1].seq), began)
-                delivered = items[-1].seq
+                last = items[-1].seq
+                # More items of the same seq still buffered (a dashboard round larger
+                # than a message): this message's cursor stays behind them, and they
+                # go in the next one.
+                whole = not (subscription.buffer and subscription.buffer[0].seq == last)
+                await pacer.metered(send([item.chunk for item in items], last if whole else delivered), began)
+                if whole:
+                    delivered = last
                 continue
             if not await subscription.wait(settings.heartbeat_seconds):
                 await check_session()
