@@ -457,6 +457,25 @@ async def run_consultant_login(spec: dict[str, Any]) -> dict[str, Any]:
     return {"token": response.session.token}
 
 
+async def cancel_when_quiet(calls: list[Any], end_ns: int, drain_s: float, last_seen: list[int],
+                            stopped: list[bool]) -> None:
+    """After the load's time (`end_ns`), go on until the streams have been
+    quiet for `drain_s` (`last_seen[0]`: the latest message on any of them;
+    a loaded server delivers late), at most 60 s more; then say so in
+    `stopped` and cancel them."""
+    await asyncio.sleep(max(0.0, (end_ns - time.perf_counter_ns()) / _NS))
+    quiet = int(drain_s * _NS)
+    give_up = time.perf_counter_ns() + 60 * _NS
+    for _ in range(1200):  # bounded: 60 s in 50 ms steps
+        now = time.perf_counter_ns()
+        if now >= give_up or now - last_seen[0] >= quiet:
+            break
+        await asyncio.sleep(0.05)
+    stopped[0] = True
+    for call in calls:
+        call.cancel()
+
+
 async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
     """`streams` WatchActivity streams (all readers, all kinds, with snapshot).
     READY once every stream has finished its snapshot (from then on nothing
@@ -521,22 +540,7 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
 
     stopped = [False]
 
-    async def stop_at_deadline() -> None:
-        """After the ingest's time, go on until the streams have been quiet
-        for `drain_s` (a loaded server delivers late), at most 60 s more."""
-        await asyncio.sleep(max(0.0, (end - time.perf_counter_ns()) / _NS))
-        quiet = int(spec["drain_s"] * _NS)
-        give_up = time.perf_counter_ns() + 60 * _NS
-        for _ in range(1200):  # bounded: 60 s in 50 ms steps
-            now = time.perf_counter_ns()
-            if now >= give_up or now - last_stamped[0] >= quiet:
-                break
-            await asyncio.sleep(0.05)
-        stopped[0] = True
-        for call in calls:
-            call.cancel()
-
-    stopper = asyncio.create_task(stop_at_deadline())
+    stopper = asyncio.create_task(cancel_when_quiet(calls, end, spec["drain_s"], last_stamped, stopped))
     await asyncio.gather(*(read(i) for i in range(count)))
     await stopper
     for ch in channels:
@@ -791,20 +795,7 @@ async def run_dashboard(spec: dict[str, Any]) -> dict[str, Any]:
             if not stopped[0]:
                 raise
 
-    async def stop_when_quiet() -> None:
-        await asyncio.sleep(max(0.0, (end - time.perf_counter_ns()) / _NS))
-        quiet = int(spec["drain_s"] * _NS)
-        give_up = time.perf_counter_ns() + 60 * _NS
-        for _ in range(1200):  # bounded: 60 s in 50 ms steps
-            now = time.perf_counter_ns()
-            if now >= give_up or now - last_seen[0] >= quiet:
-                break
-            await asyncio.sleep(0.05)
-        stopped[0] = True
-        for call in calls:
-            call.cancel()
-
-    stopper = asyncio.create_task(stop_when_quiet())
+    stopper = asyncio.create_task(cancel_when_quiet(calls, end, spec["drain_s"], last_seen, stopped))
     await asyncio.gather(*(read(i) for i in range(count)))
     await stopper
     for ch in channels:
